@@ -1,0 +1,1 @@
+"""Evaluation: sentence-transformers evaluators from config, and the evaluate job."""

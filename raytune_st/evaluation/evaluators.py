@@ -1,0 +1,251 @@
+"""sentence-transformers evaluators built from config entries and table columns.
+
+An evaluator entry names the evaluator `type`, its `name` (the metric prefix), its `data`
+source and the evaluator's own keyword arguments. The data's columns feed the
+evaluator's inputs in order, the way sentence-transformers feeds a loss:
+
+=================================== =========================================
+type                                columns, in order
+=================================== =========================================
+EmbeddingSimilarityEvaluator        sentence1, sentence2, score
+InformationRetrievalEvaluator       query, passage (or corpus/queries/qrels)
+TripletEvaluator                    anchor, positive, negative
+BinaryClassificationEvaluator       sentence1, sentence2, label
+RerankingEvaluator                  query, positive(s), negative(s)
+CrossEncoderRerankingEvaluator      query, positive(s), negative(s)
+CrossEncoderClassificationEvaluator sentence1, sentence2, label
+CrossEncoderCorrelationEvaluator    sentence1, sentence2, score
+=================================== =========================================
+
+Everything here is plain Python; the evaluate job and the training loop call
+:func:`build_evaluator` on a worker, after the columns were read there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from raytune_st.errors import DataError
+
+Columns = Mapping[str, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class EvaluatorKind:
+    """How one sentence-transformers evaluator takes its data."""
+
+    cls_path: str  # "module:Class"
+    model_type: str  # bi_encoder | cross_encoder
+    roles: tuple[str, ...]  # what each data column is, in order
+    role_types: tuple[str, ...]  # text | texts (text or list of texts) | number
+    data_params: tuple[str, ...]  # constructor arguments filled from the data (not settable in config)
+    build: Callable[[Any, list[list[Any]], dict[str, Any]], Any]
+
+    def evaluator_class(self) -> type:
+        module, _, name = self.cls_path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def keyword_arguments(self) -> list[str]:
+        """The constructor arguments a config may set."""
+        params = inspect.signature(self.evaluator_class().__init__).parameters
+        skip = {"self", "name", *self.data_params}
+        return [p for p, v in params.items() if p not in skip and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+
+
+def ir_from_pairs(
+    queries: Sequence[str], passages: Sequence[str], extra_corpus: Sequence[str] = ()
+) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """(queries, corpus, relevant_docs) for InformationRetrievalEvaluator from (query, passage) pairs.
+
+    Each distinct query is relevant to every passage it is paired with; the corpus is every
+    distinct passage plus the extra corpus texts. Ids are assigned in first-seen order.
+    """
+    corpus_ids: dict[str, str] = {}
+    for text in [*passages, *extra_corpus]:
+        corpus_ids.setdefault(text, f"d{len(corpus_ids)}")
+    query_ids: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+    for query, passage in zip(queries, passages):
+        qid = query_ids.setdefault(query, f"q{len(query_ids)}")
+        relevant.setdefault(qid, set()).add(corpus_ids[passage])
+    return (
+        {qid: text for text, qid in query_ids.items()},
+        {cid: text for text, cid in corpus_ids.items()},
+        relevant,
+    )
+
+
+def ir_from_beir(corpus: Columns, queries: Columns, qrels: Columns) -> tuple[dict, dict, dict[str, set[str]]]:
+    """(queries, corpus, relevant_docs) from BEIR's corpus (_id, [title], text), queries (_id, text) and qrels.
+
+    qrels rows are (query-id, corpus-id[, score]); a score <= 0 is not relevant. Only queries
+    with at least one relevant document are kept, as BEIR's evaluation does.
+    """
+    for what, cols, needed in (("corpus", corpus, ("_id", "text")), ("queries", queries, ("_id", "text"))):
+        missing = [c for c in needed if c not in cols]
+        if missing:
+            raise DataError(f"BEIR {what} needs columns {list(needed)}, found {list(cols)}; use rename: in its source")
+    titles = corpus.get("title") or [""] * len(corpus["_id"])
+    corpus_map = {str(i): f"{t} {x}".strip() if t else x for i, t, x in zip(corpus["_id"], titles, corpus["text"])}
+    qcols = list(qrels)
+    if len(qcols) < 2:
+        raise DataError(f"BEIR qrels need (query-id, corpus-id[, score]) columns, found {qcols}")
+    scores = qrels[qcols[2]] if len(qcols) > 2 else [1] * len(qrels[qcols[0]])
+    relevant: dict[str, set[str]] = {}
+    for qid, cid, score in zip(qrels[qcols[0]], qrels[qcols[1]], scores):
+        if float(score) > 0:
+            relevant.setdefault(str(qid), set()).add(str(cid))
+    query_map = {str(i): t for i, t in zip(queries["_id"], queries["text"]) if str(i) in relevant}
+    relevant = {q: docs for q, docs in relevant.items() if q in query_map}
+    if not relevant:
+        raise DataError("BEIR qrels name no query found in queries with a positive score; check that the ids match")
+    return query_map, corpus_map, relevant
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def reranking_samples(queries: Sequence[str], positives: Sequence[Any], negatives: Sequence[Any]) -> list[dict]:
+    """Samples {query, positive: [...], negative: [...]} grouped by query text, in first-seen order.
+
+    A cell may hold one text or a list of texts; rows of the same query are merged, keeping
+    each document once.
+    """
+    grouped: dict[str, dict[str, list[str]]] = {}
+    for query, pos, neg in zip(queries, positives, negatives):
+        sample = grouped.setdefault(query, {"positive": [], "negative": []})
+        for key, docs in (("positive", pos), ("negative", neg)):
+            for doc in _as_list(docs):
+                if doc not in sample[key]:
+                    sample[key].append(doc)
+    return [{"query": q, **docs} for q, docs in grouped.items()]
+
+
+def _similarity(cls, c, kw):
+    return cls(sentences1=c[0], sentences2=c[1], scores=[float(s) for s in c[2]], **kw)
+
+
+def _binary(cls, c, kw):
+    return cls(sentences1=c[0], sentences2=c[1], labels=[int(v) for v in c[2]], **kw)
+
+
+def _triplet(cls, c, kw):
+    return cls(anchors=c[0], positives=c[1], negatives=c[2], **kw)
+
+
+def _reranking(cls, c, kw):
+    return cls(samples=reranking_samples(c[0], c[1], c[2]), **kw)
+
+
+def _ir(cls, c, kw):
+    queries, corpus, relevant = ir_from_pairs(c[0], c[1], kw.pop("_extra_corpus", ()))
+    return cls(queries=queries, corpus=corpus, relevant_docs=relevant, **kw)
+
+
+def _ce_classification(cls, c, kw):
+    return cls(sentence_pairs=[list(p) for p in zip(c[0], c[1])], labels=[int(v) for v in c[2]], **kw)
+
+
+def _ce_correlation(cls, c, kw):
+    return cls(sentence_pairs=[list(p) for p in zip(c[0], c[1])], scores=[float(v) for v in c[2]], **kw)
+
+
+_ST = "sentence_transformers.sentence_transformer.evaluation"
+_CE = "sentence_transformers.cross_encoder.evaluation"
+
+EVALUATORS: dict[str, EvaluatorKind] = {
+    "EmbeddingSimilarityEvaluator": EvaluatorKind(
+        f"{_ST}:EmbeddingSimilarityEvaluator", "bi_encoder", ("sentence1", "sentence2", "score"),
+        ("text", "text", "number"), ("sentences1", "sentences2", "scores"), _similarity,
+    ),
+    "InformationRetrievalEvaluator": EvaluatorKind(
+        f"{_ST}:InformationRetrievalEvaluator", "bi_encoder", ("query", "passage"),
+        ("text", "text"), ("queries", "corpus", "relevant_docs"), _ir,
+    ),
+    "TripletEvaluator": EvaluatorKind(
+        f"{_ST}:TripletEvaluator", "bi_encoder", ("anchor", "positive", "negative"),
+        ("text", "text", "text"), ("anchors", "positives", "negatives"), _triplet,
+    ),
+    "BinaryClassificationEvaluator": EvaluatorKind(
+        f"{_ST}:BinaryClassificationEvaluator", "bi_encoder", ("sentence1", "sentence2", "label"),
+        ("text", "text", "number"), ("sentences1", "sentences2", "labels"), _binary,
+    ),
+    "RerankingEvaluator": EvaluatorKind(
+        f"{_ST}:RerankingEvaluator", "bi_encoder", ("query", "positive", "negative"),
+        ("text", "texts", "texts"), ("samples",), _reranking,
+    ),
+    "CrossEncoderRerankingEvaluator": EvaluatorKind(
+        f"{_CE}:CrossEncoderRerankingEvaluator", "cross_encoder", ("query", "positive", "negative"),
+        ("text", "texts", "texts"), ("samples",), _reranking,
+    ),
+    "CrossEncoderClassificationEvaluator": EvaluatorKind(
+        f"{_CE}:CrossEncoderClassificationEvaluator", "cross_encoder", ("sentence1", "sentence2", "label"),
+        ("text", "text", "number"), ("sentence_pairs", "labels"), _ce_classification,
+    ),
+    "CrossEncoderCorrelationEvaluator": EvaluatorKind(
+        f"{_CE}:CrossEncoderCorrelationEvaluator", "cross_encoder", ("sentence1", "sentence2", "score"),
+        ("text", "text", "number"), ("sentence_pairs", "scores"), _ce_correlation,
+    ),
+}
+
+
+def check_values(columns: Columns, kind: EvaluatorKind, where: str) -> list[list[Any]]:
+    """The columns as lists in role order, after checking every value has its role's type."""
+    names = list(columns)
+    out = []
+    for name, role, role_type in zip(names, kind.roles, kind.role_types):
+        values = list(columns[name])
+        for row, value in enumerate(values):
+            ok = {
+                "text": isinstance(value, str),
+                "texts": isinstance(value, str) or (
+                    isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+                ),
+                "number": isinstance(value, (int, float)) and not isinstance(value, bool) and value == value,
+            }[role_type]
+            if not ok:
+                what = "null" if value is None else f"{type(value).__name__} {value!r:.40}"
+                expected = {"text": "a string", "texts": "a string or a list of strings", "number": "a number"}[role_type]
+                raise DataError(
+                    f"{where}: column {name!r} ({role}) row {row} is {what}, expected {expected}; "
+                    "drop or fix such rows in the data"
+                )
+        out.append(values)
+    return out
+
+
+def build_evaluator(
+    type_name: str,
+    name: str,
+    columns: Columns,
+    kwargs: Optional[dict[str, Any]] = None,
+    *,
+    extra_corpus: Sequence[str] = (),
+    beir: Optional[tuple[Columns, Columns, Columns]] = None,
+):
+    """A sentence-transformers evaluator from its data's columns (in role order) and its kwargs.
+
+    `extra_corpus` adds passages to an InformationRetrievalEvaluator built from pairs;
+    `beir` = (corpus, queries, qrels) columns builds it from the BEIR layout instead.
+    """
+    kind = EVALUATORS[type_name]
+    cls = kind.evaluator_class()
+    kwargs = {**(kwargs or {}), "name": name}
+    kwargs.setdefault("show_progress_bar", False)
+    kwargs.setdefault("write_csv", False)
+    if beir is not None:
+        queries, corpus, relevant = ir_from_beir(*beir)
+        return cls(queries=queries, corpus=corpus, relevant_docs=relevant, **kwargs)
+    where = f"evaluator {name or type_name!r}"
+    if not columns or not len(next(iter(columns.values()))):
+        raise DataError(f"{where}: the data set is empty; point data at a file with rows")
+    values = check_values(columns, kind, where)
+    if type_name == "InformationRetrievalEvaluator":
+        kwargs["_extra_corpus"] = list(extra_corpus)
+    return kind.build(cls, values, kwargs)

@@ -1,0 +1,89 @@
+"""The evaluate job: run the configured evaluators on a model, on one Ray worker.
+
+1. Check the config on the driver: the model resolves, every source exists and has the
+   columns its evaluator needs, the output directory is writable. Nothing heavy yet.
+2. On a Ray worker (with a GPU when the cluster has one): read the data with Ray Data,
+   check every value, load the model once and run the evaluators as a SequentialEvaluator.
+3. Back on the driver: print the metrics table, write metrics.json and config.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from raytune_st.config.core import dump_yaml
+from raytune_st.data.sources import Source, read_source
+from raytune_st.evaluation.config import EvaluateConfig, EvaluatorSpec
+from raytune_st.models.loading import resolve_model
+from raytune_st.outputs import OutputDir
+from raytune_st.runtime import cluster_gpus, ray_session
+
+
+def read_columns(source: Source) -> dict[str, list[Any]]:
+    """All rows of a (small) source as {column: values}, read through Ray Data."""
+    import pyarrow as pa
+
+    tables = [batch for batch in read_source(source).iter_batches(batch_format="pyarrow", batch_size=None)]
+    return pa.concat_tables(tables).to_pydict() if tables else {}
+
+
+def build_evaluators(specs: list[EvaluatorSpec]):
+    """sentence-transformers evaluators for `specs`, their data read on the calling worker."""
+    from raytune_st.evaluation.evaluators import build_evaluator
+
+    evaluators = []
+    for spec in specs:
+        if spec.beir:
+            beir = (read_columns(spec.corpus[0]), read_columns(spec.queries), read_columns(spec.qrels))
+            evaluators.append(build_evaluator(spec.type, spec.name, {}, spec.kwargs, beir=beir))
+            continue
+        extra = [text for source in spec.corpus for text in next(iter(read_columns(source).values()))]
+        evaluators.append(build_evaluator(spec.type, spec.name, read_columns(spec.data), spec.kwargs, extra_corpus=extra))
+    return evaluators
+
+
+def run_evaluators(config: EvaluateConfig) -> dict[str, float]:
+    """Load the model and run every evaluator in this process (a Ray worker, or a test)."""
+    import torch
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+
+    evaluators = build_evaluators(config.evaluators)
+    model = config.model.load(device="cuda" if torch.cuda.is_available() else "cpu")
+    results = SequentialEvaluator(evaluators)(model)
+    if len(evaluators) == 1:
+        results.pop("sequential_score", None)
+    return {key: float(value) for key, value in results.items()}
+
+
+def check(config: EvaluateConfig) -> OutputDir:
+    """Every check that needs no cluster: model, data, output directory."""
+    resolve_model(config.model.name)
+    for spec in config.evaluators:
+        spec.check_data()
+    output = OutputDir(config.output.path)
+    output.check_writable()
+    return output
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in metrics.items()]
+    return "\n".join(lines)
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, float]:
+    """Run the evaluate job; returns the metrics (named as the evaluators name them)."""
+    import ray
+
+    output = check(config)
+    with ray_session(config.ray_address):
+        num_gpus = config.num_gpus if config.num_gpus is not None else (1 if cluster_gpus() >= 1 else 0)
+        task = ray.remote(run_evaluators).options(num_gpus=num_gpus, num_cpus=1)
+        metrics = ray.get(task.remote(config))
+    print(format_metrics(metrics))
+    output.write("config.yaml", dump_yaml(config))
+    output.write("metrics.json", json.dumps(metrics, indent=2) + "\n")
+    print(f"wrote {output.path}/metrics.json")
+    return metrics

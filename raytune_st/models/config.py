@@ -1,0 +1,41 @@
+"""The `model` section shared by every job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from raytune_st.config.core import option
+from raytune_st.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how; a bare string is shorthand for `{name: ...}`."""
+
+    name: str = option(help="local model directory or Hugging Face hub id")
+    type: Optional[Literal["bi_encoder", "cross_encoder"]] = option(
+        None, help="bi_encoder (SentenceTransformer) or cross_encoder (CrossEncoder); default: bi_encoder, or what the job implies"
+    )
+    num_labels: Optional[int] = option(None, help="cross-encoder outputs; a checkpoint without a head gets one this size")
+    max_seq_length: Optional[int] = option(None, help="truncate inputs to this many tokens (default: the model's own)")
+    trust_remote_code: bool = option(False, help="allow model code from the checkpoint (transformers' trust_remote_code)")
+
+    @classmethod
+    def from_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    def __post_init__(self) -> None:
+        if self.num_labels is not None and self.num_labels < 1:
+            raise ConfigError(f"num_labels: must be at least 1, got {self.num_labels}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise ConfigError(f"max_seq_length: must be at least 1 token, got {self.max_seq_length}")
+
+    def load(self, device: Optional[str] = None):
+        """Load the model (on a worker: imports sentence-transformers and torch)."""
+        from raytune_st.models.loading import load_bi_encoder, load_cross_encoder
+
+        kwargs = {"device": device, "trust_remote_code": self.trust_remote_code}
+        if self.type == "cross_encoder":
+            return load_cross_encoder(self.name, num_labels=self.num_labels, max_length=self.max_seq_length, **kwargs)
+        return load_bi_encoder(self.name, max_seq_length=self.max_seq_length, **kwargs)

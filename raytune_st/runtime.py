@@ -1,0 +1,56 @@
+"""Connecting to Ray: join the cluster named by `ray_address` or RAY_ADDRESS, else start a local one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Optional
+
+from raytune_st.errors import ClusterError
+
+
+def ray_address(configured: Optional[str] = None) -> Optional[str]:
+    """The cluster to join: the config's `ray_address`, then RAY_ADDRESS, else None (start locally)."""
+    return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+@contextlib.contextmanager
+def ray_session(address: Optional[str] = None) -> Iterator[None]:
+    """Make sure Ray is initialised for the body; shut down only what this call started.
+
+    Inside a `ray job submit` job, or when the caller already called `ray.init()`, the
+    existing connection is used as is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    target = ray_address(address)
+    # Workers inherit the driver's environment for what changes their behaviour here.
+    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
+    # Ray Data's per-operator progress bars flood job logs; jobs print one line per stage instead.
+    env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"))
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = env["RAY_DATA_DISABLE_PROGRESS_BARS"] != "1"
+    try:
+        ray.init(address=target, runtime_env={"env_vars": env} if env else None, log_to_driver=True, logging_level="WARNING")
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        if target is None:
+            raise
+        raise ClusterError(
+            f"could not reach a Ray cluster at {target!r} ({exc}); start one with `ray start --head`, "
+            "fix ray_address / RAY_ADDRESS, or unset both to run on a local Ray"
+        ) from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def cluster_gpus() -> float:
+    """GPUs the connected cluster has in total (0 on a CPU cluster)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))

@@ -1,0 +1,104 @@
+"""The evaluate job through a real local Ray, with the real all-MiniLM-L6-v2."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raytune_st.cli import load_job_config, main
+from raytune_st.errors import DataError, ModelError
+from raytune_st.evaluation.job import evaluate
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[2]
+STSB_DEV = REPO.parent / "shared" / "data" / "stsb-en-dev.parquet"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def config(tmp_path, *overrides):
+    return load_job_config(
+        "evaluate", str(REPO / "examples/configs/evaluate-stsb.yaml"), [f"output.path={tmp_path / 'out'}", *overrides]
+    )
+
+
+def test_sts_dev_spearman_is_the_evaluators_own_and_the_published_figure(tmp_path, minilm_dir):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+
+    cfg = config(tmp_path, f"evaluators.0.data={STSB_DEV}")
+    metrics = evaluate(cfg)
+
+    # all-MiniLM-L6-v2's published STS-benchmark dev figure.
+    assert metrics["sts-dev_spearman_cosine"] == pytest.approx(0.8672, abs=5e-4)
+    # ...and exactly what sentence-transformers' evaluator gives in this process.
+    table = pq.read_table(STSB_DEV)
+    reference = EmbeddingSimilarityEvaluator(
+        table["sentence1"].to_pylist(), table["sentence2"].to_pylist(), table["score"].to_pylist(), name="sts-dev", write_csv=False
+    )(SentenceTransformer(minilm_dir, device="cpu"))
+    assert metrics == pytest.approx(reference, abs=1e-6)
+
+    out = tmp_path / "out"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    saved = load_job_config("evaluate", str(out / "config.yaml"))
+    assert saved == cfg
+
+
+def test_several_evaluators_run_as_one_sequential_evaluator(tmp_path):
+    """Information retrieval from the bundled Debian pairs plus a triplet evaluator, in one job."""
+    sample = REPO / "examples/data/debian-dev-sample.parquet"
+    table = pq.read_table(sample).slice(0, 60)
+    triplets = tmp_path / "triplets.jsonl"
+    rows = table.to_pylist()
+    triplets.write_text(
+        "".join(
+            json.dumps({"anchor": r["query"], "positive": r["passage"], "negative": rows[(i + 1) % len(rows)]["passage"]}) + "\n"
+            for i, r in enumerate(rows)
+        )
+    )
+    cfg = load_job_config(
+        "evaluate",
+        str(REPO / "examples/configs/evaluate-debian.yaml"),
+        [
+            f"output.path={tmp_path / 'out'}",
+            "evaluators.0.data.limit=60",
+            "evaluators.0.corpus.0.limit=100",
+        ],
+    )
+    from raytune_st.config import build
+    from raytune_st.evaluation.config import EvaluatorSpec
+
+    cfg.evaluators.append(build(EvaluatorSpec, {"type": "TripletEvaluator", "name": "triplets", "data": str(triplets)}))
+    metrics = evaluate(cfg)
+    assert metrics["debian-dev_cosine_ndcg@10"] > 0.7
+    assert metrics["triplets_cosine_accuracy"] > 0.9
+    assert "sequential_score" in metrics
+
+
+def test_bad_values_fail_on_the_worker_with_one_clear_line_and_write_nothing(tmp_path, capsys):
+    data = tmp_path / "sts.parquet"
+    pq.write_table(pa.table({"s1": ["a", None], "s2": ["b", "c"], "score": [0.5, 1.0]}), data)
+    code = main(["evaluate", "--config", str(REPO / "examples/configs/evaluate-stsb.yaml"),
+                 f"evaluators.0.data={data}", f"output.path={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == "error: evaluator 'sts-dev': column 's1' (sentence1) row 1 is null, expected a string; drop or fix such rows in the data"
+    assert not list((tmp_path / "out").glob("*"))
+
+
+def test_missing_inputs_fail_before_any_work(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        evaluate(config(tmp_path, f"evaluators.0.data={tmp_path / 'missing.parquet'}"))
+    with pytest.raises(ModelError, match="model directory './no-such-model' does not exist"):
+        evaluate(config(tmp_path, "model=./no-such-model", f"evaluators.0.data={STSB_DEV}"))
+    assert not (tmp_path / "out" / "metrics.json").exists()
