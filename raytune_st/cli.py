@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_job_config(job: str, config_path: Optional[str], overrides: Sequence[str]) -> Any:
+def load_job_config(job: str, config_path: Optional[str], overrides: Sequence[str] = ()) -> Any:
     """The typed, validated config of `job` from a YAML file plus overrides."""
     from raytune_st.config import load_config
 
@@ -101,11 +101,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(dump_yaml(config), end="")
             return 0
         run(config)
-    except RaytuneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
-        # A user error raised inside a Ray worker arrives wrapped; print its one line.
+        # A user error raised inside a Ray worker arrives wrapped in a RayTaskError, which
+        # is also an instance of the error's class but prints the worker's traceback;
+        # print the original one line instead.
         cause = _user_error_cause(exc)
         if cause is None:
             raise
@@ -115,12 +114,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _user_error_cause(exc: BaseException) -> Optional[RaytuneError]:
+    """The RaytuneError behind `exc` (through Ray's task wrappers and `raise ... from`), or None for a bug."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        inner = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
+        if isinstance(inner, BaseException) and inner is not exc:
+            exc = inner
+            continue
         if isinstance(exc, RaytuneError):
             return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
+        exc = exc.__cause__
     return None
 
 

@@ -34,19 +34,38 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = env["RAY_DATA_DISABLE_PROGRESS_BARS"] != "1"
+    if target is not None:
+        _check_reachable(target)
     try:
         ray.init(address=target, runtime_env={"env_vars": env} if env else None, log_to_driver=True, logging_level="WARNING")
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         if target is None:
             raise
-        raise ClusterError(
-            f"could not reach a Ray cluster at {target!r} ({exc}); start one with `ray start --head`, "
-            "fix ray_address / RAY_ADDRESS, or unset both to run on a local Ray"
-        ) from None
+        raise _unreachable(target, exc) from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _unreachable(address: str, exc: BaseException) -> ClusterError:
+    return ClusterError(
+        f"could not reach a Ray cluster at {address!r} ({exc}); start one with `ray start --head`, "
+        "fix ray_address / RAY_ADDRESS, or unset both to run on a local Ray"
+    )
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a `host:port` nobody listens at: ray.init retries it for minutes."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", ray:// (Ray Client) and other forms: let ray.init judge them
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=10).close()
+    except OSError as exc:
+        raise _unreachable(address, exc) from None
 
 
 def cluster_gpus() -> float:

@@ -208,26 +208,40 @@ def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[list[str], An
 
 
 def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
-    """Return a copy of `data` with dotted overrides applied (the types are checked later, by `build`)."""
+    """Return a copy of `data` with dotted overrides applied (the types are checked later, by `build`).
+
+    A numeric part indexes a list: ``evaluators.0.data=dev.parquet``.
+    """
     import copy
 
     data = copy.deepcopy(data)
     for path, value in parse_overrides(overrides):
-        node = data
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
+        dotted = ".".join(path)
+        node: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(
+                        f"override {dotted}: {'.'.join(path[:i]) or 'config'} is a list of {len(node)}; "
+                        f"index it with 0..{len(node) - 1}, not {part!r}"
+                    )
+                key: Any = int(part)
+            else:
+                key = part
+            if last:
+                node[key] = value
+                break
+            child = node[key] if isinstance(node, list) else node.get(key)
             if child is None:
-                child = node[part] = {}
-            elif isinstance(child, str) and path[i + 1] != "":
+                child = node[key] = {}
+            elif isinstance(child, str):
                 # A shorthand string (a source path, a model reference) being refined by a
                 # sub-key: expand it the way the section's from_shorthand would.
-                child = node[part] = {"name" if part in ("model", "cross_encoder") else "path": child}
-            elif not isinstance(child, dict):
-                raise ConfigError(
-                    f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is {child!r}, not a mapping"
-                )
+                child = node[key] = {"name" if part in ("model", "cross_encoder") else "path": child}
+            elif not isinstance(child, (dict, list)):
+                raise ConfigError(f"override {dotted}: {'.'.join(path[: i + 1])} is {child!r}, not a mapping")
             node = child
-        node[path[-1]] = value
     return data
 
 

@@ -319,15 +319,22 @@ def read_source(source: Source, **read_args: Any) -> "ray.data.Dataset":
     else:
         fs, files = _data_files(source)
         if source.format == "parquet":
-            ds = ray.data.read_parquet(files, filesystem=fs, columns=source.columns, **read_args)
+            ds = ray.data.read_parquet(files, filesystem=fs, **read_args)
         elif source.format == "jsonl":
-            ds = ray.data.read_json(files, filesystem=fs, lines=True, file_extensions=None, **read_args)
+            # Arrow's JSON reader (lines=False) reads JSON Lines; Ray's lines=True path
+            # refuses an explicit filesystem, which URIs and local paths both need here.
+            ds = ray.data.read_json(files, filesystem=fs, file_extensions=None, **read_args)
         else:
             ds = ray.data.read_csv(
                 files, filesystem=fs, file_extensions=None, parse_options=_csv_parse_options(files[0]), **read_args
             )
-    if source.columns is not None and source.format != "parquet":
-        ds = ds.select_columns(source.columns)
+    if source.columns is not None:
+        # Ray pushes select_columns down into the file reader, which keeps the file's column
+        # order; the order decides the columns' roles, so restore the configured order.
+        columns = list(source.columns)
+        ds = ds.select_columns(columns).map_batches(
+            lambda table: table.select(columns), batch_format="pyarrow", batch_size=None, zero_copy_batch=True
+        )
     if source.rename:
         ds = ds.rename_columns(source.rename)
     if source.limit is not None:

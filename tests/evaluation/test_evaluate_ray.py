@@ -34,7 +34,7 @@ def config(tmp_path, *overrides):
 
 def test_sts_dev_spearman_is_the_evaluators_own_and_the_published_figure(tmp_path, minilm_dir):
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     cfg = config(tmp_path, f"evaluators.0.data={STSB_DEV}")
     metrics = evaluate(cfg)

@@ -1,0 +1,56 @@
+"""Tests for raytune_st.outputs.OutputDir: writing, reading and checking output directories."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from raytune_st.errors import DataError
+from raytune_st.outputs import OutputDir
+
+
+def test_write_read_exists(tmp_path):
+    out = OutputDir(str(tmp_path / "run"))
+    assert not out.exists("metrics.json")
+    target = out.write("metrics.json", '{"a": 1}')
+    assert target == str(tmp_path / "run" / "metrics.json")
+    assert out.exists("metrics.json") and out.read("metrics.json") == b'{"a": 1}'
+    out.write("plots/loss.png", b"\x89PNG")  # creates sub-directories
+    assert out.read("plots/loss.png") == b"\x89PNG"
+    out.write("metrics.json", "replaced")
+    assert out.read("metrics.json") == b"replaced"
+    # No temp files left behind by the atomic write.
+    assert sorted(os.listdir(tmp_path / "run")) == ["metrics.json", "plots"]
+
+
+def test_file_uri(tmp_path):
+    out = OutputDir(f"file://{tmp_path}/uri-run")
+    out.check_writable()
+    out.write("config.yaml", "a: 1\n")
+    assert (tmp_path / "uri-run" / "config.yaml").read_text() == "a: 1\n"
+
+
+def test_check_writable_creates_and_leaves_no_probe(tmp_path):
+    out = OutputDir(str(tmp_path / "a" / "b"))
+    out.check_writable()
+    assert os.listdir(tmp_path / "a" / "b") == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only directories")
+def test_check_writable_refuses_a_read_only_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(DataError, match="cannot write to output directory .*choose a writable output.path"):
+            OutputDir(str(locked / "run")).check_writable()
+    finally:
+        locked.chmod(0o700)
+
+
+def test_check_writable_refuses_a_path_under_a_file(tmp_path):
+    # Works as root too: a regular file cannot hold a directory.
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot write to output directory"):
+        OutputDir(str(tmp_path / "file" / "run")).check_writable()
