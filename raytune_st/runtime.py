@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import Iterator, Optional
 
@@ -31,9 +32,13 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
     # Ray Data's per-operator progress bars flood job logs; jobs print one line per stage instead.
     env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"))
+    # Inside `ray job submit` the job's runtime env already reaches every worker, and
+    # ray.init refuses a runtime env that sets any of the same variables again.
+    job_env = (json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}).get("env_vars") or {}
+    env = {k: v for k, v in env.items() if k not in job_env}
     from ray.data import DataContext
 
-    DataContext.get_current().enable_progress_bars = env["RAY_DATA_DISABLE_PROGRESS_BARS"] != "1"
+    DataContext.get_current().enable_progress_bars = {**job_env, **env}["RAY_DATA_DISABLE_PROGRESS_BARS"] != "1"
     if target is not None:
         _check_reachable(target)
     try:
