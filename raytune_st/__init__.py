@@ -2,34 +2,48 @@
 
 Each job is a function taking its typed config (see ``raytune-st <job> --help-config``)::
 
-    from raytune_st import evaluate
-    from raytune_st.cli import load_job_config
+    import raytune_st
 
-    metrics = evaluate(load_job_config("evaluate", "examples/configs/evaluate-debian.yaml", ["model=..."]))
+    metrics = raytune_st.evaluate("examples/configs/evaluate-debian.yaml", ["model=demo-output/model/final"])
 """
 
 __version__ = "0.1.0"
 
 
-def mine(config):
-    """Run the mine job (see raytune_st.mining.job.mine)."""
-    from raytune_st.mining.job import mine as run
+def _run(job: str, config, overrides=()):
+    from raytune_st.cli import JOBS, load_job_config
 
+    config_cls, run = JOBS[job].load()
+    if not isinstance(config, config_cls):
+        if isinstance(config, dict):
+            from raytune_st.config import apply_overrides, build
+
+            config = build(config_cls, apply_overrides(config, overrides))
+        else:
+            config = load_job_config(job, config, overrides)
+    elif overrides:
+        raise TypeError("overrides apply to a YAML path or a dict, not to a built config")
     return run(config)
 
 
-def evaluate(config):
-    """Run the evaluate job (see raytune_st.evaluation.job.evaluate)."""
-    from raytune_st.evaluation.job import evaluate as run
-
-    return run(config)
+def evaluate(config, overrides=()):
+    """Run the evaluate job: `config` is an EvaluateConfig, a dict, or a YAML path (plus dotted overrides)."""
+    return _run("evaluate", config, overrides)
 
 
-def train(config):
-    """Run the train job (see raytune_st.train.job.train)."""
-    from raytune_st.train.job import train as run
-
-    return run(config)
+def mine(config, overrides=()):
+    """Run the mine job: `config` is a MineConfig, a dict, or a YAML path (plus dotted overrides)."""
+    return _run("mine", config, overrides)
 
 
-__all__ = ["mine", "evaluate", "train", "__version__"]
+def train(config, overrides=()):
+    """Run the train job: `config` is a TrainConfig, a dict, or a YAML path (plus dotted overrides)."""
+    return _run("train", config, overrides)
+
+
+def tune(config, overrides=()):
+    """Run the tune job: `config` is a TuneConfig, a dict, or a YAML path (plus dotted overrides)."""
+    return _run("tune", config, overrides)
+
+
+__all__ = ["evaluate", "mine", "train", "tune", "__version__"]

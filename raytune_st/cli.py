@@ -45,6 +45,11 @@ JOBS: dict[str, Job] = {
         config="raytune_st.train.config:TrainConfig",
         run="raytune_st.train.job:train",
     ),
+    "tune": Job(
+        help="sweep losses and hyperparameters with Ray Tune; every trial is a whole Ray Train run",
+        config="raytune_st.tune.config:TuneConfig",
+        run="raytune_st.tune.job:tune",
+    ),
 }
 
 

@@ -1,0 +1,122 @@
+"""One shard of the sharded FAISS index: a Ray actor over a contiguous slice of the corpus.
+
+The shard reads only its own rows from the embedding cache, builds its index (training it
+on a sample of its own vectors when the factory needs training), and answers three calls
+from the mining tasks: ``search`` (its local top-k), ``vectors`` (exact embeddings, for the
+positive scores) and ``texts`` (the passages, for the output rows).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from raytune_st.errors import ConfigError
+from raytune_st.mining import store
+
+
+def shard_bounds(num_rows: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) id ranges of `shards` nearly equal slices (none empty)."""
+    shards = max(1, min(shards, num_rows))
+    edges = [round(i * num_rows / shards) for i in range(shards + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(shards)]
+
+
+def build_faiss_index(
+    vectors: np.ndarray,
+    factory: str,
+    *,
+    train_sample_size: int,
+    nprobe: Optional[int] = None,
+    search_params: Optional[str] = None,
+    seed: int = 0,
+):
+    """An inner-product FAISS index over `vectors` (float32, normalised), trained if it needs it."""
+    import faiss
+
+    dim = vectors.shape[1]
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except Exception as exc:
+        raise ConfigError(f"index.factory: faiss cannot build {factory!r} for {dim}-dimensional embeddings ({exc})") from None
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = vectors if len(vectors) <= train_sample_size else vectors[rng.choice(len(vectors), train_sample_size, replace=False)]
+        try:
+            index.train(np.ascontiguousarray(sample))
+        except Exception as exc:
+            raise ConfigError(
+                f"index.factory: training {factory!r} on {len(sample)} vectors failed ({exc}); "
+                "use fewer IVF cells / PQ centroids, fewer shards or a larger index.train_sample_size"
+            ) from None
+    index.add(np.ascontiguousarray(vectors))
+    settings = ([f"nprobe={nprobe}"] if nprobe is not None else []) + ([search_params] if search_params else [])
+    if settings:
+        try:
+            faiss.ParameterSpace().set_index_parameters(index, ",".join(settings))
+        except Exception as exc:
+            raise ConfigError(f"index: faiss cannot apply {','.join(settings)!r} to {factory!r} ({exc})") from None
+    return index
+
+
+class IndexShard:
+    """Ray actor holding the index, vectors and texts of corpus ids [start, end)."""
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        embeddings: store.Chunked,
+        texts: store.Chunked,
+        factory: str,
+        train_sample_size: int,
+        nprobe: Optional[int],
+        search_params: Optional[str],
+        use_gpu: Optional[bool],
+    ):
+        self.start, self.end = start, end
+        self.args = (embeddings, texts, factory, train_sample_size, nprobe, search_params, use_gpu)
+        self.index = None
+
+    def build(self) -> dict:
+        """Load this shard's rows and build its index; returns its size and build time."""
+        import faiss
+
+        embeddings, texts, factory, train_sample_size, nprobe, search_params, use_gpu = self.args
+        began = time.perf_counter()
+        vectors = store.read_vectors(embeddings, self.start, self.end)
+        self.texts = store.read_texts(texts, self.start, self.end)
+        index = build_faiss_index(
+            vectors, factory, train_sample_size=train_sample_size, nprobe=nprobe, search_params=search_params, seed=self.start
+        )
+        gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        if use_gpu and gpus == 0:
+            raise ConfigError(
+                "index.use_gpu is true but faiss in the index actors has no GPU support; install faiss-gpu-cu12 "
+                "(pip install 'raytune_st[gpu]') or set index.use_gpu=false"
+            )
+        if use_gpu or (use_gpu is None and gpus > 0):
+            self.resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self.resources, 0, index)
+        if isinstance(index, faiss.IndexFlat):
+            # A flat index stores the vectors itself: read them from it rather than keep a copy.
+            vectors = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        self.vectors = vectors
+        self.index = index
+        return {"rows": self.end - self.start, "seconds": time.perf_counter() - began}
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Local top-k (scores, local ids) of a query batch; ids are relative to `start`."""
+        # Asking for no more than the shard holds keeps the padding (and, on GPU, k) small;
+        # merge_topk pads the merged result back to k.
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
+
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """Exact embeddings of global ids owned by this shard."""
+        return np.asarray(self.vectors[np.asarray(ids, dtype=np.int64) - self.start], dtype=np.float32)
+
+    def texts_of(self, ids: Sequence[int]) -> list[str]:
+        """Passages of global ids owned by this shard."""
+        return [self.texts[i - self.start] for i in ids]

@@ -1,0 +1,227 @@
+"""Exact-string deduplication of corpus and queries, streamed into text chunks.
+
+sentence-transformers builds its corpus as ``dict.fromkeys(corpus + positives)`` and its
+queries as ``dict.fromkeys(anchors)``: exact strings, ids in order of first appearance, the
+extra corpus before the positives. :class:`Prepared` does the same over a stream of rows,
+keeping only a 16-byte digest per distinct text plus each query's positive ids in memory,
+and writing the texts to chunk files as soon as they are first seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+
+from raytune_st.errors import DataError
+from raytune_st.mining import store
+
+
+class TextIds:
+    """Ids for distinct strings, in order of first appearance."""
+
+    def __init__(self) -> None:
+        self._ids: dict[bytes, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, text: str) -> tuple[int, bool]:
+        """(id of `text`, whether it is new)."""
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        found = self._ids.get(key)
+        if found is not None:
+            return found, False
+        self._ids[key] = len(self._ids)
+        return self._ids[key], True
+
+
+class ChunkWriter:
+    """Collect texts and write them as `<prefix>-00000.texts`, ... of `chunk_rows` texts each (Parquet)."""
+
+    def __init__(self, directory: Optional[str], prefix: str, chunk_rows: int):
+        self.directory, self.prefix, self.chunk_rows = directory, prefix, chunk_rows
+        self.buffer: list[str] = []
+        self.paths: list[str] = []
+        self.digests: list[str] = []
+        self.num_rows = 0
+        self.in_memory: list[str] = []  # the texts, only when there is no directory (tests, small runs)
+
+    def add(self, text: str) -> None:
+        self.buffer.append(text)
+        self.num_rows += 1
+        if len(self.buffer) == self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        self.digests.append(store.text_digest(*self.buffer))
+        if self.directory is not None:
+            import pyarrow as pa
+
+            # Parquet inside, but not named .parquet: whoever reads the output directory as a
+            # data set must not pick the work files up.
+            path = store.join(self.directory, f"{self.prefix}-{len(self.paths):05d}.texts")
+            store.write_parquet(path, pa.table({"text": pa.array(self.buffer, pa.string())}))
+            self.paths.append(path)
+        else:
+            self.paths.append(f"<memory>-{len(self.paths)}")
+            self.in_memory.extend(self.buffer)
+        self.buffer = []
+
+    def chunked(self) -> store.Chunked:
+        return store.Chunked(tuple(self.paths), self.chunk_rows, self.num_rows)
+
+
+@dataclass
+class Prepared:
+    """The deduplicated inputs of a mining run (see the module docstring)."""
+
+    chunk_rows: int
+    directory: Optional[str] = None  # None: keep the texts in memory instead (unit tests)
+    corpus_ids: TextIds = field(default_factory=TextIds)
+    query_ids: TextIds = field(default_factory=TextIds)
+    positives: list[list[int]] = field(default_factory=list)  # per query: distinct corpus ids, in order
+    raw_counts: list[int] = field(default_factory=list)  # per query: its input rows (duplicates included)
+    num_rows: int = 0
+
+    def __post_init__(self) -> None:
+        self.corpus = ChunkWriter(self.directory, "corpus", self.chunk_rows)
+        self.queries = ChunkWriter(self.directory, "queries", self.chunk_rows)
+
+    def add_corpus(self, texts: Iterable[Optional[str]]) -> None:
+        """Extra corpus passages (before any pair: sentence-transformers puts them first)."""
+        for text in texts:
+            if text is None:
+                continue  # an empty cell is no passage
+            doc, new = self.corpus_ids.add(text)
+            if new:
+                self.corpus.add(text)
+
+    def add_pairs(self, anchors: Iterable[Optional[str]], positives: Iterable[Optional[str]]) -> None:
+        for anchor, positive in zip(anchors, positives):
+            if anchor is None or positive is None:
+                raise DataError(
+                    f"dataset row {self.num_rows} has an empty {'anchor' if anchor is None else 'positive'}; "
+                    "drop rows with missing text before mining"
+                )
+            query, new_query = self.query_ids.add(anchor)
+            if new_query:
+                self.queries.add(anchor)
+                self.positives.append([])
+                self.raw_counts.append(0)
+            doc, new_doc = self.corpus_ids.add(positive)
+            if new_doc:
+                self.corpus.add(positive)
+            if doc not in self.positives[query]:
+                self.positives[query].append(doc)
+            self.raw_counts[query] += 1
+            self.num_rows += 1
+
+    def finish(self) -> dict:
+        """Flush the chunks, write the positives per query chunk; return the run's summary."""
+        if self.num_rows == 0:
+            raise DataError("the dataset is empty; give mining a source with at least one (anchor, positive) row")
+        self.corpus.flush()
+        self.queries.flush()
+        positive_paths = []
+        for i in range(len(self.queries.paths)):
+            lo, hi = i * self.chunk_rows, min((i + 1) * self.chunk_rows, len(self.positives))
+            offsets, ids = positive_offsets(self.positives[lo:hi])
+            if self.directory is not None:
+                path = store.join(self.directory, f"positives-{i:05d}.npz")
+                store.write_npz(path, offsets=offsets, ids=ids)
+                positive_paths.append(path)
+        counts = np.asarray(self.raw_counts)
+        digest = store.text_digest(
+            self.corpus.digests, self.queries.digests, [p for ps in self.positives for p in (*ps, -1)], counts.tolist()
+        )
+        return {
+            "num_rows": self.num_rows,
+            "num_queries": len(self.query_ids),
+            "num_pairs": int(sum(len(p) for p in self.positives)),
+            "corpus_size": len(self.corpus_ids),
+            "max_positives": int(counts.max()),
+            "mean_positives": float(np.mean(counts)),
+            "corpus": self.corpus.chunked(),
+            "queries": self.queries.chunked(),
+            "corpus_digests": list(self.corpus.digests),
+            "query_digests": list(self.queries.digests),
+            "positives": store.Chunked(tuple(positive_paths), self.chunk_rows, len(self.positives)),
+            "digest": digest,
+        }
+
+
+def positive_offsets(positives: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """CSR form of per-query id lists: (offsets [n+1], flat ids)."""
+    lengths = np.fromiter((len(p) for p in positives), dtype=np.int64, count=len(positives))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.fromiter((i for p in positives for i in p), dtype=np.int64, count=int(offsets[-1]))
+    return offsets, ids
+
+
+def read_positives(chunks: store.Chunked, start: int, end: int) -> list[list[int]]:
+    """Per query in [start, end): its distinct positive corpus ids."""
+
+    def load(path: str) -> list[list[int]]:
+        data = store.read_npz(path)
+        offsets, ids = data["offsets"], data["ids"]
+        return [ids[offsets[i] : offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+
+    return [p for piece in chunks.read_rows(start, end, load) for p in piece]
+
+
+def iter_columns(source, columns: list[str], batch_rows: int = 8192) -> Iterator[list[list]]:
+    """The values of `columns` (final names) of a source, batch by batch, in file order.
+
+    Local Parquet is read straight with pyarrow (no Ray Data start-up for a single sequential
+    reader); any other source goes through the data layer's read_source.
+    """
+    import ray.data
+
+    from raytune_st.data.sources import is_uri, read_source
+
+    if source.format == "parquet" and not is_uri(source.path):
+        import pyarrow.dataset as pads
+
+        raw_of = {new: old for old, new in source.rename.items()}
+        raw = [raw_of.get(c, c) for c in columns]
+        remaining = source.limit
+        # pyarrow skips files starting with "." or "_" in a directory, as the data layer does.
+        for batch in pads.dataset(os.path.expanduser(source.path), format="parquet").to_batches(
+            columns=raw, batch_size=batch_rows, use_threads=False
+        ):
+            if remaining is not None:
+                batch = batch.slice(0, remaining)
+                remaining -= batch.num_rows
+            yield [batch.column(name).to_pylist() for name in raw]
+            if remaining is not None and remaining <= 0:
+                return
+        return
+    # Ids are given in order of first appearance, as sentence-transformers does: read in order.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    for batch in read_source(source).select_columns(columns).iter_batches(batch_format="pyarrow", batch_size=batch_rows):
+        yield [batch.column(name).to_pylist() for name in columns]
+
+
+def prepare_inputs(
+    dataset, anchor: str, positive: str, corpus, corpus_column: Optional[str], directory: str, chunk_rows: int
+) -> dict:
+    """Read the sources (in order, streaming) into deduplicated chunks under `directory`.
+
+    Runs inside a Ray task: the texts pass through it once and are not all kept.
+    """
+    from raytune_st.mining.embed import quiet_ray_data
+
+    quiet_ray_data()
+    prepared = Prepared(chunk_rows=chunk_rows, directory=directory)
+    if corpus is not None:
+        for (texts,) in iter_columns(corpus, [corpus_column]):
+            prepared.add_corpus(texts)
+    for anchors, positives in iter_columns(dataset, [anchor, positive]):
+        prepared.add_pairs(anchors, positives)
+    return prepared.finish()

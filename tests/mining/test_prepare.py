@@ -1,0 +1,70 @@
+"""Exact-string deduplication: sentence-transformers' corpus and query order, several positives per query."""
+
+from __future__ import annotations
+
+import pytest
+
+from raytune_st.errors import DataError
+from raytune_st.mining.prepare import Prepared, read_positives
+
+
+def test_corpus_first_then_positives_in_order_of_first_appearance():
+    prepared = Prepared(chunk_rows=2)
+    prepared.add_corpus(["c1", "p2", "c1", None])
+    prepared.add_pairs(["q1", "q2", "q1", "q1", "q3"], ["p1", "p2", "p3", "p1", "c1"])
+    info = prepared.finish()
+    # dict.fromkeys(corpus + positives)
+    assert prepared.corpus.in_memory == ["c1", "p2", "p1", "p3"]
+    assert prepared.queries.in_memory == ["q1", "q2", "q3"]
+    # distinct positives per query, in order; duplicate rows still count for max_positives
+    assert prepared.positives == [[2, 3], [1], [0]]
+    assert (info["num_rows"], info["num_queries"], info["num_pairs"], info["corpus_size"]) == (5, 3, 4, 4)
+    assert info["max_positives"] == 3 and info["mean_positives"] == pytest.approx(5 / 3)
+    assert info["corpus"].num_rows == 4 and len(info["corpus"].paths) == 2
+
+
+def test_digest_changes_with_the_data():
+    def digest(positives):
+        prepared = Prepared(chunk_rows=8)
+        prepared.add_pairs(["q1", "q2"], positives)
+        return prepared.finish()["digest"]
+
+    assert digest(["a", "b"]) == digest(["a", "b"])
+    assert digest(["a", "b"]) != digest(["b", "a"])
+
+
+def test_empty_dataset_and_missing_text_are_refused():
+    with pytest.raises(DataError, match="empty"):
+        Prepared(chunk_rows=2).finish()
+    with pytest.raises(DataError, match="row 1 has an empty positive"):
+        Prepared(chunk_rows=2).add_pairs(["q1", "q2"], ["p1", None])
+
+
+def test_chunks_round_trip_through_the_work_directory(tmp_path):
+    from raytune_st.mining import store
+
+    prepared = Prepared(chunk_rows=2, directory=str(tmp_path))
+    prepared.add_pairs(["q1", "q2", "q3", "q1", "q4"], ["p1", "p2", "p3", "p2", "p1"])
+    info = prepared.finish()
+    assert store.read_texts(info["queries"], 1, 4) == ["q2", "q3", "q4"]
+    assert store.read_texts(info["corpus"], 0, 3) == ["p1", "p2", "p3"]
+    assert read_positives(info["positives"], 0, 4) == [[0, 1], [1], [2], [0]]
+    assert read_positives(info["positives"], 3, 4) == [[0]]
+
+
+def test_local_parquet_is_read_in_order_with_rename_and_limit(tmp_path):
+    import pandas as pd
+
+    from raytune_st.config import build
+    from raytune_st.mining.config import PairsSource
+    from raytune_st.mining.prepare import iter_columns
+
+    directory = tmp_path / "pairs"
+    directory.mkdir()
+    pd.DataFrame({"a": ["q0", "q1", "q2"], "b": ["p0", "p1", "p2"]}).to_parquet(directory / "0.parquet")
+    pd.DataFrame({"a": ["q3", "q4"], "b": ["p3", "p4"]}).to_parquet(directory / "1.parquet")
+    pd.DataFrame({"a": ["x"], "b": ["y"]}).to_parquet(directory / "_ignored.parquet")
+    source = build(PairsSource, {"path": str(directory), "rename": {"a": "query"}, "limit": 4})
+    batches = list(iter_columns(source, ["query", "b"], batch_rows=2))
+    assert [q for anchors, _ in batches for q in anchors] == ["q0", "q1", "q2", "q3"]
+    assert [p for _, positives in batches for p in positives] == ["p0", "p1", "p2", "p3"]
