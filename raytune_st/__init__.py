@@ -18,7 +18,7 @@ def _run(job: str, config, overrides=()):
         if isinstance(config, dict):
             from raytune_st.config import apply_overrides, build
 
-            config = build(config_cls, apply_overrides(config, overrides))
+            config = build(config_cls, apply_overrides(config, overrides, config_cls))
         else:
             config = load_job_config(job, config, overrides)
     elif overrides:

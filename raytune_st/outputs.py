@@ -38,8 +38,11 @@ class OutputDir:
         self.path = path
         self.fs, self.root = filesystem(path)
 
-    def check_writable(self) -> None:
-        """Create the directory and prove it is writable now, not after hours of work."""
+    def check_writable(self, key: str = "output.path") -> None:
+        """Create the directory and prove it is writable now, not after hours of work.
+
+        `key` is the config key that names this directory, for the error message.
+        """
         probe = posixpath.join(self.root, f".write-check-{uuid.uuid4().hex}")
         try:
             self.fs.create_dir(self.root, recursive=True)
@@ -47,7 +50,7 @@ class OutputDir:
                 handle.write(b"ok")
             self.fs.delete_file(probe)
         except OSError as exc:
-            raise DataError(f"cannot write to output directory {self.path!r} ({exc}); choose a writable output.path") from None
+            raise DataError(f"cannot write to directory {self.path!r} ({exc}); choose a writable {key}") from None
 
     def write(self, name: str, data: Union[str, bytes]) -> str:
         """Write one file atomically where the filesystem allows (local: temp file + rename)."""

@@ -43,7 +43,7 @@ def test_check_writable_refuses_a_read_only_dir(tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        with pytest.raises(DataError, match="cannot write to output directory .*choose a writable output.path"):
+        with pytest.raises(DataError, match="cannot write to directory .*choose a writable output.path"):
             OutputDir(str(locked / "run")).check_writable()
     finally:
         locked.chmod(0o700)
@@ -52,5 +52,5 @@ def test_check_writable_refuses_a_read_only_dir(tmp_path):
 def test_check_writable_refuses_a_path_under_a_file(tmp_path):
     # Works as root too: a regular file cannot hold a directory.
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DataError, match="cannot write to output directory"):
+    with pytest.raises(DataError, match="cannot write to directory"):
         OutputDir(str(tmp_path / "file" / "run")).check_writable()

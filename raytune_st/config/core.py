@@ -93,8 +93,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
     if origin is Literal:
-        if value in args:
+        if value in args and not (isinstance(value, bool) and True not in args and False not in args):
             return value
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `no` / `yes` (`eval_strategy: no`) as a boolean.
+            for word in (("no", "off", "false") if value is False else ("yes", "on", "true")):
+                if word in args:
+                    return word
         raise ConfigError(
             f"{key}: {value!r} is not a valid choice; choose one of "
             + ", ".join(repr(a) for a in args)
@@ -207,10 +212,36 @@ def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[list[str], An
     return parsed
 
 
-def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
+def _field_type(tp: Any, part: str) -> Any:
+    """The annotation one level below `tp` along the override path part `part`, or Any."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = arms[0] if len(arms) == 1 else Any
+    if dataclasses.is_dataclass(tp):
+        return typing.get_type_hints(tp).get(part, Any)
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        return typing.get_args(tp)[1]
+    if origin in (list, tuple):
+        return typing.get_args(tp)[0]
+    return Any
+
+
+def _expand_shorthand(value: Any, tp: Any) -> Any:
+    """A shorthand value (a bare path, a model name) as the mapping its section's from_shorthand makes."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = arms[0] if len(arms) == 1 else Any
+    shorthand = getattr(tp, "from_shorthand", None)
+    return shorthand(value) if shorthand is not None else value
+
+
+def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: Any = Any) -> dict:
     """Return a copy of `data` with dotted overrides applied (the types are checked later, by `build`).
 
-    A numeric part indexes a list: ``evaluators.0.data=dev.parquet``.
+    A numeric part indexes a list: ``evaluators.0.data=dev.parquet``. With the config class
+    `cls`, a shorthand value refined by a sub-key is first expanded the way its section reads
+    it: ``train_datasets.pairs.loss=X`` on ``pairs: file.parquet`` gives ``{data: file.parquet, loss: X}``.
     """
     import copy
 
@@ -218,8 +249,8 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
     for path, value in parse_overrides(overrides):
         dotted = ".".join(path)
         node: Any = data
+        tp = cls
         for i, part in enumerate(path):
-            last = i == len(path) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise ConfigError(
@@ -229,18 +260,17 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
                 key: Any = int(part)
             else:
                 key = part
-            if last:
+            tp = _field_type(tp, part)
+            if i == len(path) - 1:
                 node[key] = value
                 break
             child = node[key] if isinstance(node, list) else node.get(key)
             if child is None:
                 child = node[key] = {}
-            elif isinstance(child, str):
-                # A shorthand string (a source path, a model reference) being refined by a
-                # sub-key: expand it the way the section's from_shorthand would.
-                child = node[key] = {"name" if part in ("model", "cross_encoder") else "path": child}
             elif not isinstance(child, (dict, list)):
-                raise ConfigError(f"override {dotted}: {'.'.join(path[: i + 1])} is {child!r}, not a mapping")
+                child = node[key] = _expand_shorthand(child, tp)
+                if not isinstance(child, dict):
+                    raise ConfigError(f"override {dotted}: {'.'.join(path[: i + 1])} is {child!r}, not a mapping")
             node = child
     return data
 
@@ -264,7 +294,7 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
     """Load `cls` from a YAML file (optional) with dotted overrides applied on top."""
     data = read_yaml(path) if path is not None else {}
-    return build(cls, apply_overrides(data, overrides))
+    return build(cls, apply_overrides(data, overrides, cls))
 
 
 def to_dict(config: Any) -> Any:
@@ -301,6 +331,9 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         dotted = f"{prefix}{f.name}"
         tp = hints[f.name]
         rows.append((dotted, _type_name(tp), f.metadata.get("help", "")))
+        if typing.get_origin(tp) in (Union, types.UnionType):  # Optional[Section]
+            sections = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            tp = sections[0] if len(sections) == 1 else tp
         if dataclasses.is_dataclass(tp):
             rows.extend(describe(tp, dotted + "."))
     return rows

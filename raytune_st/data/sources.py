@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -121,13 +122,20 @@ def _infer_directory_format(path: str) -> Format:
     entries = os.listdir(path)
     if "dataset_info.json" in entries or "state.json" in entries or "dataset_dict.json" in entries:
         return "hf_disk"
-    found = {fmt for fmt in map(_suffix_format, entries) if fmt is not None}
+    # A `.json` file beside data files is metadata (the stats.json of a mining run), not data.
+    data_entries = [e for e in entries if not e.lower().endswith(".json")] or entries
+    found = {fmt for fmt in map(_suffix_format, data_entries) if fmt is not None}
     if len(found) == 1:
         return found.pop()
     raise ConfigError(
         f"cannot tell the format of directory {path!r} (found {sorted(found) or 'no data files'}); "
         "add format: parquet | jsonl | csv | hf_disk"
     )
+
+
+def _hidden(relative: str) -> bool:
+    """Hidden or private entries (`.git`, `_SUCCESS`, a job's `_work/` directory) are not data."""
+    return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
 def _data_files(source: Source) -> tuple["pyarrow.fs.FileSystem", list[str]]:
@@ -147,7 +155,7 @@ def _data_files(source: Source) -> tuple["pyarrow.fs.FileSystem", list[str]]:
     files = sorted(
         f.path
         for f in fs.get_file_info(selector)
-        if f.type == pyarrow.fs.FileType.File and not os.path.basename(f.path).startswith((".", "_"))
+        if f.type == pyarrow.fs.FileType.File and not _hidden(posixpath.relpath(f.path, base))
     )
     # A directory may hold a README or a manifest beside its data files: when some files
     # carry the format's suffix, read only those (files without any suffix are read as is).

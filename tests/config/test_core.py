@@ -143,13 +143,33 @@ def test_overrides_are_yaml_typed_and_dotted():
 
 def test_apply_overrides_refines_shorthand_and_does_not_mutate():
     data = {"model": "m", "data": "d.parquet", "optim": {"lr": 1.0}}
-    out = apply_overrides(data, ["model.num_labels=2", "data.limit=10", "optim.schedule=cosine", "new.key=1"])
+    out = apply_overrides(data, ["model.num_labels=2", "data.limit=10", "optim.schedule=cosine", "new.key=1"], Job)
     assert out["model"] == {"name": "m", "num_labels": 2}
     assert out["data"] == {"path": "d.parquet", "limit": 10}
     assert out["optim"] == {"lr": 1.0, "schedule": "cosine"}
     assert data == {"model": "m", "data": "d.parquet", "optim": {"lr": 1.0}}
     with pytest.raises(ConfigError, match=r"epochs is 3, not a mapping"):
-        apply_overrides({"epochs": 3}, ["epochs.x=1"])
+        apply_overrides({"epochs": 3}, ["epochs.x=1"], Job)
+    # Without the config class a shorthand string cannot be refined: its meaning is unknown.
+    with pytest.raises(ConfigError, match=r"data is 'd.parquet', not a mapping"):
+        apply_overrides(data, ["data.limit=10"])
+
+
+def test_overrides_expand_shorthand_through_the_sections_own_rule():
+    """A data-set entry's shorthand is its `data` source, not a `path`."""
+    from raytune_st.train.config import TrainConfig
+
+    data = {"model": "m", "train_datasets": {"pairs": "p.parquet"}, "args": {"output_dir": "out"}}
+    out = apply_overrides(data, ["train_datasets.pairs.loss=MultipleNegativesRankingLoss", "model.max_seq_length=64"], TrainConfig)
+    assert out["train_datasets"]["pairs"] == {"data": "p.parquet", "loss": "MultipleNegativesRankingLoss"}
+    assert out["model"] == {"name": "m", "max_seq_length": 64}
+
+
+def test_yaml_booleans_read_as_the_choice_they_spell():
+    from raytune_st.train.config import TrainingArgs
+
+    args = build(TrainingArgs, {"output_dir": "out", "eval_strategy": False, "save_strategy": False})
+    assert (args.eval_strategy, args.save_strategy) == ("no", "no")
 
 
 def test_load_config_from_yaml_with_overrides(tmp_path):

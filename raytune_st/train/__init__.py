@@ -1,0 +1,27 @@
+"""Training on Ray Train: the config, the per-worker loop and the driver that runs it.
+
+- :class:`~raytune_st.train.config.TrainConfig`: the `raytune-st train` config.
+- :func:`~raytune_st.train.loop.train_loop_per_worker`: the loop every worker runs.
+- :func:`~raytune_st.train.job.build_trainer`: the TorchTrainer for a checked config.
+- :func:`~raytune_st.train.job.train`: check, fit, write the outputs.
+
+Imports are lazy so that `from raytune_st.train import TrainConfig` stays light.
+"""
+
+__all__ = ["TrainConfig", "build_trainer", "planned_steps", "preflight", "train", "train_loop_per_worker", "with_overrides"]
+
+
+def __getattr__(name):
+    if name in ("TrainConfig", "planned_steps", "preflight", "with_overrides"):
+        from raytune_st.train import config
+
+        return getattr(config, name)
+    if name in ("build_trainer", "train"):
+        from raytune_st.train import job
+
+        return getattr(job, name)
+    if name == "train_loop_per_worker":
+        from raytune_st.train.loop import train_loop_per_worker
+
+        return train_loop_per_worker
+    raise AttributeError(name)

@@ -1,0 +1,214 @@
+"""The train job's driver: check, build the TorchTrainer, fit, write the outputs.
+
+1. Check on the driver, before any worker starts: the model resolves, every data set fits
+   its loss and holds at least one batch per worker, the output directory is writable.
+2. Build the Ray datasets (lazy) and the TorchTrainer (:func:`build_trainer`, also used by
+   Ray Tune trials) and fit: every worker runs :func:`~raytune_st.train.loop.train_loop_per_worker`.
+3. From the latest checkpoint (or the best, with load_best_model_at_end) write
+   `args.output_dir`: final/, metrics.jsonl, runs/ (TensorBoard), curves.png, config.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any, Optional
+
+from raytune_st.data.sources import Source, read_source
+from raytune_st.errors import ClusterError
+from raytune_st.models.loading import resolve_model
+from raytune_st.outputs import OutputDir, join
+from raytune_st.runtime import ray_session
+from raytune_st.train.artifacts import final_metrics, write_run_outputs
+from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
+from raytune_st.train.config import Plan, TrainConfig, check_dataset, preflight
+from raytune_st.train.loop import shard_name, train_loop_per_worker
+
+if TYPE_CHECKING:
+    import ray.data
+    from ray.train.torch import TorchTrainer
+
+
+def default_storage_path(config: TrainConfig) -> str:
+    """Where Ray Train keeps checkpoints: run.storage_path, else <output_dir>/ray."""
+    if config.run.storage_path:
+        return config.run.storage_path
+    if "://" in config.args.output_dir:
+        return join(config.args.output_dir, "ray")
+    return os.path.abspath(os.path.join(os.path.expanduser(config.args.output_dir), "ray"))
+
+
+def build_datasets(config: TrainConfig) -> dict[str, "ray.data.Dataset"]:
+    """The lazy Ray datasets, named by :func:`~raytune_st.train.loop.shard_name` as the loop reads them."""
+    datasets = {shard_name("train", name): read_source(entry.data) for name, entry in config.train_datasets.items()}
+    datasets.update({shard_name("eval", name): read_source(entry.data) for name, entry in config.eval_datasets.items()})
+    return datasets
+
+
+def loop_config(config: TrainConfig, plan: Plan) -> dict[str, Any]:
+    """The `train_loop_config` of the TorchTrainer (see train_loop_per_worker's docstring)."""
+    columns = {shard_name("train", name): p.columns for name, p in plan.train.items()}
+    columns.update({shard_name("eval", name): p.columns for name, p in plan.eval.items()})
+    return {"train_config": config, "train_rows": plan.train_rows(), "columns": columns}
+
+
+def make_run_config(
+    config: TrainConfig,
+    *,
+    name: Optional[str] = None,
+    storage_path: Optional[str] = None,
+    callbacks: Optional[list[Any]] = None,
+) -> Any:
+    """Ray Train's RunConfig: run name, checkpoint storage, failures to survive, checkpoints to keep.
+
+    `name` and `storage_path` default to the config's run section; a Tune trial passes its own.
+    """
+    import ray.train
+
+    args = config.args
+    scored = config.has_eval and (args.load_best_model_at_end or args.metric_for_best_model is not None)
+    return ray.train.RunConfig(
+        name=name or config.run.name,
+        storage_path=storage_path or default_storage_path(config),
+        failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=args.save_total_limit,
+            checkpoint_score_attribute=args.best_metric if scored else None,
+            checkpoint_score_order="max" if args.higher_is_better else "min",
+        ),
+        callbacks=callbacks,
+    )
+
+
+def build_trainer(
+    config: TrainConfig,
+    plan: Plan,
+    *,
+    dataset_config: Any = None,
+    run_config: Any = None,
+) -> "TorchTrainer":
+    """The TorchTrainer for a checked config (`plan` from :func:`plan_run`).
+
+    `dataset_config` (a ray.train.DataConfig) and `run_config` (see :func:`make_run_config`)
+    replace the defaults.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    # Keep workers in the job's working directory (where `ray job submit --working-dir` puts
+    # the project), so relative data and model paths in the config mean the same everywhere.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    scaling = ray.train.ScalingConfig(
+        num_workers=config.scaling.num_workers,
+        use_gpu=config.scaling.use_gpu,
+        resources_per_worker=config.scaling.resources_per_worker or None,
+    )
+    kwargs = {"dataset_config": dataset_config} if dataset_config is not None else {}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(config, plan),
+        scaling_config=scaling,
+        run_config=run_config or make_run_config(config),
+        datasets=build_datasets(config),
+        **kwargs,
+    )
+
+
+def count_rows(source: Source) -> int:
+    """Rows of a source whose format stores no count (JSONL, CSV), counted by Ray Data."""
+    return read_source(source).count()
+
+
+def check(config: TrainConfig) -> OutputDir:
+    """The checks that need no Ray: the model resolves, every data set's metadata fits its loss, the
+    evaluators' data exists, the output is writable. (Row counts and shard sizes: :func:`plan_run`.)"""
+    resolve_model(config.model.name)
+    for section, sets in (("train_datasets", config.train_datasets), ("eval_datasets", config.eval_datasets)):
+        for name in sets:
+            check_dataset(config, section, name)
+    for spec in config.evaluators:
+        spec.check_data()
+    output = OutputDir(config.args.output_dir)
+    output.check_writable("args.output_dir")
+    # Checkpoints go here; find out now rather than at the first checkpoint, hours in.
+    OutputDir(default_storage_path(config)).check_writable("run.storage_path")
+    return output
+
+
+def plan_run(config: TrainConfig) -> Plan:
+    """Pre-flight inside a Ray session: every data set checked and counted, the cluster big enough."""
+    import ray
+
+    plan = preflight(config, count_rows=count_rows)
+    resources = ray.cluster_resources()
+    if config.scaling.use_gpu and resources.get("GPU", 0) < config.scaling.num_workers:
+        raise ClusterError(
+            f"scaling.use_gpu asks for {config.scaling.num_workers} GPU workers but the cluster has "
+            f"{resources.get('GPU', 0):g} GPUs; lower num_workers, add GPU nodes, or set use_gpu: false"
+        )
+    cpus_per_worker = config.scaling.resources_per_worker.get("CPU", 0 if config.scaling.use_gpu else 1)
+    if resources.get("CPU", 0) - cpus_per_worker * config.scaling.num_workers < 1:
+        # Ray Data's read tasks need a CPU of their own; without one the workers wait forever.
+        print(
+            f"warning: {config.scaling.num_workers} workers x {cpus_per_worker:g} CPU leave less than one of the "
+            f"cluster's {resources.get('CPU', 0):g} CPUs for reading data; unless the cluster autoscales, lower "
+            "scaling.resources_per_worker.CPU (e.g. 0.5) or num_workers"
+        )
+    return plan
+
+
+def fit_and_write(config: TrainConfig, plan: Plan, *, run_config: Any = None, dataset_config: Any = None) -> dict[str, Any]:
+    """Fit the TorchTrainer and write `args.output_dir` from its checkpoints; returns the final metrics.
+
+    The final model is the latest checkpoint's, or the best one's with load_best_model_at_end
+    (its metrics are then the returned ones).
+    """
+    import pyarrow.fs
+
+    output = OutputDir(config.args.output_dir)
+    result = build_trainer(config, plan, dataset_config=dataset_config, run_config=run_config).fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint; the final step always saves one")
+
+    best_step: Optional[int] = None
+    chosen = result.checkpoint
+    if config.args.load_best_model_at_end:
+        mode = "max" if config.args.higher_is_better else "min"
+        chosen = result.get_best_checkpoint(metric=config.args.best_metric, mode=mode) or chosen
+    with result.checkpoint.as_directory() as latest_dir:
+        history = read_checkpoint(latest_dir).history
+    with chosen.as_directory() as chosen_dir:
+        chosen_state = read_checkpoint(chosen_dir)
+        metrics = final_metrics(chosen_state.history)
+        if chosen.path != result.checkpoint.path:
+            best_step = chosen_state.step
+        with tempfile.TemporaryDirectory(prefix="raytune-st-train-") as stage:
+            write_run_outputs(
+                stage,
+                config=config,
+                model_dir=os.path.join(chosen_dir, MODEL_DIR),
+                history=history,
+                metrics=metrics,
+                best_step=best_step,
+            )
+            pyarrow.fs.copy_files(
+                stage, output.root, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=output.fs
+            )
+    print(_summary(metrics, config.args.output_dir, best_step))
+    return metrics
+
+
+def train(config: TrainConfig, *, dataset_config: Any = None) -> dict[str, Any]:
+    """Run the train job; returns the final metrics (of the best checkpoint with load_best_model_at_end)."""
+    check(config)
+    with ray_session(config.ray_address):
+        plan = plan_run(config)
+        return fit_and_write(config, plan, dataset_config=dataset_config)
+
+
+def _summary(metrics: dict[str, Any], output_dir: str, best_step: Optional[int]) -> str:
+    lines = [f"{k:<40} {v:.6g}" if isinstance(v, float) else f"{k:<40} {v}" for k, v in metrics.items()]
+    where = f"wrote {output_dir}/final" + (f" (best checkpoint, step {best_step})" if best_step is not None else "")
+    return "\n".join(lines + [where])

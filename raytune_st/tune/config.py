@@ -1,0 +1,147 @@
+"""Config of the tune job: a training config plus a `search` section."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from raytune_st.config.core import build, option, suggest, to_dict
+from raytune_st.errors import ConfigError
+from raytune_st.train.config import TrainConfig
+from raytune_st.tune.space import Domain, apply_params, check_key, parse_space
+
+
+@dataclass
+class SchedulerConfig:
+    """Which trials to stop early."""
+
+    type: Literal["fifo", "asha", "pbt"] = option(
+        "fifo", help="fifo: run every trial to the end; asha: stop poor trials at rungs (async successive halving)"
+    )
+    grace_period: int = option(1, help="asha: optimizer steps every trial runs before it may be stopped")
+    reduction_factor: float = option(2.0, help="asha: keep the best 1/reduction_factor of trials at each rung")
+    max_t: Optional[int] = option(None, help="asha: the last rung in optimizer steps (default: the trials' planned steps)")
+
+    @classmethod
+    def from_shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    def __post_init__(self) -> None:
+        if self.type == "pbt":
+            raise ConfigError(
+                "type: pbt is not supported: each trial is a whole Ray Train run, which hands Tune its metrics and "
+                "checkpoint paths but no Tune checkpoint, so PBT could not clone a better trial; use asha or fifo"
+            )
+        if self.grace_period < 1:
+            raise ConfigError(f"grace_period: must be at least 1 step, got {self.grace_period}")
+        if self.reduction_factor <= 1:
+            raise ConfigError(f"reduction_factor: must be greater than 1, got {self.reduction_factor}")
+
+
+@dataclass
+class SearchConfig:
+    """What to search, how, and for which metric."""
+
+    space: dict[str, Any] = option(
+        help="dotted training keys -> domains: {loguniform: [a, b]}, {uniform: [a, b]}, {quniform: [a, b, q]}, "
+        "{randint: [a, b]}, {choice: [...]}, {grid: [...]}"
+    )
+    metric: Optional[str] = option(
+        None, help="metric to optimise, as the training run reports it: eval_loss or eval_<evaluator name>_<metric>"
+    )
+    mode: Optional[Literal["min", "max"]] = option(None, help="min or max the metric (default: min for losses, else max)")
+    num_samples: int = option(1, help="trials to sample (with grid: repeats of the whole grid)")
+    search_alg: Literal["random", "grid", "optuna"] = option("random", help="random, grid (every choice) or optuna (TPE)")
+    scheduler: SchedulerConfig = option(default_factory=SchedulerConfig, help="fifo or asha (early stopping)")
+    max_concurrent_trials: Optional[int] = option(
+        None, help="trials at once (default: what the cluster's GPUs, or CPUs, allow for one trial's workers)"
+    )
+    time_budget_s: Optional[float] = option(None, help="stop the sweep after this many seconds")
+    storage_path: Optional[str] = option(None, help="where Tune and the trials' Train runs keep state (default: <args.output_dir>/ray)")
+    name: str = option("sweep", help="sweep name; re-running with the same name and storage resumes it")
+    seed: Optional[int] = option(None, help="seed of the search algorithm (default: args.seed)")
+
+    def __post_init__(self) -> None:
+        self.domains: list[Domain] = parse_space(self.space)
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples: must be at least 1, got {self.num_samples}")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ConfigError(f"max_concurrent_trials: must be at least 1, got {self.max_concurrent_trials}")
+        if self.scheduler.type == "asha" and not self.metric:
+            raise ConfigError("scheduler asha needs a metric to compare trials; set search.metric (e.g. eval_loss)")
+        if self.search_alg == "optuna" and not self.metric:
+            raise ConfigError("search_alg optuna needs a metric to optimise; set search.metric")
+        if self.search_alg == "grid":
+            continuous = [d.key for d in self.domains if not d.categorical]
+            if continuous:
+                raise ConfigError(
+                    f"search_alg grid needs choice/grid domains, but {continuous[0]!r} is continuous; "
+                    "list its values with {choice: [...]} or use search_alg random / optuna"
+                )
+        if self.search_alg == "optuna" and self.grid_domains:
+            raise ConfigError(
+                f"search_alg optuna cannot enumerate the grid domain {self.grid_domains[0].key!r}; write it as {{choice: [...]}}"
+            )
+        if self.metric and self.mode is None:
+            self.mode = "min" if self.metric.endswith("loss") else "max"
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name: {self.name!r} must be a non-empty name without '/'")
+
+    @property
+    def grid_domains(self) -> list[Domain]:
+        """The domains Tune enumerates (grid_search) rather than samples."""
+        return [d for d in self.domains if d.kind == "grid" or (self.search_alg == "grid" and d.categorical)]
+
+    @property
+    def num_trials(self) -> int:
+        return math.prod(len(d.args) for d in self.grid_domains) * self.num_samples
+
+
+@dataclass
+class TuneConfig(TrainConfig):
+    """raytune-st tune: a training config plus `search`; every trial is a whole distributed training run."""
+
+    search: Optional[SearchConfig] = option(None, help="the search space, metric, algorithm and scheduler")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.search is None:
+            raise ConfigError("missing required key 'search': a tune config is a training config plus a search section")
+        base = self.train_data()
+        for domain in self.search.domains:
+            check_key(base, domain.key)
+            # Every option, or both bounds, must make a valid training config (types, loss names,
+            # loss arguments); the data sets are checked against each loss in `job.check`.
+            for value in domain.probe_values():
+                try:
+                    self.trial_config({domain.key: value})
+                except ConfigError as exc:
+                    shown = domain.label(value)
+                    raise ConfigError(f"search.space.{domain.key} = {shown!r} does not make a valid training config: {exc}") from None
+        if self.search.metric:
+            self._check_metric(self.search.metric)
+
+    def _check_metric(self, metric: str) -> None:
+        produced = self.metric_prefixes()
+        if metric in ("loss",) or any(metric == p or (p.endswith("_") and metric.startswith(p)) for p in produced):
+            if metric != "loss" and self.args.eval_strategy == "no":
+                raise ConfigError(
+                    f"search.metric {metric!r} is only reported when the trials evaluate; set args.eval_strategy: steps "
+                    "and args.eval_steps"
+                )
+            return
+        raise ConfigError(
+            f"search.metric {metric!r} is not reported by the training runs{suggest(metric, produced + ['loss'])}; "
+            "they report loss" + ("" if not produced else ", " + ", ".join(p + ("<metric>" if p.endswith("_") else "") for p in produced))
+        )
+
+    def train_data(self) -> dict[str, Any]:
+        """The training part of this config as plain data."""
+        data = to_dict(self)
+        data.pop("search")
+        return data
+
+    def trial_config(self, params: dict[str, Any]) -> TrainConfig:
+        """The training config of one trial: sampled `params` (choice indices) applied."""
+        return build(TrainConfig, apply_params(self.train_data(), self.search.domains, params))

@@ -1,0 +1,306 @@
+"""The tune job: Ray Tune searches a training config; every trial is a whole Ray Train run.
+
+1. Check on the driver, before any trial starts: every searched key exists, every option and
+   bound makes a valid training config whose data sets fit their losses, the metric is one
+   the runs report, the output directory is writable.
+2. Ray Tune samples trials (random, grid or Optuna) and runs each as a driver function that
+   builds and fits its own TorchTrainer (Train V2), reporting through TuneReportCallback;
+   ASHA stops poor trials early. Train runs are named after the trial id, never a timestamp,
+   so re-running the same command resumes an interrupted sweep where it stopped.
+3. Write the results table (CSV + JSON), the best trial's config as a ready-to-run training
+   YAML, its final model to `output_dir/best`, and a plot of the metric per trial over steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from raytune_st.config.core import dump_yaml
+from raytune_st.errors import ConfigError, RaytuneError
+from raytune_st.outputs import OutputDir, join
+from raytune_st.runtime import ray_session
+from raytune_st.train.config import TrainConfig, check_dataset, planned_steps
+from raytune_st.train.job import check as check_train, count_rows, fit_and_write, make_run_config, plan_run
+from raytune_st.tune.config import TuneConfig
+
+if TYPE_CHECKING:
+    import ray.tune
+
+TRIALS_DIR = "trials"
+
+
+def sweep_storage(config: TuneConfig) -> str:
+    """Where Tune keeps the sweep's state: search.storage_path, else <args.output_dir>/ray (absolute)."""
+    if config.search.storage_path:
+        return config.search.storage_path
+    if "://" in config.args.output_dir:
+        return join(config.args.output_dir, "ray")
+    return os.path.abspath(os.path.join(os.path.expanduser(config.args.output_dir), "ray"))
+
+
+def check(config: TuneConfig) -> OutputDir:
+    """Pre-flight of the whole sweep: every option's data sets against its loss; model; output."""
+    output = check_train(config)
+    OutputDir(sweep_storage(config)).check_writable("search.storage_path")
+    for domain in config.search.domains:
+        for value in domain.probe_values():
+            trial = config.trial_config({domain.key: value})
+            for section, sets in (("train_datasets", trial.train_datasets), ("eval_datasets", trial.eval_datasets)):
+                for name in sets:
+                    try:
+                        check_dataset(trial, section, name)
+                    except RaytuneError as exc:
+                        raise type(exc)(f"search.space.{domain.key} = {domain.label(value)!r}: {exc}") from None
+    return output
+
+
+def trial_resources(config: TrainConfig) -> dict[str, float]:
+    """What one trial's Train workers take together (the trial's driver itself takes nothing)."""
+    per_worker = dict(config.scaling.resources_per_worker or {})
+    per_worker.setdefault("CPU", 1)
+    if config.scaling.use_gpu:
+        per_worker.setdefault("GPU", 1)
+    return {k: v * config.scaling.num_workers for k, v in per_worker.items() if v}
+
+
+def default_concurrency(config: TrainConfig, cluster: dict[str, float]) -> int:
+    """As many trials as the cluster's GPUs (or CPUs) can hold at once, at least one."""
+    need = trial_resources(config)
+    fits = [math.floor(cluster.get(kind, 0) / amount) for kind, amount in need.items() if kind in ("CPU", "GPU")]
+    return max(min(fits) if fits else 1, 1)
+
+
+def _report_callback(metric: Optional[str]):
+    """TuneReportCallback that hands Tune only the reports carrying the sweep's metric.
+
+    The training loop also reports plain logging steps; Tune refuses results without the
+    metric that its scheduler and search algorithm compare.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class MetricReportCallback(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metric is None or metric in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return MetricReportCallback()
+
+
+def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, storage: str) -> None:
+    """One trial (a Tune driver function): build and fit this trial's TorchTrainer."""
+    import ray.tune
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    trial = config.trial_config(params)
+    trial.args.output_dir = join(sweep_dir, TRIALS_DIR, trial_id)
+    plan = plan_run(trial)
+    run_config = make_run_config(
+        trial, name=f"{config.search.name}-{trial_id}", storage_path=storage, callbacks=[_report_callback(config.search.metric)]
+    )
+    fit_and_write(trial, plan, run_config=run_config)
+
+
+def _search_alg(config: TuneConfig):
+    search = config.search
+    seed = search.seed if search.seed is not None else config.args.seed
+    if search.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=search.metric, mode=search.mode, seed=seed)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed)
+
+
+def _scheduler(config: TuneConfig, max_t: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sched = config.search.scheduler
+    if sched.type == "asha":
+        return ASHAScheduler(
+            time_attr="step",
+            max_t=sched.max_t or max_t,
+            grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor,
+        )
+    return FIFOScheduler()
+
+
+def build_tuner(config: TuneConfig, output: OutputDir) -> "ray.tune.Tuner":
+    """A new Tuner for the sweep, or the interrupted one restored from its storage."""
+    import ray
+    from ray import tune
+
+    from raytune_st.tune.space import to_tune_domain
+
+    search = config.search
+    storage = sweep_storage(config)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, config=config, sweep_dir=config.args.output_dir, storage=storage),
+        {"CPU": 0},
+    )
+    experiment = join(storage, search.name)
+    if tune.Tuner.can_restore(experiment):
+        print(f"resuming sweep {search.name!r} from {experiment}")
+        return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+
+    plan = plan_run(config)
+    concurrency = search.max_concurrent_trials or default_concurrency(config, ray.cluster_resources())
+    param_space = {d.key: to_tune_domain(d, search.search_alg) for d in search.domains}
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=search.metric,
+            mode=search.mode,
+            num_samples=search.num_samples,
+            search_alg=_search_alg(config),
+            scheduler=_scheduler(config, planned_steps(config, plan.train_rows())),
+            max_concurrent_trials=concurrency,
+            time_budget_s=search.time_budget_s,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(name=search.name, storage_path=storage, verbose=1),
+    )
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    params: dict[str, Any]  # searched key -> value as a person reads it
+    metric: Optional[float]  # last reported value of the sweep's metric
+    steps: Optional[int]  # optimizer steps run
+    stop_reason: str
+    history: list[tuple[int, float]]  # (step, metric) over the run
+
+    def flat(self, metric_name: Optional[str]) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            **self.params,
+            (metric_name or "metric"): self.metric,
+            "steps": self.steps,
+            "stop_reason": self.stop_reason,
+        }
+
+
+def collect_rows(config: TuneConfig, grid: Any, output: OutputDir) -> list[TrialRow]:
+    """One row per trial from Tune's ResultGrid."""
+    search = config.search
+    rows = []
+    for result in grid:
+        trial_id = result.metrics.get("trial_id") or posixpath.basename(result.path.rstrip("/"))
+        params = {d.key: d.label(result.config[d.key]) for d in search.domains if d.key in result.config}
+        history: list[tuple[int, float]] = []
+        frame = result.metrics_dataframe
+        if search.metric and frame is not None and search.metric in frame and "step" in frame:
+            history = [(int(s), float(m)) for s, m in zip(frame["step"], frame[search.metric]) if m == m]
+        if result.error is not None:
+            reason = f"error: {type(result.error).__name__}"
+        elif output.exists(posixpath.join(TRIALS_DIR, trial_id, "final")):
+            reason = "completed"
+        elif search.scheduler.type == "asha":
+            reason = "stopped early by asha"
+        else:
+            reason = "stopped by the time budget"
+        metric = result.metrics.get(search.metric) if search.metric else None
+        rows.append(TrialRow(trial_id, params, metric, result.metrics.get("step"), reason, history))
+    return sorted(rows, key=lambda r: r.trial_id)
+
+
+def best_row(rows: list[TrialRow], mode: Optional[str]) -> Optional[TrialRow]:
+    """The completed trial with the best last metric (the only ones with a final model)."""
+    done = [r for r in rows if r.stop_reason == "completed" and r.metric is not None]
+    if not done:
+        return None
+    return (max if mode == "max" else min)(done, key=lambda r: r.metric)
+
+
+def format_table(rows: list[TrialRow], metric: Optional[str]) -> str:
+    flat = [r.flat(metric) for r in rows]
+    if not flat:
+        return "no trials ran"
+    columns = list(flat[0])
+    cells = [[("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()] for row in flat]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _csv(rows: list[TrialRow], metric: Optional[str]) -> str:
+    import csv
+    import io
+
+    flat = [r.flat(metric) for r in rows]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(flat[0]) if flat else ["trial_id"])
+    writer.writeheader()
+    writer.writerows(flat)
+    return buffer.getvalue()
+
+
+def _plot(rows: list[TrialRow], metric: str) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in rows:
+        if row.history:
+            steps, values = zip(*row.history)
+            ax.plot(steps, values, marker="o", label=f"{row.trial_id} ({row.stop_reason})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.set_title("metric per trial")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def tune(config: TuneConfig) -> dict[str, Any]:
+    """Run the sweep; returns {"best": row of the best trial or None, "trials": [rows]}."""
+    import pyarrow.fs
+
+    output = check(config)
+    search = config.search
+    with ray_session(config.ray_address):
+        tuner = build_tuner(config, output)
+        grid = tuner.fit()
+    rows = collect_rows(config, grid, output)
+    print(format_table(rows, search.metric))
+    best = best_row(rows, search.mode) if search.metric else None
+
+    output.write("results.csv", _csv(rows, search.metric))
+    output.write("results.json", json.dumps([r.flat(search.metric) for r in rows], indent=2, default=str) + "\n")
+    output.write("config.yaml", dump_yaml(config))
+    if search.metric and any(r.history for r in rows):
+        output.write("metric-per-trial.png", _plot(rows, search.metric))
+    if best is not None:
+        best_config = _best_config(config, grid, best.trial_id)
+        best_config.args.output_dir = join(config.args.output_dir, "best-run")
+        output.write("best-config.yaml", dump_yaml(best_config))
+        source = posixpath.join(output.root, TRIALS_DIR, best.trial_id, "final")
+        pyarrow.fs.copy_files(source, posixpath.join(output.root, "best"), source_filesystem=output.fs, destination_filesystem=output.fs)
+        print(f"best trial {best.trial_id}: {search.metric} = {best.metric:.4f}; model in {join(config.args.output_dir, 'best')}, "
+              f"config in {join(config.args.output_dir, 'best-config.yaml')}")
+    elif search.metric:
+        print("no trial completed; no best model to keep")
+    return {"best": best.flat(search.metric) if best else None, "trials": [r.flat(search.metric) for r in rows]}
+
+
+def _best_config(config: TuneConfig, grid: Any, trial_id: str) -> TrainConfig:
+    for result in grid:
+        if (result.metrics.get("trial_id") or posixpath.basename(result.path.rstrip("/"))) == trial_id:
+            return config.trial_config({d.key: result.config[d.key] for d in config.search.domains})
+    raise ConfigError(f"trial {trial_id} is not in the sweep's results")

@@ -1,0 +1,121 @@
+"""Checkpoint files, run outputs and the loop's loss plumbing, on a tiny model without Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from raytune_st.config.core import build
+from raytune_st.train.artifacts import card_section, final_metrics, write_run_outputs
+from raytune_st.train.checkpointing import DataPosition, TrainingState, read_checkpoint, write_checkpoint
+from raytune_st.train.config import TrainConfig
+from train_fixtures import DEBIAN_TRAIN
+
+HISTORY = [
+    {"loss": 2.0, "learning_rate": 1e-5, "step": 1},
+    {"loss": 1.5, "eval_loss": 1.7, "eval_dev_cosine_ndcg@10": 0.3, "step": 2},
+    {"loss": 1.2, "step": 3},
+]
+
+
+def config_for(model_dir: str, output_dir: str) -> TrainConfig:
+    return build(
+        TrainConfig,
+        {
+            "model": {"name": model_dir, "card": {"language": "en", "license": "apache-2.0", "model_name": "tiny"}},
+            "train_datasets": {"pairs": {"data": {"path": DEBIAN_TRAIN, "columns": ["query", "passage"]}}},
+            "loss": "MultipleNegativesRankingLoss",
+            "args": {"output_dir": output_dir},
+        },
+    )
+
+
+def test_final_metrics_keep_the_last_value_of_each_metric():
+    assert final_metrics(HISTORY) == {"loss": 1.2, "learning_rate": 1e-5, "step": 3, "eval_loss": 1.7, "eval_dev_cosine_ndcg@10": 0.3}
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_bi_encoder):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(tiny_bi_encoder, device="cpu")
+    state = TrainingState(
+        step=4,
+        micro_batches=8,
+        optimizer={"state": {}, "param_groups": []},
+        scheduler={"last_epoch": 4},
+        scaler={},
+        losses={"nli": {"classifier.weight": torch.ones(2, 3)}},
+        best_metric=0.5,
+        history=HISTORY,
+        position=DataPosition(epoch=1, workers=[{"pairs": {"rows_read": 40, "pending": [{"query": "a", "passage": "b"}]}}]),
+    )
+    write_checkpoint(str(tmp_path / "ckpt"), model, state, "args: {}\n")
+    back = read_checkpoint(str(tmp_path / "ckpt"))
+    assert (back.step, back.micro_batches, back.best_metric, back.history) == (4, 8, 0.5, HISTORY)
+    assert torch.equal(back.losses["nli"]["classifier.weight"], torch.ones(2, 3))
+    assert back.position.for_rank(0, 1) == {"pairs": {"rows_read": 40, "pending": [{"query": "a", "passage": "b"}]}}
+    assert back.position.for_rank(0, 2) == {}  # another number of workers restarts the epoch
+    assert SentenceTransformer(str(tmp_path / "ckpt" / "model"), device="cpu").encode(["x"]).shape == (1, 32)
+
+
+def test_run_outputs(tmp_path, tiny_bi_encoder):
+    from sentence_transformers import SentenceTransformer
+
+    config = config_for(tiny_bi_encoder, str(tmp_path / "out"))
+    write_run_outputs(str(tmp_path / "out"), config=config, model_dir=tiny_bi_encoder, history=HISTORY, metrics=final_metrics(HISTORY), best_step=2)
+    out = tmp_path / "out"
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "runs"))
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "MultipleNegativesRankingLoss" in (out / "config.yaml").read_text()
+    card = (out / "final" / "README.md").read_text()
+    assert "best checkpoint (step 2)" in card and "eval_dev_cosine_ndcg@10" in card and "license: apache-2.0" in card
+    assert SentenceTransformer(str(out / "final"), device="cpu").encode(["apt"]).shape == (1, 32)
+
+
+def test_card_section_lists_metrics_and_config(tmp_path, tiny_bi_encoder):
+    text = card_section(config_for(tiny_bi_encoder, "out"), {"eval_loss": 0.25, "step": 3}, None)
+    assert "| eval_loss | 0.25 |" in text and "```yaml" in text and "best checkpoint" not in text
+
+
+def test_loss_is_pointed_at_the_wrapped_model_and_back_for_evaluation(tiny_bi_encoder):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from raytune_st.losses.build import build_loss
+    from raytune_st.train.loop import _evaluation_view, _point_loss_at
+
+    model = SentenceTransformer(tiny_bi_encoder, device="cpu")
+
+    class Wrapper(torch.nn.Module):  # stands in for DistributedDataParallel
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    wrapped = Wrapper(model)
+    loss = build_loss("MatryoshkaLoss", {"loss": "MultipleNegativesRankingLoss", "matryoshka_dims": [32, 16]}, model, world_size=2)
+    _point_loss_at(loss, wrapped, model)
+    assert loss.model is wrapped and loss.loss.model is wrapped
+    assert wrapped.get_embedding_dimension() == 32  # bound for the losses that call it
+    with _evaluation_view(loss, model):
+        assert loss.model is model and loss.loss.model is model
+        assert loss.loss.gather_across_devices is False
+    assert loss.model is wrapped and loss.loss.gather_across_devices is True
+
+
+def test_overrides_from_a_tune_trial_are_type_checked(tiny_bi_encoder):
+    from raytune_st.errors import ConfigError
+    from raytune_st.train.config import with_overrides
+
+    config = config_for(tiny_bi_encoder, "out")
+    trial = with_overrides(config, {"args.learning_rate": 3e-5, "loss_kwargs": {"scale": 10}, "args.prompts": None})
+    assert trial.args.learning_rate == 3e-5 and trial.loss_kwargs == {"scale": 10}
+    assert config.args.learning_rate == 5e-5  # the original is untouched
+    with pytest.raises(ConfigError, match="'scal' is not an argument"):
+        with_overrides(config, {"loss_kwargs": {"scal": 10}})

@@ -1,0 +1,224 @@
+"""The train job through a real local Ray (one session for the module): two CPU workers with
+uneven shards, outputs, a worker killed mid-run, and every shipped example at a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from train_fixtures import DEBIAN_DEV, REPO
+
+pytestmark = pytest.mark.ray
+
+# The machine running the tests may have 2 cores: half a CPU per worker leaves one for Ray Data.
+HALF_CPU = "scaling.resources_per_worker={CPU: 0.5}"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    import ray.cloudpickle
+
+    ray.init(num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+    # The UnevenShards DataConfig below runs in Ray's train controller, which cannot import this module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.shutdown()
+
+
+def load(example: str, overrides: list[str]):
+    from raytune_st.cli import load_job_config
+
+    return load_job_config("train", os.path.join(REPO, "examples", "configs", example), overrides)
+
+
+def make_uneven_shards(rows_per_worker: list[int]):
+    """A DataConfig whose training shards hold different numbers of rows (worker i: rows_per_worker[i])."""
+    import ray.train
+
+    class UnevenShards(ray.train.DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            output = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                for rank in range(world_size):
+                    if name.startswith("train_"):
+                        output[rank][name] = ds.limit(rows_per_worker[rank]).iterator()
+                    else:
+                        output[rank][name] = ds.iterator()
+            return output
+
+    return UnevenShards()
+
+
+def read_jsonl(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_two_workers_with_uneven_shards_run_the_same_steps_and_write_every_output(
+    ray_local, tmp_path, tiny_bi_encoder, debian_sets
+):
+    from sentence_transformers import SentenceTransformer
+
+    from raytune_st.train.job import train
+
+    out = tmp_path / "out"
+    config = load(
+        "train-mnrl-debian.yaml",
+        [
+            f"model={tiny_bi_encoder}",
+            f"train_datasets.mined.data.path={debian_sets['triplets']}",
+            f"evaluators=[{{type: InformationRetrievalEvaluator, name: dev, data: {{path: {DEBIAN_DEV}, columns: [query, passage], limit: 60}}}}]",
+            "args.metric_for_best_model=dev_cosine_ndcg@10",
+            f"eval_datasets.dev={{data: {{path: {debian_sets['triplets']}, limit: 40}}}}",
+            f"args.output_dir={out}",
+            "args.per_device_train_batch_size=8",
+            "args.max_steps=16",
+            "args.logging_steps=4",
+            "args.eval_steps=8",
+            "args.save_steps=8",
+            "args.save_total_limit=1",
+            "scaling.num_workers=2",
+            HALF_CPU,
+        ],
+    )
+    # Worker 1 holds 60 rows (7 batches of 8): it must pad, never stop early.
+    metrics = train(config, dataset_config=make_uneven_shards([400, 60]))
+
+    assert metrics["worker_steps_min"] == metrics["worker_steps_max"] == 16
+    assert metrics["padded_batches"] >= 9
+    history = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in history] == [4, 8, 12, 16]
+    assert all("loss" in r for r in history)
+    assert "eval_loss" in history[1] and "eval_dev_cosine_ndcg@10" in history[1]
+    assert os.listdir(out / "runs") and (out / "curves.png").stat().st_size > 0
+    assert "train-mnrl-debian" in (out / "config.yaml").read_text()
+    model = SentenceTransformer(str(out / "final"), device="cpu")
+    assert model.encode(["apt"]).shape == (1, 32)
+    card = (out / "final" / "README.md").read_text()
+    assert "## Training with raytune_st" in card and "MultipleNegativesRankingLoss" in card
+    checkpoints = sorted(p for p in os.listdir(out / "ray" / "train-mnrl-debian") if p.startswith("checkpoint-"))
+    assert 1 <= len(checkpoints) <= 2  # save_total_limit=1 by metric, plus the latest always kept
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint_and_finishes_the_planned_steps(
+    ray_local, tmp_path, tiny_bi_encoder, debian_sets
+):
+    import psutil
+
+    from raytune_st.train.job import train
+
+    out = tmp_path / "out"
+    run_dir = out / "ray" / "train-mnrl-debian"
+    config = load(
+        "train-mnrl-debian.yaml",
+        [
+            f"model={tiny_bi_encoder}",
+            f"train_datasets.mined.data.path={debian_sets['triplets']}",
+            "evaluators=[]",
+            "args.eval_strategy=no",
+            "args.eval_steps=null",
+            "args.load_best_model_at_end=false",
+            "args.metric_for_best_model=null",
+            f"args.output_dir={out}",
+            "args.per_device_train_batch_size=4",
+            "args.max_steps=100",
+            "args.logging_steps=5",
+            "args.save_steps=10",
+            "args.save_total_limit=null",
+            "run.max_failures=1",
+            "scaling.num_workers=2",
+            HALF_CPU,
+        ],
+    )
+    killed: list[int] = []
+
+    def kill_a_worker_after_the_first_checkpoint():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            # Two checkpoint directories: the first one is surely registered by Ray Train by now.
+            if run_dir.exists() and sum(p.startswith("checkpoint-") for p in os.listdir(run_dir)) >= 2:
+                # Ray names worker processes after their actor class; only this test's own Ray
+                # (started by the fixture, a child of this process) is searched.
+                workers = [
+                    p for p in psutil.Process().children(recursive=True)
+                    if "RayTrainWorker" in " ".join(p.cmdline() or [p.name()])
+                ]
+                if workers:
+                    victim = max(workers, key=lambda p: p.pid)
+                    victim.kill()
+                    killed.append(victim.pid)
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    watcher.start()
+    metrics = train(config)
+    watcher.join(timeout=5)
+
+    assert killed, "no worker was killed: the run ended before its first checkpoint was seen"
+    history = read_jsonl(out / "metrics.jsonl")
+    steps = [r["step"] for r in history]
+    assert steps == sorted(set(steps)) and steps[-1] == 100  # no step twice, all planned steps
+    resumed = [r["resumed_from_step"] for r in history if "resumed_from_step" in r]
+    assert len(resumed) == 1 and resumed[0] % 10 == 0 and 10 <= resumed[0] < 100
+    assert metrics["worker_steps_min"] == metrics["worker_steps_max"] == 100
+
+
+@pytest.mark.parametrize(
+    "example,overrides",
+    [
+        ("train-cosent-stsb.yaml", ["train_datasets.stsb.data.limit=200", "eval_datasets.stsb.data.limit=40", "args.eval_steps=2", "args.save_steps=2"]),
+        (
+            "train-multi-dataset.yaml",
+            [
+                "train_datasets.retrieval.data.path={triplets}",
+                "train_datasets.similarity.data.limit=200",
+                "train_datasets.relevance.data.path={pairs}",
+                "args.eval_steps=2",
+                "args.save_steps=2",
+            ],
+        ),
+        ("train-matryoshka-debian.yaml", ["train_datasets.mined.data.path={triplets}", "loss_kwargs.matryoshka_dims=[32, 16]"]),
+        (
+            "train-reranker-bce.yaml",
+            [
+                "model.name={ce}",
+                "model.max_seq_length=64",
+                "train_datasets.pairs.data.path={pairs}",
+                "evaluators=[{{type: CrossEncoderRerankingEvaluator, name: debian-dev, data: {rerank_dev}, at_k: 10}}]",
+                "args.eval_steps=1",
+                "args.save_steps=1",
+            ],
+        ),
+        (
+            "train-reranker-cmnrl.yaml",
+            ["model.name={ce}", "model.max_seq_length=64", "train_datasets.mined.data.path={triplets}", "args.per_device_train_batch_size=4"],
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_every_example_runs_a_few_steps(ray_local, tmp_path, tiny_bi_encoder, tiny_cross_encoder, debian_sets, example, overrides):
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    from raytune_st.train.job import train
+
+    values = {**debian_sets, "ce": tiny_cross_encoder}
+    overrides = [o.format(**values) for o in overrides]
+    if not any(o.startswith("model.name=") for o in overrides):
+        overrides.append(f"model={tiny_bi_encoder}")
+    config = load(example, overrides + [f"args.output_dir={tmp_path / 'out'}", "args.max_steps=2", "args.logging_steps=1", "scaling.num_workers=1"])
+    metrics = train(config)
+
+    assert read_jsonl(tmp_path / "out" / "metrics.jsonl")[-1]["step"] == 2
+    final = str(tmp_path / "out" / "final")
+    model = CrossEncoder(final, device="cpu") if config.model.type == "cross_encoder" else SentenceTransformer(final, device="cpu")
+    assert model is not None
+    if example == "train-reranker-bce.yaml":
+        # load_best_model_at_end: the final model is the checkpoint with the best NDCG@10.
+        assert "eval_debian-dev_ndcg@10" in metrics and metrics["step"] in (1, 2)

@@ -1,0 +1,117 @@
+"""The tune config and the sweep's pre-flight checks, without Ray."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raytune_st.config import build
+from raytune_st.errors import ConfigError, DataError
+from raytune_st.tune.config import TuneConfig
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"anchor": [f"q{i}" for i in range(32)], "positive": [f"p{i}" for i in range(32)]}), path)
+    return str(path)
+
+
+def sweep(pairs, tmp_path, **search):
+    data = {
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "train_datasets": {"pairs": {"data": pairs, "loss": "MultipleNegativesRankingLoss"}},
+        "eval_datasets": {"pairs": {"data": pairs}},
+        "args": {"output_dir": str(tmp_path / "out"), "max_steps": 4, "eval_strategy": "steps", "eval_steps": 2, "logging_steps": 2},
+        "search": {
+            "space": {
+                "args.learning_rate": {"loguniform": [1e-6, 1e-4]},
+                "train_datasets.pairs.loss": {
+                    "choice": [
+                        "MultipleNegativesRankingLoss",
+                        {"loss": "CachedMultipleNegativesRankingLoss", "loss_kwargs": {"mini_batch_size": 4}},
+                    ]
+                },
+            },
+            "metric": "eval_loss",
+            "num_samples": 4,
+            "scheduler": {"type": "asha", "grace_period": 2},
+            **search,
+        },
+    }
+    return build(TuneConfig, data)
+
+
+def test_a_sweep_config_builds_and_makes_trial_configs(pairs, tmp_path):
+    config = sweep(pairs, tmp_path)
+    assert config.search.mode == "min"  # a loss is minimised unless told otherwise
+    assert config.search.num_trials == 4
+    trial = config.trial_config({"args.learning_rate": 3e-5, "train_datasets.pairs.loss": 1})
+    assert trial.args.learning_rate == 3e-5
+    assert trial.loss_for("train_datasets", "pairs").name == "CachedMultipleNegativesRankingLoss"
+    assert trial.loss_for("train_datasets", "pairs").kwargs == {"mini_batch_size": 4}
+    assert type(trial).__name__ == "TrainConfig"
+
+
+def test_grid_search_counts_every_combination(pairs, tmp_path):
+    config = sweep(
+        pairs, tmp_path, search_alg="grid", num_samples=2,
+        space={"args.per_device_train_batch_size": {"choice": [4, 8, 16]}, "args.warmup_ratio": {"grid": [0.0, 0.1]}},
+    )
+    assert config.search.num_trials == 12
+    with pytest.raises(ConfigError, match=r"search_alg grid needs choice/grid domains, but 'args.learning_rate' is continuous"):
+        sweep(pairs, tmp_path, search_alg="grid")
+
+
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        ({"space": {"args.learnin_rate": {"uniform": [0, 1]}}}, r"'args.learnin_rate' is not a key of the training config: args has no 'learnin_rate' \(did you mean 'learning_rate'"),
+        ({"space": {"train_datasets.pairs.loss": {"choice": ["MultipleNegativesRankingLos"]}}}, r"search.space.train_datasets.pairs.loss = 'MultipleNegativesRankingLos' does not make a valid training config: .*MultipleNegativesRankingLoss"),
+        ({"space": {"args.per_device_train_batch_size": {"uniform": [1, 2]}}}, r"search.space.args.per_device_train_batch_size = 1.0 does not make a valid training config: args.per_device_train_batch_size: expected an integer, got 1.0"),
+        ({"metric": "eval_ndcg"}, r"search.metric 'eval_ndcg' is not reported by the training runs"),
+        ({"metric": None}, r"scheduler asha needs a metric"),
+        ({"scheduler": "pbt"}, r"pbt is not supported: each trial is a whole Ray Train run"),
+        ({"search_alg": "optuna", "metric": None, "scheduler": "fifo"}, r"search_alg optuna needs a metric"),
+        ({"space": {"args.warmup_ratio": {"grid": [0.0, 0.1]}}, "search_alg": "optuna"}, r"optuna cannot enumerate the grid domain 'args.warmup_ratio'"),
+    ],
+)
+def test_bad_sweeps_fail_before_any_trial(pairs, tmp_path, search, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep(pairs, tmp_path, **search)
+
+
+def test_a_metric_needs_evaluation_in_the_trials(pairs, tmp_path):
+    with pytest.raises(ConfigError, match=r"only reported when the trials evaluate; set args.eval_strategy"):
+        build(TuneConfig, {
+            "model": "m",
+            "train_datasets": {"pairs": {"data": pairs, "loss": "MultipleNegativesRankingLoss"}},
+            "eval_datasets": {"pairs": {"data": pairs}},
+            "args": {"output_dir": str(tmp_path)},
+            "search": {"space": {"args.learning_rate": {"uniform": [1e-5, 2e-5]}}, "metric": "eval_loss"},
+        })
+
+
+def test_every_loss_option_is_checked_against_its_data_before_any_trial(pairs, tmp_path):
+    from raytune_st.tune.job import check
+
+    config = sweep(pairs, tmp_path, space={"train_datasets.pairs.loss": {"choice": ["MultipleNegativesRankingLoss", "CoSENTLoss"]}})
+    with pytest.raises(DataError, match=r"search.space.train_datasets.pairs.loss = 'CoSENTLoss': .*CoSENTLoss"):
+        check(config)
+
+
+def test_default_concurrency_follows_the_cluster_and_the_trials_workers(pairs, tmp_path):
+    from raytune_st.train.config import planned_steps
+    from raytune_st.tune.job import default_concurrency
+
+    config = sweep(pairs, tmp_path)
+    assert default_concurrency(config, {"CPU": 8.0}) == 8
+    config.scaling.num_workers = 2
+    assert default_concurrency(config, {"CPU": 8.0}) == 4
+    config.scaling.use_gpu = True
+    assert default_concurrency(config, {"CPU": 8.0, "GPU": 4.0}) == 2
+    assert default_concurrency(config, {"CPU": 1.0}) == 1
+    assert planned_steps(config, {"pairs": 32}) == 4  # max_steps wins
+    config.args.max_steps = -1
+    config.args.num_train_epochs = 2
+    config.args.per_device_train_batch_size = 4
+    assert planned_steps(config, {"pairs": 32}) == 8  # 2 epochs x 32 rows / (4 x 2 workers)
