@@ -17,7 +17,7 @@ class SchedulerConfig:
     """Which trials to stop early."""
 
     type: Literal["fifo", "asha", "pbt"] = option(
-        "fifo", help="fifo: run every trial to the end; asha: stop poor trials at rungs (async successive halving)"
+        "fifo", help="fifo: run every trial to the end; asha: stop poor trials at rungs (async successive halving); pbt is refused (trials are whole Train runs)"
     )
     grace_period: int = option(1, help="asha: optimizer steps every trial runs before it may be stopped")
     reduction_factor: float = option(2.0, help="asha: keep the best 1/reduction_factor of trials at each rung")

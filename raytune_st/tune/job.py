@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import posixpath
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
@@ -25,22 +24,22 @@ from raytune_st.errors import ConfigError, RaytuneError
 from raytune_st.outputs import OutputDir, join
 from raytune_st.runtime import ray_session
 from raytune_st.train.config import TrainConfig, check_dataset, planned_steps
-from raytune_st.train.job import check as check_train, count_rows, fit_and_write, make_run_config, plan_run
+from raytune_st.train.job import check as check_train, default_storage_path, fit_and_write, make_run_config, plan_run
 from raytune_st.tune.config import TuneConfig
 
 if TYPE_CHECKING:
     import ray.tune
 
 TRIALS_DIR = "trials"
+# A trial's driver function only builds the TorchTrainer and waits. It takes no CPU, so that
+# the trials' workers and Ray Data's read tasks (one whole CPU each) share the CPUs; Tune
+# refuses an empty resource request, so it asks for a little logical memory instead.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 2**20}
 
 
 def sweep_storage(config: TuneConfig) -> str:
-    """Where Tune keeps the sweep's state: search.storage_path, else <args.output_dir>/ray (absolute)."""
-    if config.search.storage_path:
-        return config.search.storage_path
-    if "://" in config.args.output_dir:
-        return join(config.args.output_dir, "ray")
-    return os.path.abspath(os.path.join(os.path.expanduser(config.args.output_dir), "ray"))
+    """Where Tune and the trials' Train runs keep state: search.storage_path, else the train job's default."""
+    return config.search.storage_path or default_storage_path(config)
 
 
 def check(config: TuneConfig) -> OutputDir:
@@ -60,7 +59,7 @@ def check(config: TuneConfig) -> OutputDir:
 
 
 def trial_resources(config: TrainConfig) -> dict[str, float]:
-    """What one trial's Train workers take together (the trial's driver itself takes nothing)."""
+    """What one trial's Train workers take together (its driver takes no CPU or GPU)."""
     per_worker = dict(config.scaling.resources_per_worker or {})
     per_worker.setdefault("CPU", 1)
     if config.scaling.use_gpu:
@@ -69,9 +68,16 @@ def trial_resources(config: TrainConfig) -> dict[str, float]:
 
 
 def default_concurrency(config: TrainConfig, cluster: dict[str, float]) -> int:
-    """As many trials as the cluster's GPUs (or CPUs) can hold at once, at least one."""
+    """As many trials as the cluster's GPUs (or CPUs) can hold at once, at least one.
+
+    On CPUs one CPU stays free for Ray Data, which reads every trial's data: trials whose
+    workers took every CPU would wait forever for their first batch.
+    """
     need = trial_resources(config)
-    fits = [math.floor(cluster.get(kind, 0) / amount) for kind, amount in need.items() if kind in ("CPU", "GPU")]
+    free = dict(cluster)
+    if "GPU" not in need and free.get("CPU", 0) > need.get("CPU", 0):
+        free["CPU"] = free["CPU"] - 1
+    fits = [math.floor(free.get(kind, 0) / amount) for kind, amount in need.items() if kind in ("CPU", "GPU")]
     return max(min(fits) if fits else 1, 1)
 
 
@@ -105,16 +111,19 @@ def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, sto
     fit_and_write(trial, plan, run_config=run_config)
 
 
-def _search_alg(config: TuneConfig):
+def _search_alg(config: TuneConfig, concurrency: int):
+    """The search algorithm, limited to `concurrency` trials at once."""
     search = config.search
     seed = search.seed if search.seed is not None else config.args.seed
     if search.search_alg == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=search.metric, mode=search.mode, seed=seed)
+        return ConcurrencyLimiter(OptunaSearch(metric=search.metric, mode=search.mode, seed=seed), max_concurrent=concurrency)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in; it takes its own.
+    return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
 
 
 def _scheduler(config: TuneConfig, max_t: int):
@@ -124,7 +133,9 @@ def _scheduler(config: TuneConfig, max_t: int):
     if sched.type == "asha":
         return ASHAScheduler(
             time_attr="step",
-            max_t=sched.max_t or max_t,
+            # ASHA stops a trial whose step reaches max_t; one past the planned steps lets a
+            # trial that survived every rung report its last step and write its final model.
+            max_t=sched.max_t or max_t + 1,
             grace_period=sched.grace_period,
             reduction_factor=sched.reduction_factor,
         )
@@ -142,7 +153,7 @@ def build_tuner(config: TuneConfig, output: OutputDir) -> "ray.tune.Tuner":
     storage = sweep_storage(config)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, config=config, sweep_dir=config.args.output_dir, storage=storage),
-        {"CPU": 0},
+        TRIAL_DRIVER_RESOURCES,
     )
     experiment = join(storage, search.name)
     if tune.Tuner.can_restore(experiment):
@@ -159,9 +170,8 @@ def build_tuner(config: TuneConfig, output: OutputDir) -> "ray.tune.Tuner":
             metric=search.metric,
             mode=search.mode,
             num_samples=search.num_samples,
-            search_alg=_search_alg(config),
+            search_alg=_search_alg(config, concurrency),
             scheduler=_scheduler(config, planned_steps(config, plan.train_rows())),
-            max_concurrent_trials=concurrency,
             time_budget_s=search.time_budget_s,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
@@ -199,16 +209,25 @@ def collect_rows(config: TuneConfig, grid: Any, output: OutputDir) -> list[Trial
         frame = result.metrics_dataframe
         if search.metric and frame is not None and search.metric in frame and "step" in frame:
             history = [(int(s), float(m)) for s, m in zip(frame["step"], frame[search.metric]) if m == m]
+        metric = result.metrics.get(search.metric) if search.metric else None
+        steps = result.metrics.get("step")
+        trial_dir = posixpath.join(TRIALS_DIR, trial_id)
         if result.error is not None:
             reason = f"error: {type(result.error).__name__}"
-        elif output.exists(posixpath.join(TRIALS_DIR, trial_id, "final")):
+        elif output.exists(posixpath.join(trial_dir, "final")):
             reason = "completed"
+            # The trial's own log is complete even when Tune's record of it lags (a trial
+            # interrupted after its last step and finished on resume reports nothing new).
+            logged = [json.loads(line) for line in output.read(posixpath.join(trial_dir, "metrics.jsonl")).decode().splitlines()]
+            steps = logged[-1]["step"]
+            if search.metric:
+                history = [(r["step"], r[search.metric]) for r in logged if search.metric in r]
+                metric = history[-1][1] if history else None
         elif search.scheduler.type == "asha":
             reason = "stopped early by asha"
         else:
             reason = "stopped by the time budget"
-        metric = result.metrics.get(search.metric) if search.metric else None
-        rows.append(TrialRow(trial_id, params, metric, result.metrics.get("step"), reason, history))
+        rows.append(TrialRow(trial_id, params, metric, steps, reason, history))
     return sorted(rows, key=lambda r: r.trial_id)
 
 

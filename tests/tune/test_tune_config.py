@@ -104,9 +104,9 @@ def test_default_concurrency_follows_the_cluster_and_the_trials_workers(pairs, t
     from raytune_st.tune.job import default_concurrency
 
     config = sweep(pairs, tmp_path)
-    assert default_concurrency(config, {"CPU": 8.0}) == 8
+    assert default_concurrency(config, {"CPU": 8.0}) == 7  # one CPU stays free for Ray Data
     config.scaling.num_workers = 2
-    assert default_concurrency(config, {"CPU": 8.0}) == 4
+    assert default_concurrency(config, {"CPU": 9.0}) == 4
     config.scaling.use_gpu = True
     assert default_concurrency(config, {"CPU": 8.0, "GPU": 4.0}) == 2
     assert default_concurrency(config, {"CPU": 1.0}) == 1

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over whole distributed training runs."""

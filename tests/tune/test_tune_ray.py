@@ -1,0 +1,137 @@
+"""A real sweep through a local Ray: trials are whole Ray Train runs, ASHA stops poor ones,
+the best config re-runs through `raytune-st train`, and an interrupted sweep resumes."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "examples/data/debian-train-sample.parquet"
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    table = pq.read_table(SAMPLE, columns=["query", "passage"]).slice(0, 96)
+    path = tmp_path_factory.mktemp("data") / "pairs.parquet"
+    pq.write_table(table, path)
+    return str(path)
+
+
+def sweep_config(out: Path, model: str, pairs: str, **search) -> dict:
+    return {
+        "model": model,
+        "train_datasets": {"pairs": {"data": pairs}},
+        "eval_datasets": {"pairs": {"data": {"path": pairs, "limit": 32}}},
+        "loss": "MultipleNegativesRankingLoss",
+        "args": {
+            "output_dir": str(out),
+            "max_steps": 6,
+            "per_device_train_batch_size": 8,
+            "per_device_eval_batch_size": 16,
+            "eval_strategy": "steps",
+            "eval_steps": 2,
+            "logging_steps": 2,
+            "save_steps": 2,
+            "save_total_limit": 1,
+        },
+        "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}},
+        "search": {
+            # Grid order runs two sane learning rates first; the absurd ones then trail them
+            # at the first ASHA rung and are stopped there.
+            "space": {
+                "args.learning_rate": {"choice": [5.0e-5, 1.0e-4, 50.0, 100.0]},
+                "train_datasets.pairs.loss": {"choice": ["MultipleNegativesRankingLoss"]},
+            },
+            "search_alg": "grid",
+            "metric": "eval_loss",
+            "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+            "max_concurrent_trials": 2,
+            "name": "sweep-test",
+            **search,
+        },
+    }
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "raytune_st", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_a_sweep_stops_poor_trials_keeps_the_best_and_resumes(tmp_path, tiny_bert_dir, pairs):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "sweep"
+    config_path = tmp_path / "tune.yaml"
+    config_path.write_text(yaml.safe_dump(sweep_config(out, tiny_bert_dir, pairs)))
+
+    # 1. Start the sweep in its own process and kill it once the first trial has finished.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raytune_st", "tune", "--config", str(config_path)],
+        cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    trials = out / "trials"
+    deadline = time.time() + 400
+    while time.time() < deadline and not any(trials.glob("*/final/modules.json")):
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(2)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    finished_first = {p.parent.parent.name for p in trials.glob("*/final/modules.json")}
+    assert finished_first, "no trial finished within the deadline"
+    assert not (out / "results.csv").exists()
+
+    # 2. The same command resumes the sweep instead of starting a new one: the trial ids (a
+    #    new sweep would draw new ones) are kept, and a trial's Train run resumes from its
+    #    checkpoint, so no step is trained twice.
+    done = run_cli("tune", "--config", str(config_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming sweep 'sweep-test'" in done.stdout
+    rows = json.loads((out / "results.json").read_text())
+    assert finished_first <= {r["trial_id"] for r in rows}
+    for trial_id in finished_first:
+        steps = [json.loads(line)["step"] for line in (trials / trial_id / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(set(steps)) and steps[-1] == 6, steps
+
+    assert len(rows) == 4
+    assert {r["args.learning_rate"] for r in rows} == {5.0e-5, 1.0e-4, 50.0, 100.0}
+    assert all(r["train_datasets.pairs.loss"] == "MultipleNegativesRankingLoss" for r in rows)
+    reasons = [r["stop_reason"] for r in rows]
+    assert "completed" in reasons and "stopped early by asha" in reasons, reasons
+    for row in rows:
+        assert row["steps"] == 6 if row["stop_reason"] == "completed" else row["steps"] < 6, row
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("trial_id,args.learning_rate,")
+    assert (out / "metric-per-trial.png").stat().st_size > 1000
+
+    # 3. The best trial's model is kept and loads; its config is a ready-to-run training config.
+    best = min((r for r in rows if r["stop_reason"] == "completed"), key=lambda r: r["eval_loss"])
+    model = SentenceTransformer(str(out / "best"), device="cpu")
+    assert model.encode(["a query"]).shape == (1, 32)
+    best_config = yaml.safe_load((out / "best-config.yaml").read_text())
+    assert "search" not in best_config
+    assert best_config["args"]["learning_rate"] == best["args.learning_rate"]
+
+    rerun = run_cli("train", "--config", str(out / "best-config.yaml"), "args.max_steps=2", f"args.output_dir={tmp_path / 'rerun'}")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (tmp_path / "rerun" / "final" / "modules.json").exists()
+
+
+def test_bad_sweeps_fail_before_any_trial_starts(tmp_path, tiny_bert_dir, pairs):
+    config = sweep_config(tmp_path / "out", tiny_bert_dir, pairs, metric="eval_ndcg")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli("tune", "--config", str(path), timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: search.metric 'eval_ndcg' is not reported by the training runs")
+    assert not (tmp_path / "out" / "ray").exists()
