@@ -42,19 +42,34 @@ def sweep_storage(config: TuneConfig) -> str:
     return config.search.storage_path or default_storage_path(config)
 
 
+def _dataset_check_key(trial: TrainConfig, section: str, name: str) -> str:
+    """What decides whether a data set fits: its source, its loss and the model's type and labels."""
+    entry = (trial.train_datasets if section == "train_datasets" else trial.eval_datasets)[name]
+    return repr((section, name, entry.data, trial.loss_for(section, name), trial.model.type, trial.model.num_labels))
+
+
 def check(config: TuneConfig) -> OutputDir:
     """Pre-flight of the whole sweep: every option's data sets against its loss; model; output."""
-    output = check_train(config)
+    output = check_train(config)  # the base config's data sets
     OutputDir(sweep_storage(config)).check_writable("search.storage_path")
+    checked = {
+        _dataset_check_key(config, section, name)
+        for section, sets in (("train_datasets", config.train_datasets), ("eval_datasets", config.eval_datasets))
+        for name in sets
+    }
     for domain in config.search.domains:
         for value in domain.probe_values():
             trial = config.trial_config({domain.key: value})
             for section, sets in (("train_datasets", trial.train_datasets), ("eval_datasets", trial.eval_datasets)):
                 for name in sets:
+                    key = _dataset_check_key(trial, section, name)
+                    if key in checked:
+                        continue  # a learning rate or a batch size does not change what fits
                     try:
                         check_dataset(trial, section, name)
                     except RaytuneError as exc:
                         raise type(exc)(f"search.space.{domain.key} = {domain.label(value)!r}: {exc}") from None
+                    checked.add(key)
     return output
 
 
