@@ -11,23 +11,29 @@ worker), rows out and the row-level agreement of the two outputs.
 
     python benchmarks/mine_vs_st.py --pairs 5000
     python benchmarks/mine_vs_st.py --pairs 1000 --shards 2 --index-num-cpus 0.5
+
+``--driver-memory-at 5000,50000`` runs only raytune_st, once per size, and prints how the
+driver's and the largest worker's peak memory change with the corpus. ``--model tiny`` swaps
+in a random 2-layer BERT (``raytune_st.testing``) so that the 50,000-pair run measures the
+pipeline's memory rather than hours of MiniLM encoding on a CPU:
+
+    python benchmarks/mine_vs_st.py --driver-memory-at 5000,50000 --model tiny
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+import children
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "debian-train.parquet"
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 # --- the three measured runs (each runs in a child process) --------------------------------------
@@ -47,7 +53,7 @@ def run_st(args: dict) -> dict:
     from raytune_st.models import load_bi_encoder
 
     began = time.perf_counter()
-    model = load_bi_encoder(MODEL, device="cpu")
+    model = load_bi_encoder(args["model"], device="cpu")
     result = mine_hard_negatives(
         datasets.Dataset.from_parquet(args["pairs"]),
         model,
@@ -96,7 +102,7 @@ def run_raytune(args: dict) -> dict:
         MineConfig,
         None,
         [
-            f"model={MODEL}",
+            f"model={args['model']}",
             f"dataset.path={args['pairs']}",
             f"output.path={args['out']}",
             f"mine.num_negatives={args['num_negatives']}",
@@ -133,25 +139,36 @@ def run_encode(args: dict) -> dict:
     corpus = list(dict.fromkeys(pairs.iloc[:, 1]))
     queries = list(dict.fromkeys(pairs.iloc[:, 0]))
     began = time.perf_counter()
-    model = load_bi_encoder(MODEL, device="cpu")
+    model = load_bi_encoder(args["model"], device="cpu")
     model.encode_document(corpus, batch_size=args["batch_size"], normalize_embeddings=True)
     model.encode_query(queries, batch_size=args["batch_size"], normalize_embeddings=True)
     return {"wall_s": time.perf_counter() - began, "peak_rss_mib": _peak_rss_mib(), "texts": len(corpus) + len(queries)}
 
 
-RUNS = {"st": run_st, "raytune": run_raytune, "encode": run_encode}
+def setup(args: dict) -> dict:
+    """The inputs: the first N pairs for each size and, for --model tiny, a random tiny BERT."""
+    import pandas as pd
+
+    data = pd.read_parquet(args["data"], columns=["query", "passage"])
+    if max(args["sizes"]) > len(data):
+        raise SystemExit(f"{max(args['sizes']):,} pairs asked for but {args['data']} has {len(data):,}")
+    pairs = {}
+    for n in args["sizes"]:
+        pairs[str(n)] = os.path.join(args["dir"], f"pairs-{n}.parquet")
+        data.iloc[:n].to_parquet(pairs[str(n)], index=False)
+    model = args["model"]
+    if model == "tiny":
+        from raytune_st.testing import save_tiny_bi_encoder
+
+        model = save_tiny_bi_encoder(os.path.join(args["dir"], "tiny"), max_seq_length=128)
+    return {"pairs": pairs, "model": model}
+
+
+RUNS = {"setup": setup, "st": run_st, "raytune": run_raytune, "encode": run_encode}
 
 
 def child(name: str, args: dict) -> dict:
-    """Run RUNS[name] in a fresh Python process; its result comes back as JSON on the last line."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", name, json.dumps(args)], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"the {name} run failed")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return children.child(__file__, name, args)
 
 
 # --- comparing the outputs ------------------------------------------------------------------------
@@ -182,20 +199,24 @@ def main() -> None:
     parser.add_argument("--index-num-cpus", type=float, default=1.0)
     parser.add_argument("--embed-actors", type=int, default=2, help="most embedding actors")
     parser.add_argument("--chunk-rows", type=int, default=512, help="texts per embedding chunk (compute.embed_chunk_rows)")
+    parser.add_argument("--model", default=MINILM, help="embedding model; 'tiny' for a random 2-layer BERT")
+    parser.add_argument(
+        "--driver-memory-at", metavar="N,N,...", help="run only raytune_st, at each of these pair counts, and compare peak memory"
+    )
     parser.add_argument("--skip-encode", action="store_true", help="do not time the plain model.encode floor")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.child:
-        print(json.dumps(RUNS[cli.child[0]](json.loads(cli.child[1]))))
+        children.serve(RUNS, *cli.child)
         return
 
-    import pandas as pd
-
+    # The parent reads no data and loads no model: a child's peak RSS (ru_maxrss) starts from
+    # its parent's RSS at the fork, so a heavy parent would inflate every child's figure.
+    sizes = [int(n) for n in cli.driver_memory_at.split(",")] if cli.driver_memory_at else [cli.pairs]
     with tempfile.TemporaryDirectory(prefix="mine-bench-") as tmp:
-        pairs = os.path.join(tmp, "pairs.parquet")
-        pd.read_parquet(cli.data, columns=["query", "passage"]).iloc[: cli.pairs].to_parquet(pairs, index=False)
+        inputs = child("setup", {"data": cli.data, "sizes": sizes, "dir": tmp, "model": cli.model})
         args = {
-            "pairs": pairs,
+            "model": inputs["model"],
             "num_negatives": cli.num_negatives,
             "range_max": cli.range_max,
             "batch_size": cli.batch_size,
@@ -204,6 +225,11 @@ def main() -> None:
             "embed_actors": cli.embed_actors,
             "chunk_rows": cli.chunk_rows,
         }
+        if cli.driver_memory_at:
+            runs = [(n, child("raytune", {**args, "pairs": inputs["pairs"][str(n)], "out": os.path.join(tmp, f"out-{n}")})) for n in sizes]
+            print_driver_memory(cli, runs)
+            return
+        args["pairs"] = inputs["pairs"][str(cli.pairs)]
         st = child("st", {**args, "out": os.path.join(tmp, "st.parquet")})
         ours = child("raytune", {**args, "out": os.path.join(tmp, "ours")})
         floor = None if cli.skip_encode else child("encode", args)
@@ -221,6 +247,19 @@ def main() -> None:
     print(
         f"row-level agreement: {agree['shared_rows']:,} of {st['rows']:,} rows ({agree['agreement']:.2%}); "
         f"identical in order: {agree['identical_in_order']}"
+    )
+
+
+def print_driver_memory(cli: argparse.Namespace, runs: list[tuple[int, dict]]) -> None:
+    """raytune_st alone at each size of --driver-memory-at: wall time and peak memory side by side."""
+    print(f"model: {cli.model}  num_negatives={cli.num_negatives} range_max={cli.range_max} shards={cli.shards}")
+    print(f"{'pairs':>8} {'wall s':>8} {'driver peak MiB':>16} {'largest worker MiB':>19} {'rows out':>9}")
+    for n, run in runs:
+        print(f"{n:>8,} {run['wall_s']:>8.1f} {run['peak_rss_mib']:>16.0f} {run['largest_worker_mib']:>19.0f} {run['rows']:>9,}")
+    (small, first), (large, last) = runs[0], runs[-1]
+    print(
+        f"driver peak at {large:,} pairs is {last['peak_rss_mib'] / first['peak_rss_mib']:.2f}x "
+        f"its peak at {small:,} ({large / small:.0f}x the pairs)"
     )
 
 

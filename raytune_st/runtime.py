@@ -32,6 +32,9 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
     # Ray Data's per-operator progress bars flood job logs; jobs print one line per stage instead.
     env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"))
+    # Tune trials keep the job's working directory rather than their trial directory, so that
+    # relative data and model paths in a config mean the same in every process.
+    env["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     # Inside `ray job submit` the job's runtime env already reaches every worker, and
     # ray.init refuses a runtime env that sets any of the same variables again.
     job_env = (json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}).get("env_vars") or {}

@@ -23,33 +23,16 @@ def minilm_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_plain_dir(tmp_path_factory, minilm_dir) -> str:
+def tiny_bert_plain_dir(tmp_path_factory) -> str:
     """A tiny random BertModel saved with save_pretrained (no modules.json), with MiniLM's tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from raytune_st.testing import save_tiny_bert
 
-    out = tmp_path_factory.mktemp("tiny-bert-plain")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_tiny_bert(str(tmp_path_factory.mktemp("tiny-bert-plain")))
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory, tiny_bert_plain_dir) -> str:
+def tiny_bert_dir(tmp_path_factory) -> str:
     """The tiny BERT saved as a sentence-transformers model (Transformer + mean Pooling)."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from raytune_st.testing import save_tiny_bi_encoder
 
-    out = tmp_path_factory.mktemp("tiny-bert-st")
-    word = Transformer(tiny_bert_plain_dir, max_seq_length=64)
-    pooling = Pooling(word.get_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[word, pooling], device="cpu").save(str(out))
-    return str(out)
+    return save_tiny_bi_encoder(str(tmp_path_factory.mktemp("tiny-bert-st")))

@@ -97,6 +97,9 @@ class TrainingArgs:
     lr_scheduler_type: SchedulerName = option("linear", help="transformers scheduler type")
     warmup_ratio: float = option(0.0, help="linear warmup over this fraction of the total steps")
     warmup_steps: int = option(0, help="linear warmup over this many steps (overrides warmup_ratio)")
+    optim: Literal["adamw_torch_fused", "adamw_torch"] = option(
+        "adamw_torch_fused", help="AdamW implementation, as in transformers: fused kernel (default) or per-tensor loop"
+    )
     weight_decay: float = option(0.0, help="AdamW weight decay, not applied to biases and LayerNorm weights")
     max_grad_norm: float = option(1.0, help="gradient clipping norm; 0 disables clipping")
     fp16: bool = option(False, help="float16 mixed precision with a gradient scaler (GPU only)")

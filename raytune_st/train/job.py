@@ -45,11 +45,14 @@ def build_datasets(config: TrainConfig) -> dict[str, "ray.data.Dataset"]:
     return datasets
 
 
-def loop_config(config: TrainConfig, plan: Plan) -> dict[str, Any]:
+def loop_config(config: TrainConfig, plan: Plan, initial_checkpoint: Any = None) -> dict[str, Any]:
     """The `train_loop_config` of the TorchTrainer (see train_loop_per_worker's docstring)."""
     columns = {shard_name("train", name): p.columns for name, p in plan.train.items()}
     columns.update({shard_name("eval", name): p.columns for name, p in plan.eval.items()})
-    return {"train_config": config, "train_rows": plan.train_rows(), "columns": columns}
+    loop = {"train_config": config, "train_rows": plan.train_rows(), "columns": columns}
+    if initial_checkpoint is not None:
+        loop["initial_checkpoint"] = initial_checkpoint
+    return loop
 
 
 def make_run_config(
@@ -86,11 +89,13 @@ def build_trainer(
     *,
     dataset_config: Any = None,
     run_config: Any = None,
+    initial_checkpoint: Any = None,
 ) -> "TorchTrainer":
     """The TorchTrainer for a checked config (`plan` from :func:`plan_run`).
 
     `dataset_config` (a ray.train.DataConfig) and `run_config` (see :func:`make_run_config`)
-    replace the defaults.
+    replace the defaults. `initial_checkpoint` (a ray.train.Checkpoint of this loop, e.g. the
+    one PBT clones into a trial) is where a run without checkpoints of its own starts from.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -106,7 +111,7 @@ def build_trainer(
     kwargs = {"dataset_config": dataset_config} if dataset_config is not None else {}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(config, plan),
+        train_loop_config=loop_config(config, plan, initial_checkpoint),
         scaling_config=scaling,
         run_config=run_config or make_run_config(config),
         datasets=build_datasets(config),
@@ -157,7 +162,9 @@ def plan_run(config: TrainConfig) -> Plan:
     return plan
 
 
-def fit_and_write(config: TrainConfig, plan: Plan, *, run_config: Any = None, dataset_config: Any = None) -> dict[str, Any]:
+def fit_and_write(
+    config: TrainConfig, plan: Plan, *, run_config: Any = None, dataset_config: Any = None, initial_checkpoint: Any = None
+) -> dict[str, Any]:
     """Fit the TorchTrainer and write `args.output_dir` from its checkpoints; returns the final metrics.
 
     The final model is the latest checkpoint's, or the best one's with load_best_model_at_end
@@ -166,7 +173,10 @@ def fit_and_write(config: TrainConfig, plan: Plan, *, run_config: Any = None, da
     import pyarrow.fs
 
     output = OutputDir(config.args.output_dir)
-    result = build_trainer(config, plan, dataset_config=dataset_config, run_config=run_config).fit()
+    trainer = build_trainer(
+        config, plan, dataset_config=dataset_config, run_config=run_config, initial_checkpoint=initial_checkpoint
+    )
+    result = trainer.fit()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:

@@ -6,7 +6,8 @@ trial runs (through the same TorchTrainer). Its `config` is::
     {"train_config": TrainConfig,         # the resolved config
      "train_rows": {name: rows, ...},     # global row counts, from pre-flight
      "columns": {"train_<name>": [...], "eval_<name>": [...]},
-     "overrides": {"args.learning_rate": 3e-5, ...}}   # optional, e.g. a Tune trial's sample
+     "overrides": {"args.learning_rate": 3e-5, ...},   # optional, e.g. a Tune trial's sample
+     "initial_checkpoint": ray.train.Checkpoint}       # optional: where a new run starts (PBT)
 
 The data sets arrive as Ray Train dataset shards named ``train_<name>`` and ``eval_<name>``
 (:func:`shard_name`).
@@ -65,8 +66,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     is_cross = cfg.model.type == "cross_encoder"
     set_seed(args.seed)
 
-    # 2. The model: from the last checkpoint when Ray restarted us, else from the config.
-    checkpoint = ray.train.get_checkpoint()
+    # 2. The model: from the last checkpoint when Ray restarted us, else from the checkpoint the
+    #    run starts from (a PBT trial cloning a better one), else from the config.
+    own_checkpoint = ray.train.get_checkpoint()
+    checkpoint = own_checkpoint or config.get("initial_checkpoint")
     state = TrainingState()
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
@@ -107,7 +110,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model_ids = {id(p) for p in model.parameters()}
     loss_params = _unique(p for loss in losses.values() for p in loss.parameters() if id(p) not in model_ids and p.requires_grad)
     optimizer = torch.optim.AdamW(
-        _decay_groups(model, loss_params, args.weight_decay), lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8
+        _decay_groups(model, loss_params, args.weight_decay),
+        lr=args.learning_rate,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        fused=args.optim == "adamw_torch_fused",
     )
     per_epoch = batches_per_epoch(config["train_rows"], args.per_device_train_batch_size, world_size)
     schedule = Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed)
@@ -117,9 +124,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=args.fp16)
     amp_dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
     if state.optimizer is not None:
+        decay = [group["weight_decay"] for group in optimizer.param_groups]
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         scaler.load_state_dict(state.scaler)
+        # This run's hyperparameters, not the checkpoint's: a PBT trial resumes a cloned
+        # checkpoint with a perturbed learning rate or weight decay (a plain resume changes nothing).
+        scheduler.base_lrs = [args.learning_rate] * len(optimizer.param_groups)
+        for group, weight_decay, lr_lambda in zip(optimizer.param_groups, decay, scheduler.lr_lambdas):
+            group["weight_decay"], group["initial_lr"] = weight_decay, args.learning_rate
+            group["lr"] = args.learning_rate * lr_lambda(scheduler.last_epoch)
 
     # 5. Data: this worker's shards; tokenised per batch with sentence-transformers' collator.
     collator = _collator(model, args.prompts, is_cross)
@@ -164,6 +178,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start = time.perf_counter()
     samples = 0
     ddp_model.train()
+    if step >= total_steps:
+        # Started at the last step: nothing is left to train. A run restored from its own last
+        # checkpoint already ends with it; a run started from another's (PBT cloned a trial that
+        # had finished) gets that checkpoint as its own.
+        if own_checkpoint is not None:
+            return
+        ray.train.report(
+            {**(history[-1] if history else {}), "step": step},
+            checkpoint=_checkpoint(model, state, cfg) if rank == 0 else None,
+            checkpoint_dir_name=f"checkpoint-{step:06d}",
+            delete_local_checkpoint_after_upload=rank == 0,
+        )
+        return
     while step < total_steps:
         epoch_before = epoch
         for k in range(args.gradient_accumulation_steps):
@@ -263,9 +290,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 state.step, state.micro_batches, state.history, state.position = step, micro, history, position
                 state.optimizer, state.scheduler, state.scaler = optimizer.state_dict(), scheduler.state_dict(), scaler.state_dict()
                 state.losses = {n: _loss_owned_state(loss, loss_params) for n, loss in losses.items()}
-                tmp = tempfile.mkdtemp(prefix="raytune-st-ckpt-")
-                write_checkpoint(tmp, model, state, dump_yaml(cfg))
-                report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                report_checkpoint = _checkpoint(model, state, cfg)
         ray.train.report(
             metrics,
             checkpoint=report_checkpoint,
@@ -275,6 +300,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 # --- helpers: small, each does one thing the loop above names ------------------------------
+
+
+def _checkpoint(model: Any, state: TrainingState, cfg: TrainConfig) -> Any:
+    """`state` and the model written to a fresh local directory, as a ray.train.Checkpoint."""
+    import ray.train
+
+    directory = tempfile.mkdtemp(prefix="raytune-st-ckpt-")
+    write_checkpoint(directory, model, state, dump_yaml(cfg))
+    return ray.train.Checkpoint.from_directory(directory)
 
 
 def _load_model(cfg: TrainConfig, path: str):

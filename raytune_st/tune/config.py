@@ -12,31 +12,49 @@ from raytune_st.train.config import TrainConfig
 from raytune_st.tune.space import Domain, apply_params, check_key, parse_space
 
 
+# What PBT may change in a running trial: it resumes a better trial's checkpoint with perturbed
+# values, so only what the restored loop can take mid-run (not the data, model or step count).
+PBT_MUTABLE_ARGS = ("learning_rate", "weight_decay", "max_grad_norm", "warmup_ratio", "warmup_steps")
+
+
+def pbt_mutable(key: str) -> bool:
+    """Whether PBT may perturb `key` of a running trial: optimizer settings and loss arguments."""
+    return key in {f"args.{name}" for name in PBT_MUTABLE_ARGS} or key.startswith("loss_kwargs.") or ".loss_kwargs." in key
+
+
 @dataclass
 class SchedulerConfig:
-    """Which trials to stop early."""
+    """Which trials to stop early, or (pbt) which to replace by perturbed copies of better ones."""
 
     type: Literal["fifo", "asha", "pbt"] = option(
-        "fifo", help="fifo: run every trial to the end; asha: stop poor trials at rungs (async successive halving); pbt is refused (trials are whole Train runs)"
+        "fifo",
+        help="fifo: run every trial to the end; asha: stop poor trials at rungs (async successive halving); "
+        "pbt: population based training, poor trials continue from a better trial's checkpoint with perturbed values",
     )
     grace_period: int = option(1, help="asha: optimizer steps every trial runs before it may be stopped")
     reduction_factor: float = option(2.0, help="asha: keep the best 1/reduction_factor of trials at each rung")
     max_t: Optional[int] = option(None, help="asha: the last rung in optimizer steps (default: the trials' planned steps)")
+    perturbation_interval: Optional[int] = option(
+        None, help="pbt: optimizer steps between exploit/explore decisions (default: args.eval_steps)"
+    )
+    quantile_fraction: float = option(0.25, help="pbt: the bottom fraction of trials clones the top fraction")
+    resample_probability: float = option(0.25, help="pbt: chance a value is resampled from its domain rather than perturbed")
 
     @classmethod
     def from_shorthand(cls, value: Any) -> Any:
         return {"type": value} if isinstance(value, str) else value
 
     def __post_init__(self) -> None:
-        if self.type == "pbt":
-            raise ConfigError(
-                "type: pbt is not supported: each trial is a whole Ray Train run, which hands Tune its metrics and "
-                "checkpoint paths but no Tune checkpoint, so PBT could not clone a better trial; use asha or fifo"
-            )
         if self.grace_period < 1:
             raise ConfigError(f"grace_period: must be at least 1 step, got {self.grace_period}")
         if self.reduction_factor <= 1:
             raise ConfigError(f"reduction_factor: must be greater than 1, got {self.reduction_factor}")
+        if self.perturbation_interval is not None and self.perturbation_interval < 1:
+            raise ConfigError(f"perturbation_interval: must be at least 1 step, got {self.perturbation_interval}")
+        if not 0 < self.quantile_fraction <= 0.5:
+            raise ConfigError(f"quantile_fraction: must be in (0, 0.5], got {self.quantile_fraction}")
+        if not 0 <= self.resample_probability <= 1:
+            raise ConfigError(f"resample_probability: must be in [0, 1], got {self.resample_probability}")
 
 
 @dataclass
@@ -53,7 +71,7 @@ class SearchConfig:
     mode: Optional[Literal["min", "max"]] = option(None, help="min or max the metric (default: min for losses, else max)")
     num_samples: int = option(1, help="trials to sample (with grid: repeats of the whole grid)")
     search_alg: Literal["random", "grid", "optuna"] = option("random", help="random, grid (every choice) or optuna (TPE)")
-    scheduler: SchedulerConfig = option(default_factory=SchedulerConfig, help="fifo or asha (early stopping)")
+    scheduler: SchedulerConfig = option(default_factory=SchedulerConfig, help="fifo, asha (early stopping) or pbt")
     max_concurrent_trials: Optional[int] = option(
         None, help="trials at once (default: what the cluster's GPUs, or CPUs, allow for one trial's workers)"
     )
@@ -70,6 +88,18 @@ class SearchConfig:
             raise ConfigError(f"max_concurrent_trials: must be at least 1, got {self.max_concurrent_trials}")
         if self.scheduler.type == "asha" and not self.metric:
             raise ConfigError("scheduler asha needs a metric to compare trials; set search.metric (e.g. eval_loss)")
+        if self.scheduler.type == "pbt":
+            if not self.metric:
+                raise ConfigError("scheduler pbt needs a metric to rank trials; set search.metric (e.g. eval_loss)")
+            if self.search_alg == "optuna":
+                raise ConfigError("scheduler pbt changes the trials' values itself, which optuna cannot follow; use search_alg random or grid")
+            fixed = [d.key for d in self.domains if not pbt_mutable(d.key)]
+            if fixed:
+                raise ConfigError(
+                    f"space: scheduler pbt changes values inside running trials, and {fixed[0]!r} cannot change mid-run; "
+                    "pbt may search " + ", ".join(f"args.{n}" for n in PBT_MUTABLE_ARGS)
+                    + " and loss_kwargs values; search the others with asha or fifo"
+                )
         if self.search_alg == "optuna" and not self.metric:
             raise ConfigError("search_alg optuna needs a metric to optimise; set search.metric")
         if self.search_alg == "grid":
@@ -121,6 +151,25 @@ class TuneConfig(TrainConfig):
                     raise ConfigError(f"search.space.{domain.key} = {shown!r} does not make a valid training config: {exc}") from None
         if self.search.metric:
             self._check_metric(self.search.metric)
+        if self.search.scheduler.type == "pbt":
+            self._check_pbt()
+
+    def _check_pbt(self) -> None:
+        """PBT clones a trial from the checkpoint of its last evaluation: every evaluation must save one."""
+        args = self.args
+        if args.eval_strategy == "no":
+            raise ConfigError(
+                "scheduler pbt compares and clones trials at their evaluations; set args.eval_strategy: steps with "
+                "args.eval_steps, and args.save_strategy to match"
+            )
+        same_steps = args.eval_strategy != "steps" or args.save_steps == args.steps_between_evals
+        if args.save_strategy != args.eval_strategy or not same_steps:
+            every = f"steps with save_steps: {args.steps_between_evals}" if args.eval_strategy == "steps" else args.eval_strategy
+            raise ConfigError(
+                "scheduler pbt clones trials from the checkpoint saved with each evaluation; set args.save_strategy: "
+                f"{every} (now save_strategy: {args.save_strategy}"
+                + (f", save_steps: {args.save_steps}" if args.save_strategy == "steps" else "") + ")"
+            )
 
     def _check_metric(self, metric: str) -> None:
         produced = self.metric_prefixes()

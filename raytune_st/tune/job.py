@@ -5,8 +5,10 @@
    the runs report, the output directory is writable.
 2. Ray Tune samples trials (random, grid or Optuna) and runs each as a driver function that
    builds and fits its own TorchTrainer (Train V2), reporting through TuneReportCallback;
-   ASHA stops poor trials early. Train runs are named after the trial id, never a timestamp,
-   so re-running the same command resumes an interrupted sweep where it stopped.
+   ASHA stops poor trials early. Under PBT a trial also hands Tune its checkpoints, and a
+   poor trial continues from a better one's checkpoint with perturbed values. Train runs are
+   named after the trial id, never a timestamp, so re-running the same command resumes an
+   interrupted sweep where it stopped.
 3. Write the results table (CSV + JSON), the best trial's config as a ready-to-run training
    YAML, its final model to `output_dir/best`, and a plot of the metric per trial over steps.
 """
@@ -112,6 +114,18 @@ def _report_callback(metric: Optional[str]):
     return MetricReportCallback()
 
 
+def _queue_callback(queue: Any, metric: Optional[str]):
+    """A Train callback that hands each report carrying `metric`, with its checkpoint, to `queue`."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class QueueReportCallback(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metric is None or metric in metrics[0]:
+                queue.put((dict(metrics[0]), checkpoint))
+
+    return QueueReportCallback()
+
+
 def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, storage: str) -> None:
     """One trial (a Tune driver function): build and fit this trial's TorchTrainer."""
     import ray.tune
@@ -120,10 +134,52 @@ def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, sto
     trial = config.trial_config(params)
     trial.args.output_dir = join(sweep_dir, TRIALS_DIR, trial_id)
     plan = plan_run(trial)
-    run_config = make_run_config(
-        trial, name=f"{config.search.name}-{trial_id}", storage_path=storage, callbacks=[_report_callback(config.search.metric)]
-    )
+    name = f"{config.search.name}-{trial_id}"
+    if config.search.scheduler.type == "pbt":
+        _run_pbt_trial(trial, plan, name=name, storage=storage, metric=config.search.metric)
+        return
+    run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_report_callback(config.search.metric)])
     fit_and_write(trial, plan, run_config=run_config)
+
+
+def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, metric: Optional[str]) -> None:
+    """A PBT trial: its reports reach Tune with their checkpoints, so that PBT can clone it.
+
+    TuneReportCallback hands Tune metrics only. Here the Train run's reports come back through
+    a queue and this driver reports each with its checkpoint (`ray.tune.report`), while the run
+    fits in a thread. A trial that PBT restarts from another trial's checkpoint (with perturbed
+    values) starts a new Train run from that checkpoint; the run is named after it, so an
+    interrupted sweep resumes it rather than the trial's first run.
+    """
+    import hashlib
+    import threading
+
+    import ray.tune
+    from ray.util.queue import Queue
+
+    start = ray.tune.get_checkpoint()
+    if start is not None:
+        name = f"{name}-from-{hashlib.sha1(start.path.encode()).hexdigest()[:8]}"
+    reports = Queue(actor_options={"num_cpus": 0})
+    run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_queue_callback(reports, metric)])
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            fit_and_write(trial, plan, run_config=run_config, initial_checkpoint=start)
+        except BaseException as exc:  # re-raised in the trial's own thread below
+            outcome["error"] = exc
+        finally:
+            reports.put(None)  # every report was put (synchronously) before fit returned
+
+    runner = threading.Thread(target=fit, name="pbt-trial-fit", daemon=True)
+    runner.start()
+    while (item := reports.get()) is not None:
+        metrics, checkpoint = item
+        ray.tune.report(metrics, checkpoint=checkpoint)
+    runner.join()
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 def _search_alg(config: TuneConfig, concurrency: int):
@@ -142,9 +198,22 @@ def _search_alg(config: TuneConfig, concurrency: int):
 
 
 def _scheduler(config: TuneConfig, max_t: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    from raytune_st.tune.space import to_tune_domain
 
     sched = config.search.scheduler
+    if sched.type == "pbt":
+        return PopulationBasedTraining(
+            time_attr="step",
+            perturbation_interval=sched.perturbation_interval or config.args.steps_between_evals,
+            # Perturbing an option moves to a neighbouring one, for grid domains too.
+            hyperparam_mutations={
+                d.key: list(range(len(d.args))) if d.categorical else to_tune_domain(d, "random") for d in config.search.domains
+            },
+            quantile_fraction=sched.quantile_fraction,
+            resample_probability=sched.resample_probability,
+        )
     if sched.type == "asha":
         return ASHAScheduler(
             time_attr="step",
@@ -190,7 +259,13 @@ def build_tuner(config: TuneConfig, output: OutputDir) -> "ray.tune.Tuner":
             time_budget_s=search.time_budget_s,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
-        run_config=tune.RunConfig(name=search.name, storage_path=storage, verbose=1),
+        run_config=tune.RunConfig(
+            name=search.name,
+            storage_path=storage,
+            verbose=1,
+            # PBT clones trials from the checkpoints they report; the last few are enough.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4) if search.scheduler.type == "pbt" else None,
+        ),
     )
 
 
@@ -218,7 +293,7 @@ def collect_rows(config: TuneConfig, grid: Any, output: OutputDir) -> list[Trial
     search = config.search
     rows = []
     for result in grid:
-        trial_id = result.metrics.get("trial_id") or posixpath.basename(result.path.rstrip("/"))
+        trial_id = posixpath.basename(result.path.rstrip("/"))
         params = {d.key: d.label(result.config[d.key]) for d in search.domains if d.key in result.config}
         history: list[tuple[int, float]] = []
         frame = result.metrics_dataframe
@@ -335,6 +410,6 @@ def tune(config: TuneConfig) -> dict[str, Any]:
 
 def _best_config(config: TuneConfig, grid: Any, trial_id: str) -> TrainConfig:
     for result in grid:
-        if (result.metrics.get("trial_id") or posixpath.basename(result.path.rstrip("/"))) == trial_id:
+        if (posixpath.basename(result.path.rstrip("/"))) == trial_id:
             return config.trial_config({d.key: result.config[d.key] for d in config.search.domains})
     raise ConfigError(f"trial {trial_id} is not in the sweep's results")

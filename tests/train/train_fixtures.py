@@ -19,29 +19,9 @@ STSB_DEV = os.path.join(SHARED_DATA, "stsb-en-dev.parquet")
 
 def make_tiny_models(root: str) -> tuple[str, str]:
     """A tiny random BERT with MiniLM's tokenizer, saved as a bi-encoder and as a cross-encoder."""
-    from sentence_transformers import CrossEncoder, SentenceTransformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from raytune_st.testing import save_tiny_bi_encoder, save_tiny_cross_encoder
 
-    from raytune_st.models.loading import resolve_model
-
-    hf_dir = os.path.join(root, "hf")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(hf_dir)
-    tokenizer.save_pretrained(hf_dir)
-    bi_dir, ce_dir = os.path.join(root, "bi"), os.path.join(root, "ce")
-    bi = SentenceTransformer(hf_dir, device="cpu")
-    bi.max_seq_length = 64
-    bi.save(bi_dir)
-    CrossEncoder(hf_dir, num_labels=1, device="cpu", max_length=64).save(ce_dir)
-    return bi_dir, ce_dir
+    return save_tiny_bi_encoder(root), save_tiny_cross_encoder(root)
 
 
 def make_debian_sets(root: str) -> dict[str, str]:

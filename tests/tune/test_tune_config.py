@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raytune_st.config import build
+from raytune_st.config import build, to_dict
 from raytune_st.errors import ConfigError, DataError
 from raytune_st.tune.config import TuneConfig
 
@@ -62,6 +62,9 @@ def test_grid_search_counts_every_combination(pairs, tmp_path):
         sweep(pairs, tmp_path, search_alg="grid")
 
 
+LR = {"args.learning_rate": {"loguniform": [1e-6, 1e-4]}}
+
+
 @pytest.mark.parametrize(
     "search, message",
     [
@@ -70,7 +73,10 @@ def test_grid_search_counts_every_combination(pairs, tmp_path):
         ({"space": {"args.per_device_train_batch_size": {"uniform": [1, 2]}}}, r"search.space.args.per_device_train_batch_size = 1.0 does not make a valid training config: args.per_device_train_batch_size: expected an integer, got 1.0"),
         ({"metric": "eval_ndcg"}, r"search.metric 'eval_ndcg' is not reported by the training runs"),
         ({"metric": None}, r"scheduler asha needs a metric"),
-        ({"scheduler": "pbt"}, r"pbt is not supported: each trial is a whole Ray Train run"),
+        ({"scheduler": "pbt"}, r"scheduler pbt changes values inside running trials, and 'train_datasets.pairs.loss' cannot change mid-run"),
+        ({"scheduler": "pbt", "metric": None, "space": LR}, r"scheduler pbt needs a metric to rank trials"),
+        ({"scheduler": "pbt", "search_alg": "optuna", "space": LR}, r"scheduler pbt changes the trials' values itself, which optuna cannot follow"),
+        ({"scheduler": {"type": "pbt", "quantile_fraction": 0.8}, "space": LR}, r"quantile_fraction: must be in \(0, 0.5\], got 0.8"),
         ({"search_alg": "optuna", "metric": None, "scheduler": "fifo"}, r"search_alg optuna needs a metric"),
         ({"space": {"args.warmup_ratio": {"grid": [0.0, 0.1]}}, "search_alg": "optuna"}, r"optuna cannot enumerate the grid domain 'args.warmup_ratio'"),
     ],
@@ -78,6 +84,23 @@ def test_grid_search_counts_every_combination(pairs, tmp_path):
 def test_bad_sweeps_fail_before_any_trial(pairs, tmp_path, search, message):
     with pytest.raises(ConfigError, match=message):
         sweep(pairs, tmp_path, **search)
+
+
+def test_pbt_searches_what_a_running_trial_can_change_and_needs_a_checkpoint_per_evaluation(pairs, tmp_path):
+    from raytune_st.tune.job import _scheduler
+
+    space = {**LR, "train_datasets.pairs.loss_kwargs.scale": {"uniform": [10.0, 30.0]}}
+    data = to_dict(sweep(pairs, tmp_path))
+    data["train_datasets"]["pairs"]["loss_kwargs"] = {"scale": 20.0}
+    data["search"] = {"space": space, "metric": "eval_loss", "scheduler": "pbt"}
+    with pytest.raises(ConfigError, match=r"pbt clones trials from the checkpoint saved with each evaluation; set args.save_strategy: steps with save_steps: 2 \(now save_strategy: steps, save_steps: 500\)"):
+        build(TuneConfig, data)
+    data["args"]["save_steps"] = 2
+    config = build(TuneConfig, data)
+    pbt = _scheduler(config, max_t=4)
+    assert type(pbt).__name__ == "PopulationBasedTraining"
+    assert pbt._perturbation_interval == 2  # args.eval_steps
+    assert set(pbt._hyperparam_mutations) == set(space)
 
 
 def test_a_metric_needs_evaluation_in_the_trials(pairs, tmp_path):

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -135,3 +136,73 @@ def test_bad_sweeps_fail_before_any_trial_starts(tmp_path, tiny_bert_dir, pairs)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: search.metric 'eval_ndcg' is not reported by the training runs")
     assert not (tmp_path / "out" / "ray").exists()
+
+
+def test_pbt_clones_the_better_trial_into_the_poorer_one(tmp_path, tiny_bert_dir, pairs):
+    """Two trials, PBT every 2 steps: at a perturbation the poorer trial continues from the
+    better one's checkpoint (a new Train run named after it) with perturbed values, and both
+    trials still run exactly their planned steps."""
+    config = sweep_config(
+        tmp_path / "out",
+        tiny_bert_dir,
+        pairs,
+        space={"args.learning_rate": {"grid": [5.0e-5, 1.0e-2]}},
+        scheduler={"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5, "resample_probability": 0.0},
+        name="pbt-test",
+    )
+    config["args"]["max_steps"] = 8
+    path = tmp_path / "pbt.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    result = run_cli("tune", "--config", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    out = tmp_path / "out"
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 2 and all(r["stop_reason"] == "completed" and r["steps"] == 8 for r in rows), rows
+    resumed = {}
+    for row in rows:
+        records = [json.loads(line) for line in (out / "trials" / row["trial_id"] / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in records]
+        assert steps == sorted(set(steps)) and steps[-1] == 8, steps  # a clone carries on, it does not retrain
+        resumed[row["trial_id"]] = [r["resumed_from_step"] for r in records if "resumed_from_step" in r]
+    cloned = [trial_id for trial_id, at in resumed.items() if at]
+    assert cloned, f"PBT cloned no trial: {resumed}"
+    # The clone is a new Train run that started from the better trial's checkpoint.
+    runs = {p.name for p in (out / "ray").iterdir()}
+    for trial_id in cloned:
+        assert any(name.startswith(f"pbt-test-{trial_id}-from-") for name in runs), runs
+        assert all(step % 2 == 0 for step in resumed[trial_id]), resumed
+
+
+def test_the_example_sweep_runs_at_small_size(tmp_path, tiny_bert_dir, pairs):
+    """examples/configs/tune-debian.yaml (MNRL vs CachedMNRL vs GIST, and the learning rate) with
+    the tiny model as model and guide, on triplets made from the sample, 4 steps per trial."""
+    table = pq.read_table(pairs)
+    passages = table.column("passage").to_pylist()
+    triplets = table.append_column("negative", pa.array(passages[1:] + passages[:1]))
+    pq.write_table(triplets, tmp_path / "mined.parquet")
+
+    config = yaml.safe_load((REPO / "examples/configs/tune-debian.yaml").read_text())
+    config["model"] = tiny_bert_dir
+    config["train_datasets"]["mined"]["data"]["path"] = str(tmp_path / "mined.parquet")
+    config["args"].update(output_dir=str(tmp_path / "sweep"), max_steps=4, eval_steps=2, logging_steps=2, save_steps=2)
+    losses = config["search"]["space"]["train_datasets.mined.loss"]["choice"]
+    assert [o if isinstance(o, str) else o["loss"] for o in losses] == [
+        "MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "GISTEmbedLoss"
+    ]
+    losses[2]["loss_kwargs"]["guide"] = tiny_bert_dir
+    config["search"].update(num_samples=3, scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
+    path = tmp_path / "tune-debian.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    result = run_cli("tune", "--config", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert len(rows) == 3
+    for row in rows:
+        assert 1e-6 <= row["args.learning_rate"] <= 1e-4
+        assert row["train_datasets.mined.loss"] in {"MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "GISTEmbedLoss"}
+        assert row["stop_reason"] in ("completed", "stopped early by asha"), row
+        assert 0 <= row["eval_debian-dev_cosine_ndcg@10"] <= 1
+    assert (tmp_path / "sweep" / "best" / "modules.json").exists()
