@@ -222,6 +222,12 @@ class StreamSection:
     no_duplicates_buffer_size: int = option(
         4096, help="rows held back at most while building no_duplicates batches"
     )
+    global_shuffle: bool = option(
+        False,
+        help="shuffle each training set across all its rows (Ray Data random_shuffle, seeded by args.seed) before "
+        "the local buffer, as sentence-transformers' random sampler does; one all-to-all pass over the data per epoch. "
+        "Use it for data stored in sorted order (e.g. by source or label), which a local buffer cannot mix",
+    )
 
     def __post_init__(self) -> None:
         if self.shuffle_buffer_size < 0:

@@ -40,7 +40,12 @@ def default_storage_path(config: TrainConfig) -> str:
 
 def build_datasets(config: TrainConfig) -> dict[str, "ray.data.Dataset"]:
     """The lazy Ray datasets, named by :func:`~raytune_st.train.loop.shard_name` as the loop reads them."""
-    datasets = {shard_name("train", name): read_source(entry.data) for name, entry in config.train_datasets.items()}
+    datasets = {}
+    for name, entry in config.train_datasets.items():
+        dataset = read_source(entry.data)
+        if config.stream.global_shuffle:
+            dataset = dataset.random_shuffle(seed=config.args.seed)
+        datasets[shard_name("train", name)] = dataset
     datasets.update({shard_name("eval", name): read_source(entry.data) for name, entry in config.eval_datasets.items()})
     return datasets
 
@@ -108,14 +113,19 @@ def build_trainer(
         use_gpu=config.scaling.use_gpu,
         resources_per_worker=config.scaling.resources_per_worker or None,
     )
-    kwargs = {"dataset_config": dataset_config} if dataset_config is not None else {}
+    if dataset_config is None:
+        options = ray.train.DataConfig.default_ingest_options()
+        # A resumed run skips the rows it had read, so they must arrive in the same order again
+        # (exactly so with one worker; with several, Ray hands blocks to whichever asks first).
+        options.preserve_order = True
+        dataset_config = ray.train.DataConfig(execution_options=options)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(config, plan, initial_checkpoint),
         scaling_config=scaling,
         run_config=run_config or make_run_config(config),
         datasets=build_datasets(config),
-        **kwargs,
+        dataset_config=dataset_config,
     )
 
 

@@ -188,7 +188,8 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_finishes_the_plann
                 "args.save_steps=2",
             ],
         ),
-        ("train-matryoshka-debian.yaml", ["train_datasets.mined.data.path={triplets}", "loss_kwargs.matryoshka_dims=[32, 16]"]),
+        # bf16 autocast runs on CPU too: the mixed-precision path of one recipe is exercised here.
+        ("train-matryoshka-debian.yaml", ["train_datasets.mined.data.path={triplets}", "loss_kwargs.matryoshka_dims=[32, 16]", "args.bf16=true"]),
         (
             "train-reranker-bce.yaml",
             [
