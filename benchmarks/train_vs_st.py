@@ -6,10 +6,22 @@ length, learning rate and seed, for the same number of optimizer steps, one afte
 in this process. Samples/s counts the training steps only (model loading and Ray start-up
 are reported apart as wall time), two ways:
 
-* whole run: every step, from the trainer's first batch request (ST: ``trainer.train()``;
-  raytune_st: the loop's own ``train_samples_per_second``, so Ray Data's first read counts).
+* whole run: every step, from the start of training with the model loaded (ST:
+  ``trainer.train()``; raytune_st: the loop's own ``train_samples_per_second``). raytune_st
+  opens its Ray Data stream before loading the model, so the two overlap; what is left of
+  the stream's start-up (seconds on this machine) counts here, and all of it in the wall time.
 * steady state: steps 2..N, from the end of the first optimizer step to the end of the last
   (ST: a callback's timestamps; raytune_st: derived from the per-step cumulative figures).
+
+A third run puts SentenceTransformerTrainer itself inside a Ray Train worker that reserves
+what raytune_st's worker does: the ratio against it is the cost of raytune_st's loop alone,
+and the difference between the two SentenceTransformerTrainer rows is the cost of Ray's own
+processes (a Train controller and a handful of small actors beside the worker), which on a
+2-core machine share the cores that train.
+
+The runs alternate `--repeats` times; the table gives the median of each figure with its
+range, and the ratios of the medians. On a small shared machine a single run varies by
+5-10%, so read a ratio against the ranges.
 
 Ray gives a worker as many torch threads as CPUs it reserves; the worker reserves every core
 (as the in-process trainer uses them all) and Ray is started with one more logical CPU so
@@ -18,13 +30,14 @@ local Ray each time): with Ray's processes alive in the background, SentenceTran
 in this process measured 3-4x slower than alone on a 2-core machine.
 
     python benchmarks/train_vs_st.py                      # all-MiniLM-L6-v2, batch 32, 10 steps
-    python benchmarks/train_vs_st.py --steps 30 --repeats 2
+    python benchmarks/train_vs_st.py --steps 24 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
-    parser.add_argument("--repeats", type=int, default=1, help="alternate the two trainers this many times; best of each")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the two trainers this many times; medians")
     return parser.parse_args(argv)
 
 
@@ -94,6 +107,29 @@ def run_sentence_transformers(args: argparse.Namespace, rows: int, workdir: str)
     return whole, steady, time.perf_counter() - start
 
 
+def run_sentence_transformers_in_ray_train(args: argparse.Namespace, rows: int, workdir: str, run: int) -> tuple[float, float, float]:
+    """SentenceTransformerTrainer's figures when it runs inside a Ray Train worker that reserves
+    what raytune_st's worker does: the cost of Ray's runtime alone, apart from raytune_st's loop."""
+    import json
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    result_file = os.path.join(workdir, f"st-in-ray-train-{run}.json")
+
+    def loop(_config) -> None:
+        with open(result_file, "w") as handle:
+            json.dump(run_sentence_transformers(args, rows, workdir), handle)
+
+    TorchTrainer(
+        loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": os.cpu_count() or 1}),
+        run_config=ray.train.RunConfig(name=f"st-in-ray-train-{run}", storage_path=os.path.join(workdir, "ray")),
+    ).fit()
+    with open(result_file) as handle:
+        return tuple(json.load(handle))
+
+
 def run_raytune_st(args: argparse.Namespace, rows: int, workdir: str, run: int) -> tuple[float, float, float]:
     """(whole-run samples/s, steady samples/s, wall seconds including Ray start-up) of raytune_st on one worker."""
     import json
@@ -141,25 +177,38 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     rows = args.batch_size * (args.steps + 2)  # every run sees fresh rows, and no_duplicates has room
-    st_runs, rt_runs = [], []
+    labels = ("SentenceTransformerTrainer", "ST trainer in a Ray worker", "raytune_st (1 worker)")
+    runs: dict[str, list[tuple[float, float, float]]] = {label: [] for label in labels}
+
+    def record(label: str, run: int, figures: tuple[float, float, float]) -> None:
+        runs[label].append(figures)
+        print(f"run {run}: {label:28} {figures[0]:.2f} samples/s, steady {figures[1]:.2f} ({figures[2]:.0f} s wall)", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="train-vs-st-") as workdir:
         for run in range(args.repeats):
-            st_runs.append(run_sentence_transformers(args, rows, workdir))
-            print(f"run {run}: SentenceTransformerTrainer {st_runs[-1][0]:.2f} samples/s, steady {st_runs[-1][1]:.2f} ({st_runs[-1][2]:.0f} s wall)", flush=True)
+            record(labels[0], run, run_sentence_transformers(args, rows, workdir))
             ray.init(num_cpus=(os.cpu_count() or 1) + 1, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
             try:
-                rt_runs.append(run_raytune_st(args, rows, workdir, run))
+                record(labels[2], run, run_raytune_st(args, rows, workdir, run))
+                record(labels[1], run, run_sentence_transformers_in_ray_train(args, rows, workdir, run))
             finally:
                 ray.shutdown()
-            print(f"run {run}: raytune_st (1 worker)     {rt_runs[-1][0]:.2f} samples/s, steady {rt_runs[-1][1]:.2f} ({rt_runs[-1][2]:.0f} s wall)", flush=True)
     print()
-    print(f"model {args.model}, MultipleNegativesRankingLoss, batch {args.batch_size}, max_seq_length {args.max_seq_length}, {args.steps} steps, best of {args.repeats}")
-    print(f"{'':28}{'whole run':>12}{'steady':>12}")
-    st = [max(r[i] for r in st_runs) for i in (0, 1)]
-    rt = [max(r[i] for r in rt_runs) for i in (0, 1)]
-    print(f"{'SentenceTransformerTrainer':28}{st[0]:12.2f}{st[1]:12.2f}  samples/s")
-    print(f"{'raytune_st (1 worker)':28}{rt[0]:12.2f}{rt[1]:12.2f}  samples/s")
-    print(f"{'ratio raytune_st / ST':28}{rt[0] / st[0]:11.2f}x{rt[1] / st[1]:11.2f}x")
+    print(
+        f"model {args.model}, MultipleNegativesRankingLoss, batch {args.batch_size}, "
+        f"max_seq_length {args.max_seq_length}, {args.steps} steps, median of {args.repeats} (range)"
+    )
+    print(f"{'':30}{'whole run':>22}{'steady':>22}")
+    medians = {label: [statistics.median(r[i] for r in runs[label]) for i in (0, 1)] for label in labels}
+    for label in labels:
+        cells = "".join(
+            f"{medians[label][i]:8.2f} ({min(r[i] for r in runs[label]):5.2f}-{max(r[i] for r in runs[label]):5.2f})"
+            for i in (0, 1)
+        )
+        print(f"{label:30}{cells}  samples/s")
+    rt = medians[labels[2]]
+    for against, label in ((labels[0], "ratio raytune_st / ST"), (labels[1], "ratio / ST trainer in Ray")):
+        print(f"{label:30}{rt[0] / medians[against][0]:8.2f}x{'':13}{rt[1] / medians[against][1]:8.2f}x")
     return 0
 
 

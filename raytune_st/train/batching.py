@@ -23,12 +23,16 @@ Example::
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Callable, Optional
+from concurrent.futures import Future
+from typing import Any, Callable, Optional, TypeVar
 
 from raytune_st.errors import DataError
 
 Row = dict[str, Any]
+T = TypeVar("T")
+_END = object()  # the end of a stream (a stream may hold None)
 
 
 # --- the schedule: which data set every micro-batch comes from ----------------------------
@@ -223,12 +227,44 @@ def _texts_of(rows: Sequence[Row], columns: Optional[Sequence[str]]) -> set[str]
 
 
 def skip(rows: Iterable[Row], count: int) -> Iterator[Row]:
-    """The stream without its first `count` rows (already trained on before a restart)."""
+    """The stream without its first `count` rows (already trained on before a restart).
+
+    Lazy: nothing is read until the first row is asked for.
+    """
     iterator = iter(rows)
     for _ in range(count):
-        if next(iterator, None) is None:
-            break
-    return iterator
+        if next(iterator, _END) is _END:
+            return
+    yield from iterator
+
+
+def read_ahead(items: Iterable[T]) -> Iterator[T]:
+    """`items`, whose first item a background thread starts fetching now.
+
+    Opening a Ray Data stream takes seconds (tasks start, files are listed and read); the
+    training loop opens its streams this way before it loads the model, so the two overlap.
+    Only the first item is fetched ahead (Ray Data prefetches the rest itself); an error
+    while fetching it is raised where the item is asked for.
+    """
+    iterator = iter(items)
+    first: Future = Future()
+
+    def fetch() -> None:
+        try:
+            first.set_result(next(iterator, _END))
+        except BaseException as error:  # handed to the consumer, raised in its thread
+            first.set_exception(error)
+
+    threading.Thread(target=fetch, name="raytune-st-read-ahead", daemon=True).start()
+    return _after(first, iterator)
+
+
+def _after(first: "Future", rest: Iterator[T]) -> Iterator[T]:
+    item = first.result()
+    if item is _END:
+        return
+    yield item
+    yield from rest
 
 
 def columns_to_rows(batch: dict[str, Any]) -> list[Row]:

@@ -118,7 +118,10 @@ def build_trainer(
         # A resumed run skips the rows it had read, so they must arrive in the same order again
         # (exactly so with one worker; with several, Ray hands blocks to whichever asks first).
         options.preserve_order = True
-        dataset_config = ray.train.DataConfig(execution_options=options)
+        # One worker reads whole data sets: a streaming split would add a coordinator actor
+        # (another process to start, seconds before the first batch) and split nothing.
+        split = "all" if config.scaling.num_workers > 1 else []
+        dataset_config = ray.train.DataConfig(datasets_to_split=split, execution_options=options)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(config, plan, initial_checkpoint),

@@ -29,6 +29,7 @@ from raytune_st.train.batching import (
     batches_per_epoch,
     collate,
     columns_to_rows,
+    read_ahead,
     skip,
     wants_dataset_name,
 )
@@ -66,22 +67,54 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     is_cross = cfg.model.type == "cross_encoder"
     set_seed(args.seed)
 
-    # 2. The model: from the last checkpoint when Ray restarted us, else from the checkpoint the
-    #    run starts from (a PBT trial cloning a better one), else from the config.
+    # 2. This worker's shards, opened before the model loads: a Ray Data stream takes seconds to
+    #    start (tasks start, files are listed and read), and it starts reading now, meanwhile.
+    per_epoch = batches_per_epoch(config["train_rows"], args.per_device_train_batch_size, world_size)
+    schedule = Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed)
+    no_dup = args.batch_sampler == "no_duplicates"
+    inputs = {name: _inputs(columns[shard_name("train", name)], cfg.model.type) for name in cfg.train_datasets}
+
+    def open_epoch(epoch: int, resume: dict[str, dict[str, Any]]) -> dict[str, tuple[ShardBatcher, int]]:
+        """A batcher per data set for `epoch`; on resume, skip what this worker already read."""
+        batchers = {}
+        for name in cfg.train_datasets:
+            shard = ray.train.get_dataset_shard(shard_name("train", name))
+            rows = _iter_rows(shard, cfg.stream.shuffle_buffer_size, seed=args.seed + 1000 * epoch + rank)
+            done = resume.get(name, {})
+            batcher = ShardBatcher(
+                read_ahead(skip(rows, done.get("rows_read", 0))),
+                args.per_device_train_batch_size,
+                no_duplicates=inputs[name] if no_dup else None,
+                buffer_size=cfg.stream.no_duplicates_buffer_size,
+                pending=done.get("pending", ()),
+            )
+            batchers[name] = (batcher, done.get("rows_read", 0))
+        return batchers
+
+    def open_data(state: TrainingState) -> dict[str, tuple[ShardBatcher, int]]:
+        """The batchers of the epoch that `state` is in, where this worker left it."""
+        epoch = schedule.epoch_of(state.micro_batches)
+        resume = state.position.for_rank(rank, world_size) if state.position.epoch == epoch else {}
+        return open_epoch(epoch, resume)
+
+    # 3. The model and where training starts: the last checkpoint when Ray restarted us, else the
+    #    checkpoint the run starts from (a PBT trial cloning a better one), else the config.
     own_checkpoint = ray.train.get_checkpoint()
     checkpoint = own_checkpoint or config.get("initial_checkpoint")
-    state = TrainingState()
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             state = read_checkpoint(path)
+            batchers = open_data(state)
             model = _load_model(cfg, os.path.join(path, MODEL_DIR))
     else:
+        state = TrainingState()
+        batchers = open_data(state)
         model = cfg.model.load()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(device)
 
-    # 3. Losses, one per data set, built on the unwrapped model; then DDP (gloo on CPU, NCCL on GPU)
+    # 4. Losses, one per data set, built on the unwrapped model; then DDP (gloo on CPU, NCCL on GPU)
     #    and the losses pointed at the DDP model so that gradients are averaged across workers.
     from raytune_st.losses.build import build_loss
 
@@ -106,7 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for loss in losses.values():
         _point_loss_at(loss, ddp_model, model)
 
-    # 4. Optimizer with HF's weight-decay groups, the transformers scheduler, mixed precision.
+    # 5. Optimizer with HF's weight-decay groups, the transformers scheduler, mixed precision.
     model_ids = {id(p) for p in model.parameters()}
     loss_params = _unique(p for loss in losses.values() for p in loss.parameters() if id(p) not in model_ids and p.requires_grad)
     optimizer = torch.optim.AdamW(
@@ -116,8 +149,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         eps=1e-8,
         fused=args.optim == "adamw_torch_fused",
     )
-    per_epoch = batches_per_epoch(config["train_rows"], args.per_device_train_batch_size, world_size)
-    schedule = Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed)
     total_steps = total_optimizer_steps(args, schedule.epoch_length)
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
@@ -135,43 +166,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             group["weight_decay"], group["initial_lr"] = weight_decay, args.learning_rate
             group["lr"] = args.learning_rate * lr_lambda(scheduler.last_epoch)
 
-    # 5. Data: this worker's shards; tokenised per batch with sentence-transformers' collator.
+    # 6. Batches are tokenised on the worker with sentence-transformers' collator; evaluators on rank 0.
     collator = _collator(model, args.prompts, is_cross)
     with_name = wants_dataset_name(args.prompts, list(cfg.train_datasets) + list(cfg.eval_datasets))
-    no_dup = args.batch_sampler == "no_duplicates"
-    inputs = {name: _inputs(columns[shard_name("train", name)], cfg.model.type) for name in cfg.train_datasets}
     evaluators = _build_evaluators(cfg) if rank == 0 else []
-    my_position = state.position.for_rank(rank, world_size)
-
-    def open_epoch(epoch: int, resume: dict[str, dict[str, Any]]) -> dict[str, tuple[ShardBatcher, int]]:
-        """A batcher per data set for `epoch`; on resume, skip what this worker already read."""
-        batchers = {}
-        for name in cfg.train_datasets:
-            shard = ray.train.get_dataset_shard(shard_name("train", name))
-            rows = _iter_rows(shard, cfg.stream.shuffle_buffer_size, seed=args.seed + 1000 * epoch + rank)
-            done = resume.get(name, {})
-            rows = skip(rows, done.get("rows_read", 0))
-            batcher = ShardBatcher(
-                rows,
-                args.per_device_train_batch_size,
-                no_duplicates=inputs[name] if no_dup else None,
-                buffer_size=cfg.stream.no_duplicates_buffer_size,
-                pending=done.get("pending", ()),
-            )
-            batchers[name] = (batcher, done.get("rows_read", 0))
-        return batchers
 
     def evaluate() -> dict[str, float]:
         return _evaluate(cfg, model, eval_losses, evaluators, columns, collator, with_name, rank, world_size, device, amp_dtype)
 
-    # 6. The loop: gradient_accumulation_steps micro-batches per optimizer step, each from the
+    # 7. The loop: gradient_accumulation_steps micro-batches per optimizer step, each from the
     #    data set the shared schedule names, so every worker runs exactly the same steps.
     step, micro = state.step, state.micro_batches
     history = state.history
     resumed_from = step if checkpoint is not None else None
     padded_earlier = 0  # batches padded on a short shard in earlier epochs of this process
     epoch = schedule.epoch_of(micro)
-    batchers = open_epoch(epoch, my_position if state.position.epoch == epoch else {})
     running_loss = torch.zeros((), device=device)
     running_count = 0
     grad_norm = None
@@ -231,7 +240,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        # 7. Log, evaluate, checkpoint: the same decisions on every worker (they share step and schedule).
+        # 8. Log, evaluate, checkpoint: the same decisions on every worker (they share step and schedule).
         metrics: dict[str, Any] = {}
         epoch_done = schedule.epoch_of(micro) > epoch_before or micro % schedule.epoch_length == 0
         final = step == total_steps

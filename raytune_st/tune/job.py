@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import posixpath
 from dataclasses import dataclass
@@ -30,9 +31,13 @@ from raytune_st.train.job import check as check_train, default_storage_path, fit
 from raytune_st.tune.config import TuneConfig
 
 if TYPE_CHECKING:
+    import ray.train
     import ray.tune
 
+logger = logging.getLogger(__name__)
+
 TRIALS_DIR = "trials"
+PBT_START_DIR = "pbt-start"  # in a cloned trial's Train run: its copy of the checkpoint it started from
 # A trial's driver function only builds the TorchTrainer and waits. It takes no CPU, so that
 # the trials' workers and Ray Data's read tasks (one whole CPU each) share the CPUs; Tune
 # refuses an empty resource request, so it asks for a little logical memory instead.
@@ -148,8 +153,9 @@ def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, me
     TuneReportCallback hands Tune metrics only. Here the Train run's reports come back through
     a queue and this driver reports each with its checkpoint (`ray.tune.report`), while the run
     fits in a thread. A trial that PBT restarts from another trial's checkpoint (with perturbed
-    values) starts a new Train run from that checkpoint; the run is named after it, so an
-    interrupted sweep resumes it rather than the trial's first run.
+    values) starts a new Train run from its own copy of that checkpoint
+    (:func:`pin_start_checkpoint`); the run is named after it, so an interrupted sweep resumes
+    it rather than the trial's first run.
     """
     import hashlib
     import threading
@@ -160,6 +166,7 @@ def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, me
     start = ray.tune.get_checkpoint()
     if start is not None:
         name = f"{name}-from-{hashlib.sha1(start.path.encode()).hexdigest()[:8]}"
+        start = pin_start_checkpoint(start, join(storage, name, PBT_START_DIR))
     reports = Queue(actor_options={"num_cpus": 0})
     run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_queue_callback(reports, metric)])
     outcome: dict[str, BaseException] = {}
@@ -180,6 +187,49 @@ def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, me
     runner.join()
     if "error" in outcome:
         raise outcome["error"]
+
+
+def pin_start_checkpoint(start: "ray.train.Checkpoint", target: str) -> "ray.train.Checkpoint":
+    """This trial's own copy (at `target`, a path or URI) of the checkpoint PBT cloned it from.
+
+    Tune may delete the better trial's checkpoint soon after handing it over (when that trial
+    reports more, or is itself cloned), while the new Train run reads it only once its workers
+    are up. So the trial's driver copies it at once. If it is gone already, the better trial's
+    newest checkpoint is copied instead: a later state of the same better trial. A copy made
+    before (an interrupted sweep, resumed) is reused.
+    """
+    import pyarrow.fs
+    import ray.train
+
+    from raytune_st.outputs import filesystem
+
+    target_fs, target_root = filesystem(target)
+    complete = posixpath.join(target_root, ".copy-complete")
+    if target_fs.get_file_info(complete).type == pyarrow.fs.FileType.File:
+        return ray.train.Checkpoint(target_root, filesystem=target_fs)
+    target_fs.delete_dir_contents(target_root, missing_dir_ok=True)  # what a cut-short copy left
+    source_fs, parent = start.filesystem, posixpath.dirname(start.path.rstrip("/"))
+    candidates = [start.path]
+    for _ in range(3):
+        for source in candidates:
+            if source_fs.get_file_info(source).type != pyarrow.fs.FileType.Directory:
+                continue
+            try:
+                pyarrow.fs.copy_files(source, target_root, source_filesystem=source_fs, destination_filesystem=target_fs)
+            except OSError:  # deleted while copying: try the next one
+                target_fs.delete_dir_contents(target_root, missing_dir_ok=True)
+                continue
+            target_fs.open_output_stream(complete).close()
+            if source != start.path:
+                logger.warning("PBT's checkpoint %s was deleted before this trial copied it; starting from %s", start.path, source)
+            return ray.train.Checkpoint(target_root, filesystem=target_fs)
+        siblings = [i.path for i in source_fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))]
+        candidates = sorted((p for p in siblings if posixpath.basename(p).startswith("checkpoint_")), reverse=True)
+    raise RaytuneError(
+        f"Tune deleted the checkpoint PBT cloned this trial from ({start.path}), and every other checkpoint "
+        "of that trial, before this trial could copy one; raise search.scheduler.perturbation_interval "
+        "so that trials report checkpoints less often"
+    )
 
 
 def _search_alg(config: TuneConfig, concurrency: int):

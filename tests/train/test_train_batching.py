@@ -14,6 +14,7 @@ from raytune_st.train.batching import (
     collate,
     columns_to_rows,
     epoch_schedule,
+    read_ahead,
     skip,
     wants_dataset_name,
 )
@@ -140,6 +141,46 @@ def test_resume_skips_rows_read_and_restores_the_buffer():
     resumed = ShardBatcher(skip(stream, read), 4, no_duplicates=["anchor"], buffer_size=16, pending=pending)
     assert [resumed.next_batch() for _ in range(4)] == after_uninterrupted
     assert before  # the resumed run did not see the first three batches again
+
+
+def test_skip_reads_nothing_until_asked_and_stops_at_a_short_stream():
+    taken = []
+
+    def stream():
+        for row in rows(5):
+            taken.append(row["anchor"])
+            yield row
+
+    skipped = skip(stream(), 3)
+    assert taken == []
+    assert [r["anchor"] for r in skipped] == ["t3", "t4"]
+    assert list(skip(rows(2), 5)) == []
+
+
+def test_read_ahead_fetches_the_first_item_before_it_is_asked_for():
+    import threading
+
+    fetched = threading.Event()
+
+    def slow_stream():
+        fetched.set()
+        yield from rows(3)
+
+    items = read_ahead(slow_stream())
+    assert fetched.wait(timeout=10)  # started in the background, nothing asked yet
+    assert [r["anchor"] for r in items] == ["t0", "t1", "t2"]
+    assert list(read_ahead(iter([]))) == []
+    assert list(read_ahead([None, 0])) == [None, 0]  # items that look empty are items
+
+
+def test_read_ahead_raises_a_read_error_where_the_item_is_asked_for():
+    def broken():
+        raise DataError("the file is gone")
+        yield  # a generator
+
+    items = read_ahead(broken())
+    with pytest.raises(DataError, match="gone"):
+        next(items)
 
 
 def test_columns_to_rows_gives_python_values():
