@@ -102,7 +102,7 @@ class TrainingArgs:
     )
     weight_decay: float = option(0.0, help="AdamW weight decay, not applied to biases and LayerNorm weights")
     max_grad_norm: float = option(1.0, help="gradient clipping norm; 0 disables clipping")
-    fp16: bool = option(False, help="float16 mixed precision with a gradient scaler (GPU only)")
+    fp16: bool = option(False, help="float16 mixed precision with a gradient scaler (meant for GPUs; runs on CPU too)")
     bf16: bool = option(False, help="bfloat16 mixed precision (autocast)")
     gradient_checkpointing: bool = option(False, help="recompute activations in backward to save memory")
     batch_sampler: Literal["batch_sampler", "no_duplicates"] = option(

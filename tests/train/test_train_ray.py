@@ -177,7 +177,11 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_finishes_the_plann
 @pytest.mark.parametrize(
     "example,overrides",
     [
-        ("train-cosent-stsb.yaml", ["train_datasets.stsb.data.limit=200", "eval_datasets.stsb.data.limit=40", "args.eval_steps=2", "args.save_steps=2"]),
+        # fp16 runs with its gradient scaler on CPU too (scaled, unscaled for clipping, saved in checkpoints).
+        (
+            "train-cosent-stsb.yaml",
+            ["train_datasets.stsb.data.limit=200", "eval_datasets.stsb.data.limit=40", "args.eval_steps=2", "args.save_steps=2", "args.fp16=true"],
+        ),
         (
             "train-multi-dataset.yaml",
             [
@@ -227,3 +231,9 @@ def test_every_example_runs_a_few_steps(ray_local, tmp_path, tiny_bi_encoder, ti
     if example == "train-reranker-bce.yaml":
         # load_best_model_at_end: the final model is the checkpoint with the best NDCG@10.
         assert "eval_debian-dev_ndcg@10" in metrics and metrics["step"] in (1, 2)
+    if config.args.fp16:
+        from raytune_st.train.checkpointing import read_checkpoint
+
+        # The gradient scaler ran and its state was checkpointed (a disabled scaler saves nothing).
+        checkpoints = sorted((tmp_path / "out" / "ray" / config.run.name).glob("checkpoint-*"))
+        assert checkpoints and read_checkpoint(str(checkpoints[-1])).scaler.get("scale", 0) > 0
