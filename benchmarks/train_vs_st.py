@@ -30,7 +30,7 @@ local Ray each time): with Ray's processes alive in the background, SentenceTran
 in this process measured 3-4x slower than alone on a 2-core machine.
 
     python benchmarks/train_vs_st.py                      # all-MiniLM-L6-v2, batch 32, 10 steps
-    python benchmarks/train_vs_st.py --steps 24 --repeats 5
+    python benchmarks/train_vs_st.py --steps 24 --repeats 3   # the README's figures
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
-    parser.add_argument("--repeats", type=int, default=1, help="alternate the two trainers this many times; medians")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the three runs this many times; the table gives medians")
     return parser.parse_args(argv)
 
 
