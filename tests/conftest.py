@@ -60,3 +60,37 @@ def tiny_bert_dir(tmp_path_factory) -> str:
     from raytune_st.testing import save_tiny_bi_encoder
 
     return save_tiny_bi_encoder(str(tmp_path_factory.mktemp("tiny-bert-st")))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 API (moto's server) on 127.0.0.1 with a free port, for the whole session.
+
+    Its endpoint and test credentials go into os.environ while it runs, so that pyarrow in
+    this process and in every Ray worker started after it (they inherit the environment of
+    the Ray that this process starts) talks to it.
+    """
+    from raytune_st.testing import S3TestServer
+
+    server = S3TestServer().start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, request) -> str:
+    """A new empty bucket for one test: its URI, s3://NAME."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    return s3_server.create_bucket(name)

