@@ -43,6 +43,9 @@ class EvaluatorKind:
     role_types: tuple[str, ...]  # text | texts (text or list of texts) | number
     data_params: tuple[str, ...]  # constructor arguments filled from the data (not settable in config)
     build: Callable[[Any, list[list[Any]], dict[str, Any]], Any]
+    # (kwargs, the model's similarity function names, the cross-encoder's num_labels) -> the
+    # metric names the evaluator returns, before its name prefix: see metric_names().
+    metrics: Callable[[dict[str, Any], Sequence[str], Optional[int]], list[str]]
 
     def evaluator_class(self) -> type:
         module, _, name = self.cls_path.partition(":")
@@ -156,41 +159,123 @@ def _ce_correlation(cls, c, kw):
     return cls(sentence_pairs=[list(p) for p in zip(c[0], c[1])], scores=[float(v) for v in c[2]], **kw)
 
 
+# --- the metric names each evaluator returns (sentence-transformers 6.2's __call__) ---------
+# The model decides some of them: the bi-encoder evaluators default to the model's
+# similarity_fn_name, and CrossEncoderClassificationEvaluator reports binary or multi-class
+# metrics by the model's num_labels. The tests run every evaluator and compare.
+
+SIMILARITY_NAMES = ("cosine", "dot", "euclidean", "manhattan")
+
+
+def _similarities(kw: dict[str, Any], model_similarities: Sequence[str], main_key: Optional[str]) -> list[str]:
+    """The similarity functions an evaluator scores with: its similarity_fn_names, else its main one, else the model's."""
+    if kw.get("similarity_fn_names"):
+        return list(kw["similarity_fn_names"])
+    if main_key and kw.get(main_key):
+        from sentence_transformers.util.similarity import SimilarityFunction
+
+        return [SimilarityFunction(kw[main_key]).value]
+    return list(model_similarities)
+
+
+def _similarity_metrics(kw, sims, num_labels):
+    names = _similarities(kw, sims, "main_similarity")
+    out = [f"{metric}_{fn}" for fn in names for metric in ("pearson", "spearman")]
+    return out + (["pearson_max", "spearman_max"] if len(names) > 1 else [])
+
+
+_BINARY_METRICS = ("accuracy", "accuracy_threshold", "f1", "f1_threshold", "precision", "recall", "ap", "mcc")
+
+
+def _binary_metrics(kw, sims, num_labels):
+    names = _similarities(kw, sims, None)
+    out = [f"{fn}_{metric}" for fn in names for metric in _BINARY_METRICS]
+    return out + ([f"max_{metric}" for metric in _BINARY_METRICS] if len(names) > 1 else [])
+
+
+def _triplet_metrics(kw, sims, num_labels):
+    names = _similarities(kw, sims, "main_similarity_function")
+    return [f"{fn}_accuracy" for fn in names] + (["max_accuracy"] if len(names) > 1 else [])
+
+
+def _ir_metrics(kw, sims, num_labels):
+    names = sorted(kw["score_functions"]) if kw.get("score_functions") else sorted(sims)
+    ks = {
+        "accuracy": kw.get("accuracy_at_k", [1, 3, 5, 10]),
+        "precision": kw.get("precision_recall_at_k", [1, 3, 5, 10]),
+        "recall": kw.get("precision_recall_at_k", [1, 3, 5, 10]),
+        "ndcg": kw.get("ndcg_at_k", [10]),
+        "mrr": kw.get("mrr_at_k", [10]),
+        "map": kw.get("map_at_k", [100]),
+    }
+    return [f"{fn}_{metric}@{k}" for fn in names for metric, at in ks.items() for k in at]
+
+
+def _reranking_metrics(kw, sims, num_labels):
+    at_k = kw.get("mrr_at_k") or kw.get("at_k", 10)
+    return ["map", f"mrr@{at_k}", f"ndcg@{at_k}"]
+
+
+def _ce_classification_metrics(kw, sims, num_labels):
+    binary = ["accuracy", "accuracy_threshold", "f1", "f1_threshold", "precision", "recall", "average_precision"]
+    multi = ["f1_macro", "f1_micro", "f1_weighted"]
+    if num_labels is None:  # not known before the model is read: either set
+        return binary + multi
+    return binary if num_labels == 1 else multi
+
+
+def _ce_correlation_metrics(kw, sims, num_labels):
+    return ["pearson", "spearman"]
+
+
+def metric_names(
+    type_name: str, name: str, kwargs: dict[str, Any], *, similarities: Sequence[str] = SIMILARITY_NAMES,
+    num_labels: Optional[int] = None,
+) -> list[str]:
+    """The metric names an evaluator returns, with its name prefix (``<name>_<metric>``).
+
+    `similarities` are the model's similarity function names (one for a known model; all four
+    when the model has not been read yet), `num_labels` a cross-encoder's outputs (None: unknown).
+    """
+    found = EVALUATORS[type_name].metrics(kwargs, similarities, num_labels)
+    return [f"{name}_{metric}" if name else metric for metric in found]
+
+
 _ST = "sentence_transformers.sentence_transformer.evaluation"
 _CE = "sentence_transformers.cross_encoder.evaluation"
 
 EVALUATORS: dict[str, EvaluatorKind] = {
     "EmbeddingSimilarityEvaluator": EvaluatorKind(
         f"{_ST}:EmbeddingSimilarityEvaluator", "bi_encoder", ("sentence1", "sentence2", "score"),
-        ("text", "text", "number"), ("sentences1", "sentences2", "scores"), _similarity,
+        ("text", "text", "number"), ("sentences1", "sentences2", "scores"), _similarity, _similarity_metrics,
     ),
     "InformationRetrievalEvaluator": EvaluatorKind(
         f"{_ST}:InformationRetrievalEvaluator", "bi_encoder", ("query", "passage"),
-        ("text", "text"), ("queries", "corpus", "relevant_docs"), _ir,
+        ("text", "text"), ("queries", "corpus", "relevant_docs"), _ir, _ir_metrics,
     ),
     "TripletEvaluator": EvaluatorKind(
         f"{_ST}:TripletEvaluator", "bi_encoder", ("anchor", "positive", "negative"),
-        ("text", "text", "text"), ("anchors", "positives", "negatives"), _triplet,
+        ("text", "text", "text"), ("anchors", "positives", "negatives"), _triplet, _triplet_metrics,
     ),
     "BinaryClassificationEvaluator": EvaluatorKind(
         f"{_ST}:BinaryClassificationEvaluator", "bi_encoder", ("sentence1", "sentence2", "label"),
-        ("text", "text", "number"), ("sentences1", "sentences2", "labels"), _binary,
+        ("text", "text", "number"), ("sentences1", "sentences2", "labels"), _binary, _binary_metrics,
     ),
     "RerankingEvaluator": EvaluatorKind(
         f"{_ST}:RerankingEvaluator", "bi_encoder", ("query", "positive", "negative"),
-        ("text", "texts", "texts"), ("samples",), _reranking,
+        ("text", "texts", "texts"), ("samples",), _reranking, _reranking_metrics,
     ),
     "CrossEncoderRerankingEvaluator": EvaluatorKind(
         f"{_CE}:CrossEncoderRerankingEvaluator", "cross_encoder", ("query", "positive", "negative"),
-        ("text", "texts", "texts"), ("samples",), _reranking,
+        ("text", "texts", "texts"), ("samples",), _reranking, _reranking_metrics,
     ),
     "CrossEncoderClassificationEvaluator": EvaluatorKind(
         f"{_CE}:CrossEncoderClassificationEvaluator", "cross_encoder", ("sentence1", "sentence2", "label"),
-        ("text", "text", "number"), ("sentence_pairs", "labels"), _ce_classification,
+        ("text", "text", "number"), ("sentence_pairs", "labels"), _ce_classification, _ce_classification_metrics,
     ),
     "CrossEncoderCorrelationEvaluator": EvaluatorKind(
         f"{_CE}:CrossEncoderCorrelationEvaluator", "cross_encoder", ("sentence1", "sentence2", "score"),
-        ("text", "text", "number"), ("sentence_pairs", "scores"), _ce_correlation,
+        ("text", "text", "number"), ("sentence_pairs", "scores"), _ce_correlation, _ce_correlation_metrics,
     ),
 }
 

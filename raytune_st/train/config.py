@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
-from raytune_st.config.core import option, suggest
+from raytune_st.config.core import option
 from raytune_st.data.sources import Source, inspect_source
 from raytune_st.errors import ConfigError, DataError
 from raytune_st.evaluation.config import EvaluatorSpec
@@ -204,6 +204,11 @@ class RunSection:
         None, help="local path or s3:// / gs:// URI for checkpoints; default: <output_dir>/ray (shared storage on a multi-node cluster)"
     )
     max_failures: int = option(0, help="worker failures to recover from by restarting at the last checkpoint")
+    overwrite: bool = option(
+        False,
+        help="when storage_path/name holds checkpoints of a run with another config: delete them and start afresh "
+        "instead of refusing (a rerun with the same config always resumes)",
+    )
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -339,26 +344,42 @@ class TrainConfig:
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:
             raise ConfigError(f"evaluators: the name {dup[0]!r} is used twice; give each evaluator its own name")
-        if args.metric_for_best_model is not None and args.eval_strategy != "no":
-            produced = self.metric_prefixes()
-            metric = args.best_metric
-            if not any(metric == p or metric.startswith(p) for p in produced):
-                raise ConfigError(
-                    f"args.metric_for_best_model {args.metric_for_best_model!r} is not produced by any evaluation; "
-                    "the evaluation reports " + ", ".join(p + ("..." if p.endswith("_") else "") for p in produced)
-                    + suggest(metric, produced)
-                )
+        self.check_metric_for_best_model()
 
-    def metric_prefixes(self) -> list[str]:
-        """The reported eval metrics (whole names, or prefixes ending in '_' for evaluators)."""
+    def check_metric_for_best_model(self, similarity: Optional[str] = None, num_labels: Optional[int] = None) -> None:
+        """Refuse a metric_for_best_model that the evaluation does not report, by its exact name.
+
+        Until the model is read (`similarity`, `num_labels` None) the names of every similarity
+        function count; pre-flight checks again with the model's own.
+        """
+        from raytune_st.evaluation.metrics import resolve_metric
+
+        if self.args.metric_for_best_model is None or self.args.eval_strategy == "no":
+            return
+        reported = self.metric_names(similarity, num_labels)
+        resolve_metric(self.args.metric_for_best_model, reported, key="args.metric_for_best_model")
+
+    def metric_names(self, similarity: Optional[str] = None, num_labels: Optional[int] = None) -> list[str]:
+        """Every eval metric the run reports, by its exact name (see :func:`~raytune_st.evaluation.evaluators.metric_names`).
+
+        `similarity` is the model's similarity_fn_name and `num_labels` a cross-encoder's
+        outputs; None (not read yet) counts every possibility.
+        """
+        from raytune_st.evaluation.evaluators import SIMILARITY_NAMES, metric_names
+
+        if num_labels is None:
+            num_labels = self.model.num_labels
+        # Unknown: the model has one similarity function, any of the four.
+        similarities = [similarity] if similarity else list(SIMILARITY_NAMES)
         produced = []
         if self.eval_datasets:
             produced.append("eval_loss")
             if len(self.eval_datasets) > 1:
                 produced += [f"eval_{name}_loss" for name in self.eval_datasets]
         for spec in self.evaluators:
-            # sentence-transformers names every evaluator metric "<name>_<metric>".
-            produced.append(f"eval_{spec.name}_" if spec.name else "eval_")
+            for one in similarities:
+                names = metric_names(spec.type, spec.name, spec.kwargs, similarities=[one], num_labels=num_labels)
+                produced += [f"eval_{name}" for name in names if f"eval_{name}" not in produced]
         if len(self.evaluators) > 1:
             produced.append("eval_sequential_score")
         return produced

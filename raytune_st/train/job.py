@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from raytune_st.data.sources import Source, read_source
 from raytune_st.errors import ClusterError
+from raytune_st.evaluation.metrics import model_facts
 from raytune_st.models.loading import resolve_model
 from raytune_st.outputs import OutputDir, join
 from raytune_st.runtime import ray_session
@@ -23,6 +24,7 @@ from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import Plan, TrainConfig, check_dataset, preflight
 from raytune_st.train.loop import shard_name, train_loop_per_worker
+from raytune_st.train.rerun import check_rerun
 
 if TYPE_CHECKING:
     import ray.data
@@ -140,7 +142,8 @@ def count_rows(source: Source) -> int:
 def check(config: TrainConfig) -> OutputDir:
     """The checks that need no Ray: the model resolves, every data set's metadata fits its loss, the
     evaluators' data exists, the output is writable. (Row counts and shard sizes: :func:`plan_run`.)"""
-    resolve_model(config.model.name)
+    # The model decides some metric names (its similarity function, a cross-encoder's outputs).
+    config.check_metric_for_best_model(*model_facts(resolve_model(config.model.name)))
     for section, sets in (("train_datasets", config.train_datasets), ("eval_datasets", config.eval_datasets)):
         for name in sets:
             check_dataset(config, section, name)
@@ -226,6 +229,8 @@ def fit_and_write(
 def train(config: TrainConfig, *, dataset_config: Any = None) -> dict[str, Any]:
     """Run the train job; returns the final metrics (of the best checkpoint with load_best_model_at_end)."""
     check(config)
+    # A run already in the checkpoint storage is resumed only when it was made with this config.
+    check_rerun(config, join(default_storage_path(config), config.run.name))
     with ray_session(config.ray_address):
         plan = plan_run(config)
         return fit_and_write(config, plan, dataset_config=dataset_config)

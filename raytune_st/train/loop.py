@@ -37,7 +37,9 @@ from raytune_st.train.checkpointing import (
     MODEL_DIR,
     DataPosition,
     TrainingState,
+    capture_rng_state,
     read_checkpoint,
+    restore_rng_state,
     write_checkpoint,
 )
 from raytune_st.train.config import TrainConfig, total_optimizer_steps, with_overrides
@@ -200,6 +202,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             delete_local_checkpoint_after_upload=rank == 0,
         )
         return
+    if len(state.rng) == world_size:
+        # Last, after everything that draws random numbers while setting up (a loss's new
+        # classifier, the model's head): dropout and the rest continue exactly where the
+        # checkpointed run was, so a resumed run repeats the uninterrupted one's losses.
+        restore_rng_state(state.rng[rank])
     while step < total_steps:
         epoch_before = epoch
         for k in range(args.gradient_accumulation_steps):
@@ -294,9 +301,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             history.append(dict(metrics))
         report_checkpoint = None
         if save_now:
-            position = _gather_position(batchers, epoch, rank, world_size)
+            position, rng = _gather_worker_state(batchers, epoch, rank, world_size)
             if rank == 0:
                 state.step, state.micro_batches, state.history, state.position = step, micro, history, position
+                state.rng = rng
                 state.optimizer, state.scheduler, state.scaler = optimizer.state_dict(), scheduler.state_dict(), scaler.state_dict()
                 state.losses = {n: _loss_owned_state(loss, loss_params) for n, loss in losses.items()}
                 report_checkpoint = _checkpoint(model, state, cfg)
@@ -482,19 +490,23 @@ def _build_evaluators(cfg: TrainConfig) -> list[Any]:
     return build_evaluators(cfg.evaluators)
 
 
-def _gather_position(batchers: dict[str, tuple[ShardBatcher, int]], epoch: int, rank: int, world_size: int) -> DataPosition:
-    """Every worker's rows read and still-buffered rows, collected on rank 0 for the checkpoint."""
+def _gather_worker_state(
+    batchers: dict[str, tuple[ShardBatcher, int]], epoch: int, rank: int, world_size: int
+) -> tuple[DataPosition, list[dict[str, Any]]]:
+    """Every worker's rows read, still-buffered rows and generator states, collected for the checkpoint."""
     import torch.distributed as dist
 
-    mine = {
+    position = {
         name: {"rows_read": skipped + batcher.rows_read, "pending": batcher.pending()}
         for name, (batcher, skipped) in batchers.items()
     }
+    mine = (position, capture_rng_state())
     if world_size == 1:
-        return DataPosition(epoch=epoch, workers=[mine])
-    gathered: list[Any] = [None] * world_size
-    dist.all_gather_object(gathered, mine)
-    return DataPosition(epoch=epoch, workers=gathered)
+        gathered: list[Any] = [mine]
+    else:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, mine)
+    return DataPosition(epoch=epoch, workers=[p for p, _ in gathered]), [r for _, r in gathered]
 
 
 def _worker_agreement(

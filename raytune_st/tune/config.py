@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from raytune_st.config.core import build, option, suggest, to_dict
+from raytune_st.config.core import build, option, to_dict
 from raytune_st.errors import ConfigError
 from raytune_st.train.config import TrainConfig
 from raytune_st.tune.space import Domain, apply_params, check_key, parse_space
@@ -149,8 +149,7 @@ class TuneConfig(TrainConfig):
                 except ConfigError as exc:
                     shown = domain.label(value)
                     raise ConfigError(f"search.space.{domain.key} = {shown!r} does not make a valid training config: {exc}") from None
-        if self.search.metric:
-            self._check_metric(self.search.metric)
+        # search.metric was checked with args.metric_for_best_model, in TrainConfig.__post_init__.
         if self.search.scheduler.type == "pbt":
             self._check_pbt()
 
@@ -171,19 +170,24 @@ class TuneConfig(TrainConfig):
                 + (f", save_steps: {args.save_steps}" if args.save_strategy == "steps" else "") + ")"
             )
 
-    def _check_metric(self, metric: str) -> None:
-        produced = self.metric_prefixes()
-        if metric in ("loss",) or any(metric == p or (p.endswith("_") and metric.startswith(p)) for p in produced):
-            if metric != "loss" and self.args.eval_strategy == "no":
-                raise ConfigError(
-                    f"search.metric {metric!r} is only reported when the trials evaluate; set args.eval_strategy: steps "
-                    "and args.eval_steps"
-                )
-            return
-        raise ConfigError(
-            f"search.metric {metric!r} is not reported by the training runs{suggest(metric, produced + ['loss'])}; "
-            "they report loss" + ("" if not produced else ", " + ", ".join(p + ("<metric>" if p.endswith("_") else "") for p in produced))
-        )
+    def check_metric_for_best_model(self, similarity: Optional[str] = None, num_labels: Optional[int] = None) -> None:
+        """Both metric names, args.metric_for_best_model and search.metric, by the same exact rule."""
+        super().check_metric_for_best_model(similarity, num_labels)
+        if self.search is not None and self.search.metric:
+            self.search.metric = self._check_metric(self.search.metric, similarity, num_labels)
+
+    def _check_metric(self, metric: str, similarity: Optional[str], num_labels: Optional[int]) -> str:
+        """The reported name search.metric means (``loss`` is the training loss, reported at every log)."""
+        from raytune_st.evaluation.metrics import resolve_metric
+
+        evaluated = self.metric_names(similarity, num_labels)
+        resolved = resolve_metric(metric, ["loss", *evaluated], key="search.metric")
+        if resolved != "loss" and self.args.eval_strategy == "no":
+            raise ConfigError(
+                f"search.metric {metric!r} is only reported when the trials evaluate; set args.eval_strategy: steps "
+                "and args.eval_steps"
+            )
+        return resolved
 
     def train_data(self) -> dict[str, Any]:
         """The training part of this config as plain data."""

@@ -28,6 +28,7 @@ from raytune_st.outputs import OutputDir, join
 from raytune_st.runtime import ray_session
 from raytune_st.train.config import TrainConfig, check_dataset, planned_steps
 from raytune_st.train.job import check as check_train, default_storage_path, fit_and_write, make_run_config, plan_run
+from raytune_st.train.rerun import check_rerun
 from raytune_st.tune.config import TuneConfig
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, sto
     if config.search.scheduler.type == "pbt":
         _run_pbt_trial(trial, plan, name=name, storage=storage, metric=config.search.metric)
         return
+    check_rerun(trial, join(storage, name))
     run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_report_callback(config.search.metric)])
     fit_and_write(trial, plan, run_config=run_config)
 
@@ -167,6 +169,7 @@ def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, me
     if start is not None:
         name = f"{name}-from-{hashlib.sha1(start.path.encode()).hexdigest()[:8]}"
         start = pin_start_checkpoint(start, join(storage, name, PBT_START_DIR))
+    check_rerun(trial, join(storage, name))
     reports = Queue(actor_options={"num_cpus": 0})
     run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_queue_callback(reports, metric)])
     outcome: dict[str, BaseException] = {}

@@ -189,3 +189,75 @@ def test_build_evaluator_gives_the_evaluators_own_metrics(tiny_bert_dir):
         write_csv=False,
     )
     assert ours(model) == reference(model)
+
+
+# --- metric names, known before any evaluation runs --------------------------------------
+
+TEXTS = ["how to compress files", "a text editor", "an image viewer", "a web browser"]
+DOCS = ["gzip compresses files", "vim edits text", "feh shows images", "firefox browses the web"]
+
+METRIC_CASES = [
+    ("EmbeddingSimilarityEvaluator", {"a": TEXTS, "b": DOCS, "s": [0.9, 0.1, 0.5, 0.3]}, {}),
+    ("EmbeddingSimilarityEvaluator", {"a": TEXTS, "b": DOCS, "s": [0.9, 0.1, 0.5, 0.3]}, {"similarity_fn_names": ["cosine", "dot"]}),
+    ("InformationRetrievalEvaluator", {"q": TEXTS, "p": DOCS}, {}),
+    ("InformationRetrievalEvaluator", {"q": TEXTS, "p": DOCS}, {"ndcg_at_k": [2, 3], "accuracy_at_k": [1], "map_at_k": [4]}),
+    ("TripletEvaluator", {"a": TEXTS, "p": DOCS, "n": DOCS[::-1]}, {}),
+    ("TripletEvaluator", {"a": TEXTS, "p": DOCS, "n": DOCS[::-1]}, {"main_similarity_function": "dot"}),
+    ("BinaryClassificationEvaluator", {"a": TEXTS, "b": DOCS, "l": [1, 0, 1, 0]}, {}),
+    ("BinaryClassificationEvaluator", {"a": TEXTS, "b": DOCS, "l": [1, 0, 1, 0]}, {"similarity_fn_names": ["cosine", "manhattan"]}),
+    ("RerankingEvaluator", {"q": TEXTS, "p": DOCS, "n": DOCS[::-1]}, {"at_k": 3}),
+]
+CE_METRIC_CASES = [
+    ("CrossEncoderRerankingEvaluator", {"q": TEXTS, "p": DOCS, "n": DOCS[::-1]}, {"at_k": 3}, 1),
+    ("CrossEncoderClassificationEvaluator", {"a": TEXTS, "b": DOCS, "l": [1, 0, 1, 0]}, {}, 1),
+    ("CrossEncoderClassificationEvaluator", {"a": TEXTS, "b": DOCS, "l": [2, 0, 1, 0]}, {}, 3),
+    ("CrossEncoderCorrelationEvaluator", {"a": TEXTS, "b": DOCS, "s": [0.9, 0.1, 0.5, 0.3]}, {}, 1),
+]
+
+
+@pytest.mark.parametrize("type_name,columns,kwargs", METRIC_CASES, ids=lambda v: v if isinstance(v, str) else "")
+def test_metric_names_are_the_ones_the_bi_encoder_evaluator_returns(tiny_bert_dir, type_name, columns, kwargs):
+    from sentence_transformers import SentenceTransformer
+
+    from raytune_st.evaluation.evaluators import metric_names
+    from raytune_st.evaluation.metrics import model_facts
+
+    model = SentenceTransformer(tiny_bert_dir, device="cpu")
+    similarity, _ = model_facts(tiny_bert_dir)
+    assert similarity == model.similarity_fn_name == "cosine"
+    returned = build_evaluator(type_name, "dev", columns, dict(kwargs))(model)
+    assert sorted(metric_names(type_name, "dev", kwargs, similarities=[similarity])) == sorted(returned)
+
+
+@pytest.mark.parametrize("type_name,columns,kwargs,num_labels", CE_METRIC_CASES, ids=lambda v: v if isinstance(v, str) else "")
+def test_metric_names_are_the_ones_the_cross_encoder_evaluator_returns(tmp_path_factory, type_name, columns, kwargs, num_labels):
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    from raytune_st.evaluation.evaluators import metric_names
+    from raytune_st.evaluation.metrics import model_facts
+    from raytune_st.testing import save_tiny_cross_encoder
+
+    root = str(tmp_path_factory.mktemp("ce"))
+    path = save_tiny_cross_encoder(root)
+    if num_labels != 1:  # the same tiny BERT with a 3-class head
+        from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
+
+        path = str(tmp_path_factory.mktemp("ce-multi"))
+        config = AutoConfig.from_pretrained(f"{root}/hf-ce", num_labels=num_labels, id2label={i: str(i) for i in range(num_labels)})
+        BertForSequenceClassification(config).save_pretrained(path)
+        AutoTokenizer.from_pretrained(f"{root}/hf-ce").save_pretrained(path)
+    assert model_facts(path)[1] == num_labels
+    model = CrossEncoder(path, device="cpu")
+    returned = build_evaluator(type_name, "dev", columns, dict(kwargs))(model)
+    assert sorted(metric_names(type_name, "dev", kwargs, num_labels=num_labels)) == sorted(returned)
+
+
+def test_resolve_metric_takes_exact_names_with_or_without_the_eval_prefix():
+    from raytune_st.evaluation.metrics import resolve_metric
+
+    reported = ["eval_loss", "eval_dev_cosine_ndcg@10", "eval_dev_cosine_mrr@10"]
+    assert resolve_metric("dev_cosine_ndcg@10", reported, key="k") == "eval_dev_cosine_ndcg@10"
+    assert resolve_metric("eval_dev_cosine_ndcg@10", reported, key="k") == "eval_dev_cosine_ndcg@10"
+    assert resolve_metric("loss", reported, key="k") == "eval_loss"
+    with pytest.raises(ConfigError, match=r"k 'dev_cosine_ndcg@100' is not reported .*the closest are eval_dev_cosine_ndcg@10"):
+        resolve_metric("dev_cosine_ndcg@100", reported, key="k")

@@ -119,3 +119,56 @@ def test_overrides_from_a_tune_trial_are_type_checked(tiny_bi_encoder):
     assert config.args.learning_rate == 5e-5  # the original is untouched
     with pytest.raises(ConfigError, match="'scal' is not an argument"):
         with_overrides(config, {"loss_kwargs": {"scal": 10}})
+
+
+def test_a_checkpoint_keeps_every_random_generator_state(tmp_path, tiny_bi_encoder):
+    import random
+
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from raytune_st.train.checkpointing import capture_rng_state, restore_rng_state
+
+    model = SentenceTransformer(tiny_bi_encoder, device="cpu")
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    write_checkpoint(str(tmp_path / "ckpt"), model, TrainingState(step=1, rng=[capture_rng_state()]), "args: {}\n")
+    expected = (random.random(), float(np.random.rand()), torch.rand(3).tolist(), torch.nn.functional.dropout(torch.ones(8), 0.5).tolist())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng_state(read_checkpoint(str(tmp_path / "ckpt")).rng[0])
+    again = (random.random(), float(np.random.rand()), torch.rand(3).tolist(), torch.nn.functional.dropout(torch.ones(8), 0.5).tolist())
+    assert again == expected
+
+
+def test_a_checkpoint_carrying_a_pickled_payload_is_refused(tmp_path, tiny_bi_encoder):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from raytune_st.train.checkpointing import STATE_FILE, CheckpointError
+
+    model = SentenceTransformer(tiny_bi_encoder, device="cpu")
+    ckpt = tmp_path / "ckpt"
+    write_checkpoint(str(ckpt), model, TrainingState(step=2, scheduler={"last_epoch": 2}), "args: {}\n")
+    assert read_checkpoint(str(ckpt)).step == 2  # what raytune_st writes loads safely
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('pwned')",))
+
+    torch.save({"step": 2, "micro_batches": 2, "optimizer": Payload()}, ckpt / STATE_FILE)
+    with pytest.raises(CheckpointError, match=r"holds objects other than tensors and plain values .*exec.*refused"):
+        read_checkpoint(str(ckpt))
+    assert not marker.exists()
+    torch.load(ckpt / STATE_FILE, weights_only=False)  # the payload is live: an unsafe load runs it
+    assert marker.read_text() == "pwned"
+
+
+def test_a_scheduler_state_holding_an_object_is_refused_when_written():
+    from raytune_st.train.checkpointing import plain_state
+
+    assert plain_state({"base_lrs": [1e-5], "lr_lambdas": [{}], "betas": (0.9, 0.999)}, "s") == {
+        "base_lrs": [1e-5], "lr_lambdas": [{}], "betas": (0.9, 0.999)
+    }
+    with pytest.raises(TypeError, match=r"s.lr_lambdas\[0\].fn holds a function"):
+        plain_state({"lr_lambdas": [{"fn": lambda step: 1.0}]}, "s")

@@ -138,3 +138,45 @@ def test_default_concurrency_follows_the_cluster_and_the_trials_workers(pairs, t
     config.args.num_train_epochs = 2
     config.args.per_device_train_batch_size = 4
     assert planned_steps(config, {"pairs": 32}) == 8  # 2 epochs x 32 rows / (4 x 2 workers)
+
+
+def test_train_and_tune_match_metric_names_by_one_exact_rule(pairs, tmp_path):
+    """metric_for_best_model and search.metric accept and refuse the same names (they once differed)."""
+    from raytune_st.train.config import TrainConfig
+
+    evaluator = {"type": "InformationRetrievalEvaluator", "name": "dev", "data": pairs}
+
+    def accepted(make) -> bool:
+        try:
+            make()
+        except ConfigError as exc:
+            assert "is not reported by the training runs" in str(exc)
+            return False
+        return True
+
+    def as_train(metric):
+        data = to_dict(sweep(pairs, tmp_path))
+        data.pop("search")
+        data["evaluators"] = [evaluator]
+        data["args"]["metric_for_best_model"] = metric
+        return lambda: build(TrainConfig, data)
+
+    def as_tune(metric):
+        data = to_dict(sweep(pairs, tmp_path))
+        data["evaluators"] = [evaluator]
+        data["search"] = {"space": LR, "metric": metric}
+        return lambda: build(TuneConfig, data)
+
+    verdicts = {}
+    for metric in ("dev_cosine_ndcg@10", "eval_dev_cosine_ndcg@10", "eval_dev_cosine_ndcg@100", "dev_cosine_ndcg@100", "eval_lossy", "eval_dev_"):
+        verdicts[metric] = (accepted(as_train(metric)), accepted(as_tune(metric)))
+    assert verdicts == {
+        "dev_cosine_ndcg@10": (True, True),
+        "eval_dev_cosine_ndcg@10": (True, True),
+        "eval_dev_cosine_ndcg@100": (False, False),
+        "dev_cosine_ndcg@100": (False, False),
+        "eval_lossy": (False, False),
+        "eval_dev_": (False, False),
+    }
+    tuned = as_tune("dev_cosine_ndcg@10")()
+    assert tuned.search.metric == "eval_dev_cosine_ndcg@10" and tuned.search.mode == "max"

@@ -1,0 +1,180 @@
+"""A rerun resumes exactly the run it finds, or is refused: the checkpoint's config against this one.
+
+Ray Train resumes a run from the newest checkpoint in ``storage_path/run.name``. That is only
+right when the run would have come out the same: a rerun with another learning rate or data
+set would otherwise pick up the old run (finished, it returns at once) and write outputs that
+claim the new settings. Every checkpoint holds the config that wrote it (``config.yaml``), so
+pre-flight compares the two and refuses a rerun that differs in anything that shapes the
+trained model, naming each difference.
+
+A rerun may change how the run is logged, checkpointed and where it runs
+(:data:`NEUTRAL_KEYS`), and how it is evaluated unless evaluation picks the final model
+(:data:`EVALUATION_KEYS`). A changed number of workers or GPU use is allowed with a warning,
+like torchtune's ``_update_recipe_state``: resuming on fewer workers after losing a node is a
+rerun a user wants, but it does not reproduce the uninterrupted run.
+
+Example::
+
+    1. config_differences({"args": {"learning_rate": 2e-5}}, {"args": {"learning_rate": 5e-5}})
+       -> [("args.learning_rate", 2e-05, 5e-05)]
+    2. refused_differences(differences, load_best_model_at_end=False)
+       -> the differences that change the result (pure logic, no Ray; reading: latest_checkpoint_config)
+"""
+
+from __future__ import annotations
+
+import posixpath
+import warnings
+from typing import Any, Optional
+
+import yaml
+
+from raytune_st.config.core import dump_yaml
+from raytune_st.errors import ConfigError
+
+_MISSING = "(not set)"
+
+# Keys that do not change the trained model: logging, checkpointing, fault tolerance, where
+# outputs go, where the run runs, and what the model card says.
+NEUTRAL_KEYS = (
+    "args.output_dir",
+    "args.logging_steps",
+    "args.save_steps",
+    "args.save_total_limit",
+    "run.max_failures",
+    "run.overwrite",
+    "ray_address",
+    "model.card",
+    "scaling.resources_per_worker",
+)
+# What is evaluated does not change training, unless the evaluations choose the final model
+# (load_best_model_at_end) or which checkpoints are saved (save_strategy: best).
+EVALUATION_KEYS = (
+    "eval_datasets",
+    "evaluators",
+    "args.eval_strategy",
+    "args.eval_steps",
+    "args.per_device_eval_batch_size",
+)
+# Allowed, but said out loud: the run continues with another global batch or device numerics.
+WARNED_KEYS = ("scaling.num_workers", "scaling.use_gpu")
+
+
+class RerunWarning(UserWarning):
+    """A resumed run whose checkpoint was written with another number of workers or devices."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Every dotted key whose value differs between two plain configs, as (key, old, new), sorted.
+
+    A key one side lacks shows as "(not set)" on that side.
+    """
+    before, after = _flatten(old), _flatten(new)
+    keys = sorted(set(before) | set(after))
+    return [
+        (key, before.get(key, _MISSING), after.get(key, _MISSING))
+        for key in keys
+        if before.get(key, _MISSING) != after.get(key, _MISSING)
+    ]
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") or key.startswith(p + "[") for p in prefixes)
+
+
+def refused_differences(
+    differences: list[tuple[str, Any, Any]], *, evaluation_picks_model: bool
+) -> list[tuple[str, Any, Any]]:
+    """The differences that change the trained model (everything but the allowed keys)."""
+    allowed = NEUTRAL_KEYS + WARNED_KEYS + (() if evaluation_picks_model else EVALUATION_KEYS)
+    return [d for d in differences if not _under(d[0], allowed)]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)  # 2e-05, as Python and the YAML the user wrote say it
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def describe(differences: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{key}: {_shown(old)} -> {_shown(new)}" for key, old, new in differences)
+
+
+def latest_checkpoint_config(run_dir: str) -> Optional[tuple[str, dict[str, Any]]]:
+    """(checkpoint path, its config as plain data) of the newest checkpoint in `run_dir`, or None."""
+    import pyarrow.fs
+
+    from raytune_st.outputs import filesystem
+    from raytune_st.train.checkpointing import CONFIG_FILE
+
+    fs, root = filesystem(run_dir)
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return None  # not listable (yet): there is nothing to resume
+    checkpoints = sorted(
+        e.path for e in entries if e.type == pyarrow.fs.FileType.Directory and posixpath.basename(e.path).startswith("checkpoint-")
+    )
+    for path in reversed(checkpoints):
+        config_file = posixpath.join(path, CONFIG_FILE)
+        if fs.get_file_info(config_file).type != pyarrow.fs.FileType.File:
+            continue  # a checkpoint cut short while it was written; Ray resumes from a complete one
+        with fs.open_input_stream(config_file) as handle:
+            return path, yaml.safe_load(handle.read().decode()) or {}
+    return None
+
+
+def check_rerun(config: Any, run_dir: str) -> None:
+    """Refuse to resume the run in `run_dir` with a config that would train another model.
+
+    With ``run.overwrite`` the old run's checkpoints are deleted instead, and the run starts
+    afresh. Warns (:class:`RerunWarning`) when only the number of workers or GPU use changed.
+    """
+    found = latest_checkpoint_config(run_dir)
+    if found is None:
+        return
+    checkpoint, old = found
+    new = yaml.safe_load(dump_yaml(config))  # the same serialisation the checkpoint's config went through
+    differences = config_differences(old, new)
+    args = config.args
+    picks_model = args.load_best_model_at_end or args.save_strategy == "best"
+    refused = refused_differences(differences, evaluation_picks_model=picks_model)
+    if refused:
+        if config.run.overwrite:
+            from raytune_st.outputs import filesystem
+
+            fs, root = filesystem(run_dir)
+            fs.delete_dir(root)
+            warnings.warn(
+                f"run.overwrite: deleted the checkpoints of the earlier run in {run_dir} (its config differs: "
+                f"{describe(refused)}); training starts afresh",
+                RerunWarning,
+                stacklevel=2,
+            )
+            return
+        raise ConfigError(
+            f"{run_dir} holds the checkpoints of a run made with another config, which this run would resume "
+            f"instead of training its own: {describe(refused)}. Set a new run.name (or a new args.output_dir) to "
+            "train this config as a new run, restore the old values to resume the old run, or set "
+            "run.overwrite=true to delete the old checkpoints and start afresh"
+        )
+    changed = [d for d in differences if _under(d[0], WARNED_KEYS)]
+    if changed:
+        warnings.warn(
+            f"resuming {checkpoint} with {describe(changed)}: the global batch (or device numerics) differ from "
+            "the checkpointed run's and the current epoch's data restarts, so the result will not equal an "
+            "uninterrupted run's",
+            RerunWarning,
+            stacklevel=2,
+        )

@@ -1,0 +1,111 @@
+"""A rerun resumes only the run its config made: the checkpoint's config against this one. No Ray."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+from raytune_st.config.core import build, dump_yaml
+from raytune_st.errors import ConfigError
+from raytune_st.train.checkpointing import CONFIG_FILE
+from raytune_st.train.config import TrainConfig
+from raytune_st.train.rerun import RerunWarning, check_rerun, config_differences, refused_differences
+from train_fixtures import DEBIAN_TRAIN, STSB_TRAIN
+
+
+def config_with(tmp_path, model: str = "sentence-transformers/all-MiniLM-L6-v2", **args) -> TrainConfig:
+    return build(
+        TrainConfig,
+        {
+            "model": model,
+            "train_datasets": {"pairs": {"data": {"path": DEBIAN_TRAIN, "columns": ["query", "passage"]}}},
+            "loss": "MultipleNegativesRankingLoss",
+            "args": {"output_dir": str(tmp_path / "out"), "learning_rate": 2e-5, "max_steps": 4, **args},
+        },
+    )
+
+
+def checkpointed(run_dir, config: TrainConfig, step: int = 4) -> None:
+    """A run directory as Ray Train leaves it: a checkpoint holding the config that wrote it."""
+    path = os.path.join(run_dir, f"checkpoint-{step:06d}")
+    os.makedirs(path)
+    with open(os.path.join(path, CONFIG_FILE), "w") as handle:
+        handle.write(dump_yaml(config))
+
+
+def test_differences_are_dotted_keys_with_both_values():
+    old = {"args": {"learning_rate": 2e-5, "seed": 42}, "loss": "A", "run": {"max_failures": 0}}
+    new = {"args": {"learning_rate": 5e-5, "seed": 42}, "loss": "A", "run": {"max_failures": 2}, "extra": 1}
+    differences = config_differences(old, new)
+    assert differences == [("args.learning_rate", 2e-5, 5e-5), ("extra", "(not set)", 1), ("run.max_failures", 0, 2)]
+    assert refused_differences(differences, evaluation_picks_model=False) == differences[:2]
+
+
+def test_evaluation_changes_are_refused_only_when_evaluation_picks_the_final_model():
+    differences = [("evaluators", [], [{"type": "X"}]), ("args.eval_steps", 10, 20)]
+    assert refused_differences(differences, evaluation_picks_model=False) == []
+    assert refused_differences(differences, evaluation_picks_model=True) == differences
+
+
+def test_a_rerun_with_another_learning_rate_and_data_is_refused_with_the_differences(tmp_path):
+    run_dir = tmp_path / "out" / "ray" / "train"
+    checkpointed(run_dir, config_with(tmp_path))
+    changed = config_with(tmp_path, learning_rate=5e-5)
+    changed.train_datasets["pairs"].data.path = STSB_TRAIN
+    with pytest.raises(ConfigError) as caught:
+        check_rerun(changed, str(run_dir))
+    message = str(caught.value)
+    assert "args.learning_rate: 2e-05 -> 5e-05" in message
+    assert f"train_datasets.pairs.data.path: {DEBIAN_TRAIN} -> {STSB_TRAIN}" in message
+    assert "new run.name" in message and "run.overwrite=true" in message
+    assert os.path.isdir(run_dir / "checkpoint-000004")  # nothing deleted
+
+
+@pytest.mark.parametrize("key,value", [("seed", 7), ("per_device_train_batch_size", 16), ("max_steps", 8)])
+def test_every_result_shaping_key_is_refused(tmp_path, key, value):
+    run_dir = tmp_path / "run"
+    checkpointed(run_dir, config_with(tmp_path))
+    with pytest.raises(ConfigError, match=rf"args.{key}: "):
+        check_rerun(config_with(tmp_path, **{key: value}), str(run_dir))
+
+
+def test_a_rerun_with_the_same_config_or_other_logging_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    checkpointed(run_dir, config_with(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_rerun(config_with(tmp_path), str(run_dir))
+        check_rerun(config_with(tmp_path, logging_steps=1, save_steps=2, save_total_limit=1), str(run_dir))
+    check_rerun(config_with(tmp_path), str(tmp_path / "no-such-run"))  # nothing to resume
+
+
+def test_another_number_of_workers_resumes_with_a_warning(tmp_path):
+    run_dir = tmp_path / "run"
+    checkpointed(run_dir, config_with(tmp_path))
+    fewer = config_with(tmp_path)
+    fewer.scaling.num_workers = 2
+    with pytest.warns(RerunWarning, match=r"scaling.num_workers: 1 -> 2: the global batch"):
+        check_rerun(fewer, str(run_dir))
+
+
+def test_overwrite_deletes_the_old_run_instead_of_refusing(tmp_path):
+    run_dir = tmp_path / "run"
+    checkpointed(run_dir, config_with(tmp_path))
+    changed = config_with(tmp_path, learning_rate=5e-5)
+    changed.run.overwrite = True
+    with pytest.warns(RerunWarning, match=r"deleted the checkpoints .*args.learning_rate: 2e-05 -> 5e-05"):
+        check_rerun(changed, str(run_dir))
+    assert not run_dir.exists()
+
+
+def test_the_train_job_refuses_a_changed_rerun_before_ray_starts(tmp_path, tiny_bi_encoder):
+    import ray
+
+    from raytune_st.train.job import train
+
+    checkpointed(tmp_path / "out" / "ray" / "train", config_with(tmp_path, model=tiny_bi_encoder))
+    with pytest.raises(ConfigError, match=r"args.learning_rate: 2e-05 -> 5e-05"):
+        train(config_with(tmp_path, model=tiny_bi_encoder, learning_rate=5e-5))
+    assert not ray.is_initialized()
