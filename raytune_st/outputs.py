@@ -1,16 +1,19 @@
-"""Writing job outputs to a local directory or a URI, all-or-nothing.
+"""Files of a job, local or at a URI: one filesystem helper, one atomic write, and clean-up.
 
 A job stages its small files (metrics, resolved config, plots) and writes them only at the
 end, so a failed run leaves no half-written output behind. Large streamed outputs
-(Parquet parts) are written under the same directory through pyarrow's filesystems.
+(Parquet parts) are written under the same directory through pyarrow's filesystems, with
+:func:`write_atomic` too. :func:`removed_on_failure` takes back the directories a failed
+run created, so that it leaves no empty output directory behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 from raytune_st.errors import DataError
 
@@ -18,17 +21,79 @@ if TYPE_CHECKING:
     import pyarrow.fs
 
 
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
 def filesystem(path: str) -> tuple["pyarrow.fs.FileSystem", str]:
-    """(pyarrow filesystem, path inside it) for a local path or a URI."""
+    """(pyarrow filesystem, path inside it) for a local path or a URI (s3://, gs://, file://, ...)."""
     import pyarrow.fs
 
-    if "://" in path:
+    if not is_uri(path):
+        return pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    try:
         return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for bad or unsupported URIs
+        raise DataError(f"cannot open {path!r}: {exc}; check the URI scheme and your credentials") from None
 
 
 def join(base: str, *parts: str) -> str:
-    return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
+    return posixpath.join(base, *parts) if is_uri(base) else os.path.join(base, *parts)
+
+
+def write_atomic(fs: "pyarrow.fs.FileSystem", target: str, data: bytes) -> None:
+    """Write `data` to `target` through a temporary name, so that readers never see half a file.
+
+    A local rename is atomic; on object stores the temporary object is copied, and a reader
+    still sees either nothing or the whole file. Temporary names contain ``.tmp-``.
+    """
+    fs.create_dir(posixpath.dirname(target), recursive=True)
+    tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(tmp) as handle:
+            handle.write(data)
+        fs.move(tmp, target)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.delete_file(tmp)  # a full disk must not keep half a file under a temporary name
+        raise
+
+
+def _first_missing(fs: "pyarrow.fs.FileSystem", root: str) -> Optional[str]:
+    """The outermost directory of `root` (or `root` itself) that does not exist yet."""
+    import pyarrow.fs
+
+    missing = None
+    path = root.rstrip("/")
+    while path and fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        missing = path
+        parent = posixpath.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: str, worth_keeping: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Run the body; when it raises, remove the directories of `path` that it created.
+
+    `worth_keeping()` is asked first: a run that already holds results a rerun would reuse
+    (mined parts, cached embeddings) keeps them. Directories that existed before stay.
+    """
+    fs, root = filesystem(path)
+    try:
+        created = _first_missing(fs, root)
+    except OSError:  # e.g. a path below a regular file: the body will say so
+        created = None
+    try:
+        yield
+    except BaseException:
+        if created is not None:
+            with contextlib.suppress(Exception):  # clean-up must not hide the error
+                if not worth_keeping():
+                    fs.delete_dir(created)
+        raise
 
 
 class OutputDir:
@@ -53,15 +118,9 @@ class OutputDir:
             raise DataError(f"cannot write to directory {self.path!r} ({exc}); choose a writable {key}") from None
 
     def write(self, name: str, data: Union[str, bytes]) -> str:
-        """Write one file atomically where the filesystem allows (local: temp file + rename)."""
-        if isinstance(data, str):
-            data = data.encode()
+        """Write one file atomically (see :func:`write_atomic`); returns its path inside the filesystem."""
         target = posixpath.join(self.root, name)
-        self.fs.create_dir(posixpath.dirname(target), recursive=True)
-        tmp = target + f".tmp-{uuid.uuid4().hex}"
-        with self.fs.open_output_stream(tmp) as handle:
-            handle.write(data)
-        self.fs.move(tmp, target)
+        write_atomic(self.fs, target, data.encode() if isinstance(data, str) else data)
         return target
 
     def exists(self, name: str) -> bool:
@@ -72,3 +131,12 @@ class OutputDir:
     def read(self, name: str) -> bytes:
         with self.fs.open_input_stream(posixpath.join(self.root, name)) as handle:
             return handle.read()
+
+    def delete(self, *names: str) -> None:
+        """Remove these files where they exist."""
+        import pyarrow.fs
+
+        for name in names:
+            target = posixpath.join(self.root, name)
+            if self.fs.get_file_info(target).type == pyarrow.fs.FileType.File:
+                self.fs.delete_file(target)

@@ -54,3 +54,64 @@ def test_check_writable_refuses_a_path_under_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="cannot write to directory"):
         OutputDir(str(tmp_path / "file" / "run")).check_writable()
+
+
+def test_one_filesystem_helper_refuses_a_bad_uri_with_a_sentence():
+    from raytune_st.outputs import filesystem
+
+    with pytest.raises(DataError, match="cannot open 'nosuch://x/y'.*check the URI scheme"):
+        filesystem("nosuch://x/y")
+    fs, path = filesystem("~/x")
+    assert path == os.path.expanduser("~/x")
+
+
+def test_write_atomic_leaves_no_temporary_file_when_it_fails(tmp_path):
+    from raytune_st.outputs import filesystem, write_atomic
+
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "inside").write_text("x")  # a non-empty directory cannot be replaced by a file
+    fs, root = filesystem(str(target))
+    with pytest.raises(OSError):
+        write_atomic(fs, root, b"data")
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+def test_delete_removes_only_existing_files(tmp_path):
+    out = OutputDir(str(tmp_path))
+    out.write("stats.json", "{}")
+    out.delete("stats.json", "config.yaml")
+    assert not out.exists("stats.json")
+
+
+def test_a_failed_body_removes_the_directories_it_created(tmp_path):
+    from raytune_st.outputs import removed_on_failure
+
+    target = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        with removed_on_failure(str(target)):
+            OutputDir(str(target)).check_writable()
+            (target / "_work").mkdir()
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []  # "new" was created too, so it goes with "run"
+
+
+def test_a_failed_body_keeps_what_existed_and_what_is_worth_keeping(tmp_path):
+    from raytune_st.outputs import removed_on_failure
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(RuntimeError):
+        with removed_on_failure(str(existing)):
+            (existing / "part").write_text("x")
+            raise RuntimeError("boom")
+    assert (existing / "part").exists()
+    kept = tmp_path / "kept"
+    with pytest.raises(RuntimeError):
+        with removed_on_failure(str(kept), worth_keeping=lambda: True):
+            kept.mkdir()
+            raise RuntimeError("boom")
+    assert kept.exists()
+    with removed_on_failure(str(tmp_path / "ok")):
+        (tmp_path / "ok").mkdir()
+    assert (tmp_path / "ok").exists()  # success keeps everything

@@ -110,6 +110,7 @@ class IndexSection:
             raise ConfigError(f"nprobe: must be at least 1, got {self.nprobe}")
         if self.train_sample_size < 1:
             raise ConfigError(f"train_sample_size: must be positive, got {self.train_sample_size}")
+        check_resources("index.", num_cpus=self.num_cpus, num_gpus=self.num_gpus)
         if self.use_gpu and self.num_gpus <= 0:
             raise ConfigError("use_gpu is true but num_gpus is 0; give each shard actor a GPU with index.num_gpus=1")
 
@@ -142,9 +143,24 @@ class ComputeSection:
         for name in ("embed_actors_min", "embed_actors_max", "embed_chunk_rows", "mine_batch_rows", "mine_tasks_in_flight", "cross_encoder_actors"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        check_resources("compute.embed_", num_cpus=self.embed_num_cpus, num_gpus=self.embed_num_gpus)
+        check_resources("compute.mine_", num_cpus=self.mine_num_cpus)
+        check_resources("compute.cross_encoder_", num_cpus=self.cross_encoder_num_cpus, num_gpus=self.cross_encoder_num_gpus)
         if self.embed_actors_min > self.embed_actors_max:
             raise ConfigError(
                 f"embed_actors_min ({self.embed_actors_min}) is larger than embed_actors_max ({self.embed_actors_max})"
+            )
+
+
+def check_resources(prefix: str, *, num_cpus: float, num_gpus: float = 0.0) -> None:
+    """Ray's rules for a task's or actor's resources, as a config error naming the key (`prefix` + num_cpus)."""
+    for name, value, least in (("num_cpus", num_cpus, "more than 0"), ("num_gpus", num_gpus, "0 or more")):
+        low = value <= 0 if name == "num_cpus" else value < 0
+        if low:
+            raise ConfigError(f"{prefix}{name}: must be {least}, got {value:g}; set it to a fraction (e.g. 0.5) or a whole number")
+        if value > 1 and value != int(value):
+            raise ConfigError(
+                f"{prefix}{name}: Ray accepts fractions only below 1, got {value:g}; use {int(value)} or {int(value) + 1}"
             )
 
 

@@ -4,8 +4,9 @@ Each unit of work is one text chunk: the actor loads the model once, embeds the 
 sentence-transformers' own ``encode_query`` / ``encode_document`` (which sort the texts by
 length so each batch carries little padding, and apply the prompts exactly as
 ``mine_hard_negatives`` does), normalises like it, and writes ``ids + vectors`` to the
-embedding cache under a name derived from (model, prompts, texts). Chunks whose file
-already exists are not embedded again.
+embedding cache under a name derived from (model, prompts, texts), followed by a record of
+its size and sha256. A chunk is embedded again unless its file has that record and size;
+readers verify the sha256 (``store.load_vectors``) and drop a damaged file.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ class ChunkEmbedder:
                 prompt=prompt,
             )
             first = int(batch["first_id"][i])
-            store.write_npz(
+            store.put_checked(
                 str(batch["out"][i]),
-                ids=np.arange(first, first + len(texts), dtype=np.int64),
-                embeddings=vectors.astype(self.dtype, copy=False),
+                store.npz_bytes(
+                    ids=np.arange(first, first + len(texts), dtype=np.int64),
+                    embeddings=vectors.astype(self.dtype, copy=False),
+                ),
             )
             rows.append(len(texts))
             seconds.append(time.perf_counter() - start)
@@ -106,7 +109,7 @@ def embed_chunks(
     num_cpus: float,
     num_gpus: float,
 ) -> dict[str, int]:
-    """Embed every chunk whose output is missing; return texts embedded per kind.
+    """Embed every chunk whose cache file is missing or damaged; return texts embedded per kind.
 
     Each job is ``(spec, text chunks, the chunks' output paths)``. All kinds go through
     one actor pool, so the model is loaded once per actor for the whole stage.
@@ -116,8 +119,8 @@ def embed_chunks(
     items = []
     for spec, chunks, outputs in jobs:
         for i, (texts_path, out) in enumerate(zip(chunks.paths, outputs)):
-            if store.exists(out):
-                continue
+            if store.looks_complete(out):
+                continue  # cached; a damaged file that kept its size is caught when it is read
             lo, hi = chunks.chunk_range(i)
             items.append(
                 {

@@ -2,8 +2,10 @@
 
 The shard reads only its own rows from the embedding cache, builds its index (training it
 on a sample of its own vectors when the factory needs training), and answers three calls
-from the mining tasks: ``search`` (its local top-k), ``vectors`` (exact embeddings, for the
-positive scores) and ``texts`` (the passages, for the output rows).
+from the mining tasks: ``search`` (its local top-k), ``vectors_of`` (exact embeddings, for
+the positive scores) and ``texts_of`` (the passages, for the output rows).
+:func:`check_index_fits` refuses, before anything is embedded, a factory that needs more
+training vectors than a shard will hold.
 """
 
 from __future__ import annotations
@@ -22,6 +24,55 @@ def shard_bounds(num_rows: int, shards: int) -> list[tuple[int, int]]:
     shards = max(1, min(shards, num_rows))
     edges = [round(i * num_rows / shards) for i in range(shards + 1)]
     return [(edges[i], edges[i + 1]) for i in range(shards)]
+
+
+def min_training_vectors(factory: str) -> int:
+    """The fewest vectors `factory` can be trained on: its IVF cells or PQ centroids (0: no training).
+
+    None of this depends on the dimension, so it is read off an empty index built for any.
+    """
+    import faiss
+
+    index = faiss.index_factory(_ANY_DIM, factory, faiss.METRIC_INNER_PRODUCT)
+    if index.is_trained:
+        return 0
+    needed = 1
+    try:
+        ivf = faiss.extract_index_ivf(index)
+        needed = ivf.nlist
+        inner = faiss.downcast_index(ivf)
+    except RuntimeError:  # not an IVF index
+        inner = faiss.downcast_index(index)
+        if isinstance(inner, faiss.IndexPreTransform):
+            inner = faiss.downcast_index(inner.index)
+    pq = getattr(inner, "pq", None)
+    return max(needed, pq.ksub) if pq is not None else needed
+
+
+_ANY_DIM = 960  # divisible by the usual PQ sub-quantizer counts (as config.check_factory uses)
+
+
+def check_index_fits(factory: str, shard_rows: Sequence[int], train_sample_size: int) -> None:
+    """Refuse a factory whose training needs more vectors than a shard will have (before embedding).
+
+    Each shard trains on min(its rows, train_sample_size) of its own vectors.
+    """
+    try:
+        needed = min_training_vectors(factory)
+    except ImportError:  # a CPU head node without faiss: the shard actors find out
+        return
+    smallest = min(min(shard_rows), train_sample_size)
+    if needed > smallest:
+        cause = (
+            f"index.train_sample_size is {train_sample_size:,}"
+            if train_sample_size < min(shard_rows)
+            else f"the smallest of {len(shard_rows)} shard(s) holds {min(shard_rows):,} passages"
+        )
+        raise ConfigError(
+            f"index.factory {factory!r} needs at least {needed:,} training vectors per shard (its IVF cells or PQ "
+            f"centroids), but {cause}; use fewer cells (e.g. IVF{max(1, smallest // 39)},Flat), fewer index.shards, "
+            "a larger index.train_sample_size, or Flat"
+        )
 
 
 def build_faiss_index(

@@ -2,8 +2,10 @@
 
 Read top to bottom, :func:`mine` is the whole recipe:
 
-0. check the config and the inputs' metadata (no heavy work yet);
-1. prepare: one task streams the pairs (and the extra corpus) into deduplicated text chunks;
+0. check the config, the inputs' metadata and an earlier run's settings (no Ray yet);
+1. prepare: one task streams the pairs (and the extra corpus) into deduplicated text chunks,
+   then the index is checked against the corpus size and the parts already written are
+   checked against their manifests;
 2. embed: an autoscaling Ray Data actor pool embeds the chunks missing from the cache;
 3. index: ``index.shards`` actors each build a FAISS index over their slice of the corpus;
 4. mine: one task per batch of queries searches every shard, merges, (rescores), filters,
@@ -11,27 +13,29 @@ Read top to bottom, :func:`mine` is the whole recipe:
 5. report: sentence-transformers' statistics, stats.json, scores.png and config.yaml.
 
 Finished embedding chunks and output parts are kept, so rerunning an interrupted job
-redoes only what is missing.
+redoes only what is missing; a part or cache file whose bytes no longer match the digest
+recorded when it was written is computed again. A run that fails before it has mined or
+embedded anything removes the output directory it created.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from raytune_st.config import dump_yaml, to_dict
-from raytune_st.errors import ClusterError, DataError
-from raytune_st.mining import store
+from raytune_st.config import dump_yaml
+from raytune_st.errors import ClusterError
+from raytune_st.mining import resume, store
 from raytune_st.mining.config import MineConfig
 from raytune_st.mining.embed import EmbedSpec, embed_chunks
-from raytune_st.mining.index import IndexShard, shard_bounds
+from raytune_st.mining.index import IndexShard, check_index_fits, shard_bounds
 from raytune_st.mining.miner import CrossEncoderScorer, MinePlan, mine_batch, part_name, read_counters, sidecar_name
 from raytune_st.mining.prepare import prepare_inputs
 from raytune_st.mining.rows import output_columns
 from raytune_st.mining.select import FILTERS, FilterParams, rescoring_needed, resolve_range_max, skip_ratios
 from raytune_st.mining.stats import missing_line, score_histogram_png, skipped_lines, stats_json, stats_table
-from raytune_st.outputs import OutputDir
+from raytune_st.outputs import OutputDir, removed_on_failure
 from raytune_st.runtime import ray_address, ray_session
 
 
@@ -42,10 +46,23 @@ def _progress(stage: str, message: str, rows: int, seconds: float, unit: str = "
 
 def mine(config: MineConfig) -> dict[str, Any]:
     """Mine hard negatives as configured; returns the summary also written to stats.json."""
+    with removed_on_failure(config.output.path, worth_keeping=lambda: _holds_work(config)):
+        return _mine(config)
+
+
+def _holds_work(config: MineConfig) -> bool:
+    """Whether a failed run's output holds something a rerun reuses (parts, cached embeddings)."""
+    embeddings = config.output.embeddings_dir or store.join(config.output.path, "_work", "embeddings")
+    return bool(resume.part_names(config.output.path) or store.list_names(embeddings))
+
+
+def _mine(config: MineConfig) -> dict[str, Any]:
     import ray
 
     # 0. Everything checkable from metadata, before Ray starts.
     anchor, positive, corpus_column = config.check_inputs()
+    settings = resume.mining_settings(config)
+    resume.check_settings(config.output.path, settings, config.output.overwrite)
     mine_cfg = config.mine
     output = OutputDir(config.output.path)
     work = store.join(config.output.path, "_work")
@@ -98,7 +115,11 @@ def mine(config: MineConfig) -> dict[str, Any]:
             timings["prepare"],
         )
 
-        # Which parts an earlier run of the same settings and data already wrote.
+        # Now that the corpus size is known, and before anything is embedded.
+        bounds = shard_bounds(prep["corpus_size"], config.index.shards)
+        check_index_fits(config.index.factory, [hi - lo for lo, hi in bounds], config.index.train_sample_size)
+
+        # Which parts an earlier run of the same settings and data already wrote whole.
         k = range_max + prep["max_positives"]
         plan = MinePlan(
             filters=filters,
@@ -122,7 +143,10 @@ def mine(config: MineConfig) -> dict[str, Any]:
             rescore=rescore,
             batch_size=mine_cfg.batch_size,
         )
-        pending = _pending_batches(config, plan, _fingerprint(config, prep, range_max))
+        pending = resume.pending_batches(
+            config.output.path, plan.parts_dir, plan.num_batches,
+            settings=settings, data_digest=prep["digest"], range_max=range_max, overwrite=config.output.overwrite,
+        )
 
         shards: list = []
         scorers: list = []
@@ -139,18 +163,22 @@ def mine(config: MineConfig) -> dict[str, Any]:
                     kind: [store.join(embeddings_dir, specs[kind].cache_name(config.model, dtype, d)) for d in prep[f"{kind}_digests"]]
                     for kind in ("corpus", "query")
                 }
-                embedded = embed_chunks(
-                    [
-                        (specs["corpus"], prep["corpus"], files["corpus"]),
-                        (specs["query"], prep["queries"], files["query"]),
-                    ],
-                    model=config.model,
-                    batch_size=mine_cfg.batch_size,
-                    dtype=dtype,
-                    actors=(config.compute.embed_actors_min, config.compute.embed_actors_max),
-                    num_cpus=config.compute.embed_num_cpus,
-                    num_gpus=config.compute.embed_num_gpus,
-                )
+
+                def embed() -> dict[str, int]:  # called again if the index finds a damaged cache file
+                    return embed_chunks(
+                        [
+                            (specs["corpus"], prep["corpus"], files["corpus"]),
+                            (specs["query"], prep["queries"], files["query"]),
+                        ],
+                        model=config.model,
+                        batch_size=mine_cfg.batch_size,
+                        dtype=dtype,
+                        actors=(config.compute.embed_actors_min, config.compute.embed_actors_max),
+                        num_cpus=config.compute.embed_num_cpus,
+                        num_gpus=config.compute.embed_num_gpus,
+                    )
+
+                embedded = embed()
                 timings["embed"] = time.perf_counter() - began
                 _progress(
                     "embed",
@@ -165,16 +193,7 @@ def mine(config: MineConfig) -> dict[str, Any]:
 
                 # 3. Build the index shards, each from its own slice of the corpus.
                 began = time.perf_counter()
-                bounds = shard_bounds(prep["corpus_size"], config.index.shards)
-                shard_actor = ray.remote(IndexShard).options(num_cpus=config.index.num_cpus, num_gpus=config.index.num_gpus)
-                shards = [
-                    shard_actor.remote(
-                        lo, hi, corpus_vectors, prep["corpus"], config.index.factory, config.index.train_sample_size,
-                        config.index.nprobe, config.index.search_params, config.index.use_gpu,
-                    )
-                    for lo, hi in bounds
-                ]
-                ray.get([s.build.remote() for s in shards])
+                shards = _build_shards(config, bounds, corpus_vectors, prep["corpus"], embed)
                 timings["index"] = time.perf_counter() - began
                 _progress(
                     "index",
@@ -250,6 +269,36 @@ def mine(config: MineConfig) -> dict[str, Any]:
     return summary
 
 
+def _build_shards(config: MineConfig, bounds: list, vectors: store.Chunked, texts: store.Chunked, embed: Callable) -> list:
+    """One IndexShard actor per slice of the corpus, built; returns the actors.
+
+    A shard that finds a damaged embedding-cache file removes it; the missing chunks are
+    then embedded again with `embed()` and the shards rebuilt, once.
+    """
+    import ray
+
+    actor = ray.remote(IndexShard).options(num_cpus=config.index.num_cpus, num_gpus=config.index.num_gpus)
+    for attempt in range(2):
+        shards = [
+            actor.remote(
+                lo, hi, vectors, texts, config.index.factory, config.index.train_sample_size,
+                config.index.nprobe, config.index.search_params, config.index.use_gpu,
+            )
+            for lo, hi in bounds
+        ]
+        try:
+            ray.get([s.build.remote() for s in shards])
+            return shards
+        except store.CorruptFile as exc:
+            for shard in shards:
+                ray.kill(shard)
+            if attempt:
+                raise
+            print(f"[mine] {getattr(exc, 'cause', exc)}; embedding it again", flush=True)
+            embed()
+    raise AssertionError("unreachable")
+
+
 def _replace(plan: MinePlan, **changes: Any) -> MinePlan:
     import dataclasses
 
@@ -258,49 +307,6 @@ def _replace(plan: MinePlan, **changes: Any) -> MinePlan:
 
 def _filter_values(config: MineConfig) -> dict[str, Optional[float]]:
     return {name: getattr(config.mine, name) for name in FILTERS}
-
-
-def _fingerprint(config: MineConfig, prep: dict, range_max: int) -> str:
-    """What the output parts depend on: the mining settings and the prepared data."""
-    settings = to_dict(config)
-    for section in ("output", "ray_address"):
-        settings.pop(section, None)
-    compute = settings.pop("compute")
-    index = settings["index"]
-    for key in ("num_cpus", "num_gpus", "use_gpu"):
-        index.pop(key)
-    settings["batching"] = [compute["embed_chunk_rows"], compute["mine_batch_rows"], compute["embedding_dtype"]]
-    return store.text_digest(json.dumps(settings, sort_keys=True), prep["digest"], range_max)
-
-
-def _pending_batches(config: MineConfig, plan: MinePlan, fingerprint: str) -> list[int]:
-    """Batches without a complete part; refuses (or, with output.overwrite, clears) parts of another run."""
-    root = config.output.path
-    run_file = store.join(root, "_work", "run.json")
-    parts = [n for n in store.list_names(root) if n.startswith("part-") and n.endswith(".parquet")]
-    previous = json.loads(store.read_text(run_file))["fingerprint"] if store.exists(run_file) else None
-    if parts and previous != fingerprint:
-        if not config.output.overwrite:
-            raise DataError(
-                f"{root!r} already holds part files mined with other settings or data; choose a new output.path, "
-                "or set output.overwrite=true to replace them"
-            )
-        for name in parts:
-            store.delete(store.join(root, name))
-        for name in store.list_names(plan.parts_dir):
-            store.delete(store.join(plan.parts_dir, name))
-        parts = []
-    # Temporary files of writes an interruption cut short.
-    for directory in (root, plan.parts_dir):
-        for name in store.list_names(directory):
-            if ".tmp-" in name:
-                store.delete(store.join(directory, name))
-    store.write_text(run_file, json.dumps({"fingerprint": fingerprint}) + "\n")
-    sidecars = set(store.list_names(plan.parts_dir))
-    done = {b for b in range(plan.num_batches) if part_name(b) in parts and sidecar_name(b) in sidecars}
-    if done:
-        print(f"[mine] resuming: {len(done)} of {plan.num_batches} part(s) already written")
-    return [b for b in range(plan.num_batches) if b not in done]
 
 
 def _check_resources(config: MineConfig, rescore: bool) -> None:
@@ -334,7 +340,9 @@ def _report(plan: MinePlan, prep: dict, output_path: str, filter_values: dict) -
 
     positive, negative, difference, totals = [], [], [], {}
     for batch in range(plan.num_batches):
-        sidecar = store.read_npz(store.join(plan.parts_dir, sidecar_name(batch)))
+        sidecar = store.read_npz(
+            store.join(plan.parts_dir, sidecar_name(batch)), resume.manifest_digest(plan.parts_dir, batch, "sidecar")
+        )
         positive.append(sidecar["positive"])
         negative.append(sidecar["negative"])
         difference.append(sidecar["difference"])

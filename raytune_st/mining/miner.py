@@ -2,12 +2,14 @@
 
 :func:`mine_batch` runs as a Ray task per batch. It holds only its batch: the query
 embeddings, a ``[batch, range_max + max_positives]`` candidate matrix and the texts of the
-rows it writes. The output part and its statistics sidecar are written atomically, so a
-part that exists is complete and a rerun skips it.
+rows it writes. The output part and its statistics sidecar are written atomically, then a
+manifest with their sizes and sha256 digests; a rerun skips a part only when its manifest
+exists and both files still match it (see raytune_st.mining.resume).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -28,6 +30,10 @@ def part_name(batch: int) -> str:
 
 def sidecar_name(batch: int) -> str:
     return f"part-{batch:05d}.npz"
+
+
+def manifest_name(batch: int) -> str:
+    return f"part-{batch:05d}.json"
 
 
 @dataclass(frozen=True)
@@ -188,17 +194,36 @@ def mine_batch(plan: MinePlan, batch: int, shards: list, scorer: Optional[Any]) 
         "num_candidates": int(scores.size),
         **{f"skipped_{name}": count for name, count in skipped.items()},
     }
-    # The sidecar first: a part file present means its statistics are too.
-    store.write_npz(
-        store.join(plan.parts_dir, sidecar_name(batch)),
+    write_part(
+        plan.output_dir,
+        plan.parts_dir,
+        batch,
+        table,
+        counters,
         positive=built.positive_scores,
         negative=built.negative_scores,
         difference=built.difference_scores,
+    )
+    return counters
+
+
+def write_part(output_dir: str, parts_dir: str, batch: int, table, counters: dict[str, int], **scores: np.ndarray) -> None:
+    """Write batch `batch`'s part, its scores and counters, then the manifest of both.
+
+    In that order: a part counts as written only when its manifest exists and both files
+    still match the sizes and sha256 digests in it (resume.part_damage checks).
+    """
+    sidecar = store.write_npz(
+        store.join(parts_dir, sidecar_name(batch)),
+        **scores,
         counters=np.asarray([counters[name] for name in sorted(counters)], dtype=np.int64),
         counter_names=np.asarray(sorted(counters)),
     )
-    store.write_parquet(store.join(plan.output_dir, part_name(batch)), table)
-    return counters
+    part = store.write_parquet(store.join(output_dir, part_name(batch)), table)
+    store.write_text(
+        store.join(parts_dir, manifest_name(batch)),
+        json.dumps({"part": part.to_dict(), "sidecar": sidecar.to_dict(), "rows": table.num_rows}) + "\n",
+    )
 
 
 def read_counters(sidecar: dict[str, np.ndarray]) -> dict[str, int]:

@@ -10,9 +10,8 @@ and writing the texts to chunk files as soon as they are first seen.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -175,53 +174,22 @@ def read_positives(chunks: store.Chunked, start: int, end: int) -> list[list[int
     return [p for piece in chunks.read_rows(start, end, load) for p in piece]
 
 
-def iter_columns(source, columns: list[str], batch_rows: int = 8192) -> Iterator[list[list]]:
-    """The values of `columns` (final names) of a source, batch by batch, in file order.
-
-    Local Parquet is read straight with pyarrow (no Ray Data start-up for a single sequential
-    reader); any other source goes through the data layer's read_source.
-    """
-    import ray.data
-
-    from raytune_st.data.sources import is_uri, read_source
-
-    if source.format == "parquet" and not is_uri(source.path):
-        import pyarrow.dataset as pads
-
-        raw_of = {new: old for old, new in source.rename.items()}
-        raw = [raw_of.get(c, c) for c in columns]
-        remaining = source.limit
-        # pyarrow skips files starting with "." or "_" in a directory, as the data layer does.
-        for batch in pads.dataset(os.path.expanduser(source.path), format="parquet").to_batches(
-            columns=raw, batch_size=batch_rows, use_threads=False
-        ):
-            if remaining is not None:
-                batch = batch.slice(0, remaining)
-                remaining -= batch.num_rows
-            yield [batch.column(name).to_pylist() for name in raw]
-            if remaining is not None and remaining <= 0:
-                return
-        return
-    # Ids are given in order of first appearance, as sentence-transformers does: read in order.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    for batch in read_source(source).select_columns(columns).iter_batches(batch_format="pyarrow", batch_size=batch_rows):
-        yield [batch.column(name).to_pylist() for name in columns]
-
-
 def prepare_inputs(
     dataset, anchor: str, positive: str, corpus, corpus_column: Optional[str], directory: str, chunk_rows: int
 ) -> dict:
     """Read the sources (in order, streaming) into deduplicated chunks under `directory`.
 
-    Runs inside a Ray task: the texts pass through it once and are not all kept.
+    Runs inside a Ray task: the texts pass through it once and are not all kept. They are
+    read in file order (ids in order of first appearance, as sentence-transformers gives
+    them) and checked on the way: text that is not valid UTF-8 is a DataError naming the
+    file and row.
     """
-    from raytune_st.mining.embed import quiet_ray_data
+    from raytune_st.data.sources import iter_texts
 
-    quiet_ray_data()
     prepared = Prepared(chunk_rows=chunk_rows, directory=directory)
     if corpus is not None:
-        for (texts,) in iter_columns(corpus, [corpus_column]):
+        for (texts,) in iter_texts(corpus, [corpus_column]):
             prepared.add_corpus(texts)
-    for anchors, positives in iter_columns(dataset, [anchor, positive]):
+    for anchors, positives in iter_texts(dataset, [anchor, positive]):
         prepared.add_pairs(anchors, positives)
     return prepared.finish()

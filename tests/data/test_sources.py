@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -177,3 +178,131 @@ def test_inspect_source_missing_columns_and_rename_collisions(files):
         inspect_source(Source(path=path, rename={"query": "passage"}))
     # Swapping two names is not a collision.
     assert inspect_source(Source(path=path, rename={"query": "passage", "passage": "query"})).columns == ["passage", "query", "score"]
+
+
+def test_iter_texts_reads_files_in_order_with_rename_and_limit(tmp_path):
+    from raytune_st.data.sources import iter_texts
+
+    directory = tmp_path / "pairs"
+    directory.mkdir()
+    pq.write_table(pa.table({"a": ["q0", "q1", "q2"], "b": ["p0", "p1", "p2"]}), directory / "0.parquet")
+    pq.write_table(pa.table({"a": ["q3", "q4"], "b": ["p3", None]}), directory / "1.parquet")
+    pq.write_table(pa.table({"a": ["x"], "b": ["y"]}), directory / "_ignored.parquet")
+    source = Source(path=str(directory), rename={"a": "query"}, limit=4)
+    batches = list(iter_texts(source, ["query", "b"], batch_rows=2))
+    assert [q for anchors, _ in batches for q in anchors] == ["q0", "q1", "q2", "q3"]
+    assert [p for _, positives in batches for p in positives] == ["p0", "p1", "p2", "p3"]
+    assert [q for (q,) in iter_texts(Source(path=str(directory)), ["b"])] == [["p0", "p1", "p2"], ["p3", None]]
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.csv", "d.tsv", "hf"])
+def test_iter_texts_every_format(files, name):
+    from raytune_st.data.sources import iter_texts
+
+    batches = list(iter_texts(Source(path=str(files / name)), ["passage", "query"], batch_rows=2))
+    assert [p for passages, _ in batches for p in passages] == ["p1", "p2", "p3"]
+    assert [q for _, queries in batches for q in queries] == ["q1", "q2", "q3"]
+
+
+def test_iter_texts_names_the_file_and_row_of_text_that_is_not_utf8(tmp_path):
+    from raytune_st.data.sources import iter_texts
+
+    # Arrow does not check UTF-8 when it reads Parquet: pyarrow's to_pylist would raise UnicodeDecodeError.
+    data = pa.py_buffer(b"okok\xff\xfeyes")
+    offsets = pa.py_buffer(np.asarray([0, 2, 4, 6, 9], np.int32).tobytes())
+    queries = pa.Array.from_buffers(pa.string(), 4, [None, offsets, data])
+    pq.write_table(pa.table({"query": queries, "passage": ["a", "b", "c", "d"]}), tmp_path / "bad.parquet")
+    source = Source(path=str(tmp_path / "bad.parquet"))
+    with pytest.raises(DataError, match=r"bad.parquet': row 2 \(counting from 0\) of column 'query' is not valid UTF-8 text; re-encode"):
+        list(iter_texts(source, ["query", "passage"], batch_rows=8))
+    with pytest.raises(DataError, match=r"row 2 \(counting from 0\)"):
+        list(iter_texts(source, ["query", "passage"], batch_rows=1))  # counted across batches
+    (tmp_path / "bad.csv").write_bytes(b"query,passage\nok,a\ncaf\xe9,b\n")
+    with pytest.raises(DataError, match="bad.csv' holds text that is not valid UTF-8"):
+        list(iter_texts(Source(path=str(tmp_path / "bad.csv")), ["query", "passage"]))
+
+
+def test_iter_texts_refuses_a_lone_surrogate_past_the_first_line(tmp_path):
+    from raytune_st.data.sources import iter_texts
+
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"query": "a", "passage": "b"}\n{"query": "c\\udc00", "passage": "d"}\n')
+    inspect_source(Source(path=str(path)))  # the first line is fine
+    with pytest.raises(DataError, match=r"s.jsonl' holds a lone surrogate .*fix or drop the text"):
+        list(iter_texts(Source(path=str(path)), ["query", "passage"]))
+
+
+def test_iter_texts_refuses_a_column_that_is_not_text_in_some_file(tmp_path):
+    from raytune_st.data.sources import iter_texts
+
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"query": "a", "passage": "b"}\n{"query": 5, "passage": "d"}\n')
+    with pytest.raises(DataError, match=r"cannot read .*n.jsonl' as jsonl .*string"):
+        list(iter_texts(Source(path=str(path)), ["query", "passage"]))
+    pq.write_table(pa.table({"query": [1], "passage": ["p"]}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match="column 'query' of .*n.parquet' holds int, expected text"):
+        list(iter_texts(Source(path=str(tmp_path / "n.parquet")), ["query", "passage"]))
+
+
+def directory_of(tmp_path, name: str, files: dict) -> str:
+    directory = tmp_path / name
+    directory.mkdir()
+    for file, content in files.items():
+        if isinstance(content, pa.Table):
+            pq.write_table(content, directory / file)
+        else:
+            (directory / file).write_text(content)
+    return str(directory)
+
+
+def test_every_parquet_file_of_a_directory_is_checked_from_its_footer(tmp_path):
+    good = pa.table({"query": ["a"], "passage": ["b"], "score": [1]})
+    widened = pa.table({"query": [None], "passage": ["c"], "score": [0.5], "extra": [1]})  # null and int -> float fit
+    path = directory_of(tmp_path, "ok", {"a.parquet": good, "b.parquet": widened})
+    assert inspect_source(Source(path=path)).num_rows == 2
+    ints = directory_of(tmp_path, "ints", {"a.parquet": good, "b.parquet": pa.table({"query": [1], "passage": ["c"], "score": [1]})})
+    with pytest.raises(DataError, match=r"column 'query' holds int in file '.*ints/b.parquet' but string in '.*ints/a.parquet'; write it as string in every file"):
+        inspect_source(Source(path=ints))
+    lacking = directory_of(tmp_path, "lacking", {"a.parquet": good, "b.parquet": pa.table({"query": ["x"], "score": [1]})})
+    with pytest.raises(DataError, match=r"file '.*lacking/b.parquet' has no column 'passage' \(its columns: \['query', 'score'\]\), but '.*a.parquet' has"):
+        inspect_source(Source(path=lacking))
+    # Only the selected columns must be in every file.
+    assert inspect_source(Source(path=lacking, columns=["query", "score"])).columns == ["query", "score"]
+
+
+def test_every_jsonl_and_csv_file_of_a_directory_is_checked_from_its_first_line(tmp_path):
+    jsonl = directory_of(tmp_path, "j", {"a.jsonl": '{"query": "a", "passage": "b"}\n', "b.jsonl": '{"query": 3, "passage": "b"}\n'})
+    with pytest.raises(DataError, match=r"column 'query' holds int in file '.*j/b.jsonl'"):
+        inspect_source(Source(path=jsonl))
+    broken = directory_of(tmp_path, "k", {"a.jsonl": '{"query": "a", "passage": "b"}\n', "b.jsonl": "query,passage\n"})
+    with pytest.raises(DataError, match=r"'.*k/b.jsonl' is not JSON Lines"):
+        inspect_source(Source(path=broken))
+    csv = directory_of(tmp_path, "c", {"a.csv": "query,passage\na,b\n", "b.csv": "query,text\n1,2\n"})
+    with pytest.raises(DataError, match=r"file '.*c/b.csv' has no column 'passage' \(its columns: \['query', 'text'\]\)"):
+        inspect_source(Source(path=csv))
+    # CSV stores no types: a later file whose texts look like numbers is still text.
+    numeric = directory_of(tmp_path, "n", {"a.csv": "query,passage\na,b\n", "b.csv": "query,passage\n1,2\n"})
+    assert inspect_source(Source(path=numeric)).types == {"query": "string", "passage": "string"}
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "content", "message"),
+    [
+        ("p.jsonl", "jsonl", None, r"is a Parquet file, but the source's format is jsonl; set format: parquet"),
+        ("p.csv", "csv", None, r"is a Parquet file, but the source's format is csv; set format: parquet"),
+        ("z.jsonl", "jsonl", gzip.compress(b'{"a": "b"}\n'), r"is gzip-compressed, but its name does not say so.*\.jsonl\.gz"),
+        ("j.parquet", "parquet", b'{"a": "b"}\n', r"cannot read .* as Parquet .*it looks like JSON: set format: jsonl"),
+        ("fake.jsonl.gz", "jsonl", b'{"a": "b"}\n', r"cannot read .*fake.jsonl.gz' .*check that its content matches its name"),
+        ("l.jsonl", "jsonl", b'{"a": "caf\xe9"}\n', r"line 1 is not valid UTF-8 \(byte 0xe9 at offset 10\)"),
+        ("l.csv", "csv", b"caf\xe9,b\n1,2\n", r"header is not valid UTF-8"),
+        ("s.jsonl", "jsonl", b'{"a": "\\ud800"}\n', r"line 1 holds a lone surrogate"),
+    ],
+)
+def test_content_that_does_not_fit_the_format_is_refused_from_its_first_bytes(tmp_path, name, fmt, content, message):
+    path = tmp_path / name
+    if content is None:
+        pq.write_table(TABLE, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        inspect_source(Source(path=str(path), format=fmt))

@@ -86,3 +86,101 @@ def test_cli_prints_one_error_line_for_bad_input(tmp_path, capsys):
     code = main(["mine", "--config", str(ROOT / "examples/configs/mine-debian.yaml"), f"output.path={tmp_path}", f"dataset.path={SAMPLE}", "dataset.anchor_column_name=nope"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: dataset.anchor_column_name")
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("compute.embed_num_cpus=-1", "compute.embed_num_cpus: must be more than 0, got -1"),
+        ("compute.embed_num_cpus=0", "compute.embed_num_cpus: must be more than 0, got 0"),
+        ("compute.embed_num_gpus=-0.5", "compute.embed_num_gpus: must be 0 or more, got -0.5"),
+        ("compute.embed_num_cpus=1.5", "compute.embed_num_cpus: Ray accepts fractions only below 1, got 1.5; use 1 or 2"),
+        ("compute.mine_num_cpus=0", "compute.mine_num_cpus: must be more than 0"),
+        ("compute.cross_encoder_num_cpus=-2", "compute.cross_encoder_num_cpus: must be more than 0"),
+        ("compute.cross_encoder_num_gpus=-1", "compute.cross_encoder_num_gpus: must be 0 or more"),
+        ("index.num_cpus=0", "index.num_cpus: must be more than 0"),
+        ("index.num_gpus=2.5", "index.num_gpus: Ray accepts fractions only below 1"),
+    ],
+)
+def test_bad_resources_are_config_errors_at_config_time(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        config(tmp_path, override)
+    config(tmp_path, "compute.embed_num_cpus=0.25", "index.num_gpus=2")  # fractions below 1 and whole numbers pass
+
+
+def pairs_dir(tmp_path: Path, second: pd.DataFrame) -> Path:
+    directory = tmp_path / "pairs"
+    directory.mkdir()
+    pd.DataFrame({"query": ["q0", "q1"], "passage": ["p0", "p1"]}).to_parquet(directory / "a.parquet")
+    second.to_parquet(directory / "b.parquet")
+    return directory
+
+
+def cli_error(tmp_path, capsys, *overrides: str) -> str:
+    """Run `raytune-st mine` and return its one error line; it must exit 2 before Ray starts."""
+    import ray
+
+    from raytune_st.cli import main
+
+    code = main(["mine", f"model={MINILM}", f"output.path={tmp_path / 'out'}", *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert not ray.is_initialized()
+    return err[0]
+
+
+def test_a_second_file_with_an_integer_query_column_is_refused_by_name(tmp_path, capsys):
+    directory = pairs_dir(tmp_path, pd.DataFrame({"query": [1, 2], "passage": ["p2", "p3"]}))
+    err = cli_error(tmp_path, capsys, f"dataset.path={directory}")
+    assert f"column 'query' holds int in file '{directory / 'b.parquet'}' but string in '{directory / 'a.parquet'}'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_file_without_the_column_is_refused_by_name(tmp_path, capsys):
+    directory = pairs_dir(tmp_path, pd.DataFrame({"query": ["q2"], "text": ["p2"]}))
+    err = cli_error(tmp_path, capsys, f"dataset.path={directory}")
+    assert f"file '{directory / 'b.parquet'}' has no column 'passage' (its columns: ['query', 'text'])" in err
+    assert "give every file the same columns" in err
+
+
+def test_format_jsonl_on_a_parquet_file_is_refused(tmp_path, capsys):
+    err = cli_error(tmp_path, capsys, f"dataset.path={SAMPLE}", "dataset.format=jsonl")
+    assert err == f"error: '{SAMPLE}' is a Parquet file, but the source's format is jsonl; set format: parquet"
+
+
+def test_text_that_is_not_utf8_or_a_lone_surrogate_is_refused(tmp_path, capsys):
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"query": "caf\u00e9", "passage": "p"}\n'.encode("latin-1"))
+    assert "line 1 is not valid UTF-8 (byte 0xe9 at offset 14); re-encode the file as UTF-8" in cli_error(
+        tmp_path, capsys, f"dataset.path={latin1}"
+    )
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"query": "a\\ud800", "passage": "p"}\n')
+    assert "line 1 holds a lone surrogate" in cli_error(tmp_path, capsys, f"dataset.path={surrogate}")
+
+
+def test_a_negative_embed_num_cpus_is_one_error_line(tmp_path, capsys):
+    err = cli_error(tmp_path, capsys, f"dataset.path={SAMPLE}", "compute.embed_num_cpus=-1")
+    assert err.startswith("error: compute.embed_num_cpus: must be more than 0")
+
+
+def test_changed_settings_against_an_existing_output_are_refused_before_ray(tmp_path, capsys, tiny_model):
+    from raytune_st.mining import resume
+    from raytune_st.mining.miner import write_part
+
+    out = tmp_path / "out"
+    earlier = config(tmp_path, f"model={tiny_model}", "mine.num_negatives=2")
+    resume.pending_batches(
+        str(out), str(out / "_work" / "parts"), 1, settings=resume.mining_settings(earlier), data_digest="d",
+        range_max=10, overwrite=False, log=lambda line: None,
+    )
+    write_part(str(out), str(out / "_work" / "parts"), 0, pa_table(), {"rows": 1})
+    err = cli_error(tmp_path, capsys, f"model={tiny_model}", f"dataset.path={SAMPLE}", "mine.num_negatives=4")
+    assert "(mine.num_negatives: 2 -> 4); choose a new output.path, or set output.overwrite=true" in err
+    assert (out / "part-00000.parquet").exists()  # a refused run leaves the earlier output as it was
+
+
+def pa_table():
+    import pyarrow as pa
+
+    return pa.table({"query": ["q"], "passage": ["p"], "negative": ["n"]})

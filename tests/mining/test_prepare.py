@@ -50,21 +50,3 @@ def test_chunks_round_trip_through_the_work_directory(tmp_path):
     assert store.read_texts(info["corpus"], 0, 3) == ["p1", "p2", "p3"]
     assert read_positives(info["positives"], 0, 4) == [[0, 1], [1], [2], [0]]
     assert read_positives(info["positives"], 3, 4) == [[0]]
-
-
-def test_local_parquet_is_read_in_order_with_rename_and_limit(tmp_path):
-    import pandas as pd
-
-    from raytune_st.config import build
-    from raytune_st.mining.config import PairsSource
-    from raytune_st.mining.prepare import iter_columns
-
-    directory = tmp_path / "pairs"
-    directory.mkdir()
-    pd.DataFrame({"a": ["q0", "q1", "q2"], "b": ["p0", "p1", "p2"]}).to_parquet(directory / "0.parquet")
-    pd.DataFrame({"a": ["q3", "q4"], "b": ["p3", "p4"]}).to_parquet(directory / "1.parquet")
-    pd.DataFrame({"a": ["x"], "b": ["y"]}).to_parquet(directory / "_ignored.parquet")
-    source = build(PairsSource, {"path": str(directory), "rename": {"a": "query"}, "limit": 4})
-    batches = list(iter_columns(source, ["query", "b"], batch_rows=2))
-    assert [q for anchors, _ in batches for q in anchors] == ["q0", "q1", "q2", "q3"]
-    assert [p for _, positives in batches for p in positives] == ["p0", "p1", "p2", "p3"]
