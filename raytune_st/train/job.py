@@ -1,7 +1,9 @@
 """The train job's driver: check, build the TorchTrainer, fit, write the outputs.
 
-1. Check on the driver, before any worker starts: the model resolves, every data set fits
-   its loss and holds at least one batch per worker, the output directory is writable.
+1. Check on the driver, before Ray starts: the model resolves, every data set's columns and
+   values fit its loss, the output directory is writable, and a run already in the
+   checkpoint storage was made with this config (else it is refused, see train/rerun.py).
+   Then, in the Ray session: every data set holds at least one batch per worker.
 2. Build the Ray datasets (lazy) and the TorchTrainer (:func:`build_trainer`, also used by
    Ray Tune trials) and fit: every worker runs :func:`~raytune_st.train.loop.train_loop_per_worker`.
 3. From the latest checkpoint (or the best, with load_best_model_at_end) write
@@ -25,6 +27,7 @@ from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import Plan, TrainConfig, check_dataset, preflight
 from raytune_st.train.loop import shard_name, train_loop_per_worker
 from raytune_st.train.rerun import check_rerun
+from raytune_st.train.scan import check_values
 
 if TYPE_CHECKING:
     import ray.data
@@ -140,13 +143,15 @@ def count_rows(source: Source) -> int:
 
 
 def check(config: TrainConfig) -> OutputDir:
-    """The checks that need no Ray: the model resolves, every data set's metadata fits its loss, the
-    evaluators' data exists, the output is writable. (Row counts and shard sizes: :func:`plan_run`.)"""
+    """The checks that need no Ray: the model resolves, every data set's metadata fits its loss and
+    its values too (one pyarrow pass over the loss's columns), the evaluators' data exists, the
+    output is writable. (Row counts and shard sizes: :func:`plan_run`.)"""
     # The model decides some metric names (its similarity function, a cross-encoder's outputs).
     config.check_metric_for_best_model(*model_facts(resolve_model(config.model.name)))
     for section, sets in (("train_datasets", config.train_datasets), ("eval_datasets", config.eval_datasets)):
         for name in sets:
             check_dataset(config, section, name)
+            check_values(config, section, name)
     for spec in config.evaluators:
         spec.check_data()
     output = OutputDir(config.args.output_dir)

@@ -29,6 +29,7 @@ from raytune_st.runtime import ray_session
 from raytune_st.train.config import TrainConfig, check_dataset, planned_steps
 from raytune_st.train.job import check as check_train, default_storage_path, fit_and_write, make_run_config, plan_run
 from raytune_st.train.rerun import check_rerun
+from raytune_st.train.scan import check_values
 from raytune_st.tune.config import TuneConfig
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def check(config: TuneConfig) -> OutputDir:
                         continue  # a learning rate or a batch size does not change what fits
                     try:
                         check_dataset(trial, section, name)
+                        check_values(trial, section, name)
                     except RaytuneError as exc:
                         raise type(exc)(f"search.space.{domain.key} = {domain.label(value)!r}: {exc}") from None
                     checked.add(key)

@@ -206,3 +206,104 @@ def test_every_shipped_train_config_loads(path):
     assert config.args.output_dir
     for name in config.train_datasets:
         config.loss_for("train_datasets", name)
+
+
+# --- pre-flight of values: one pyarrow pass over the columns the loss reads ------------------
+
+
+def write_table(path, **columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path, row_group_size=2)
+    return str(path)
+
+
+def values_config(path, loss, loss_kwargs=None, **source):
+    return make(train_datasets={"pairs": {"data": {"path": path, **source}, "loss": loss, "loss_kwargs": loss_kwargs}})
+
+
+@pytest.mark.parametrize(
+    "loss,loss_kwargs,label,message",
+    [
+        ("SoftmaxLoss", {"num_labels": 3}, [0, 1, 2, 3, 0, 1],
+         r"column 'label' row 3 \(counting from 0\) is 3, outside \[0, 3\); SoftmaxLoss needs an integer class id in \[0, 3\)"),
+        ("CoSENTLoss", None, [0.1, 0.5, float("nan"), 0.2, 0.3, 0.4],
+         r"column 'label' row 2 \(counting from 0\) is nan; CoSENTLoss needs a finite number in every row"),
+        ("AnglELoss", None, [0.1, 0.5, 0.2, float("inf"), 0.3, 0.4], r"column 'label' row 3 \(counting from 0\) is inf"),
+        ("CosineSimilarityLoss", None, [0.1, 0.5, 0.2, 0.3, 1.5, 0.4],
+         r"column .label. row 4 \(counting from 0\) is 1.5, outside \[0, 1\]; CosineSimilarityLoss needs a score in \[0, 1\]"),
+    ],
+)
+def test_preflight_refuses_labels_the_loss_cannot_take(tmp_path, loss, loss_kwargs, label, message):
+    from raytune_st.train.scan import check_values
+
+    path = write_table(tmp_path / "d.parquet", a=list("abcdef"), b=list("ghijkl"), label=label)
+    with pytest.raises(DataError, match=rf"train 'pairs' \({path}\): {message}"):
+        check_values(values_config(path, loss, loss_kwargs), "train_datasets", "pairs")
+
+
+def test_preflight_takes_any_finite_scale_for_cosent(tmp_path):
+    from raytune_st.train.scan import check_values
+
+    path = write_table(tmp_path / "d.parquet", a=list("abc"), b=list("def"), score=[0.0, 2.5, 5.0])  # STS-B's 0-5
+    check_values(values_config(path, "CoSENTLoss"), "train_datasets", "pairs")
+
+
+def test_preflight_refuses_a_null_text_in_any_file_and_row_group(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raytune_st.train.scan import check_values
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_table(folder / "part-0.parquet", query=list("abcd"), passage=list("efgh"))
+    # No statistics in the second file: its column must be read.
+    pq.write_table(pa.table({"query": ["i", "j", "k"], "passage": ["l", "m", None]}), folder / "part-1.parquet", write_statistics=False)
+    with pytest.raises(DataError, match=rf"train 'pairs' \({folder}/part-1.parquet\): column 'passage' row 2 \(counting from 0\) is null; "
+                                        r"MultipleNegativesRankingLoss needs text in every row of its input columns"):
+        check_values(values_config(str(folder), "MultipleNegativesRankingLoss"), "train_datasets", "pairs")
+    check_values(values_config(str(folder), "MultipleNegativesRankingLoss", limit=6), "train_datasets", "pairs")  # past the limit
+
+
+def test_preflight_refuses_a_null_text_in_jsonl(tmp_path):
+    import json
+
+    from raytune_st.train.scan import check_values
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"query": "a", "passage": "b"}, {"query": None, "passage": "c"}]))
+    with pytest.raises(DataError, match=r"column 'query' row 1 \(counting from 0\) is null"):
+        check_values(values_config(str(path), "MultipleNegativesRankingLoss"), "train_datasets", "pairs")
+
+
+def test_the_train_job_refuses_bad_values_before_ray_starts(tmp_path, tiny_bi_encoder):
+    import ray
+
+    from raytune_st.train.job import train
+
+    path = write_table(tmp_path / "d.parquet", query=["a", None], passage=["b", "c"])
+    config = make(model=tiny_bi_encoder, train_datasets={"pairs": path}, args={"output_dir": str(tmp_path / "out")})
+    with pytest.raises(DataError, match=r"column 'query' row 1 \(counting from 0\) is null"):
+        train(config)
+    assert not ray.is_initialized()
+
+
+def test_metric_for_best_model_is_checked_against_the_models_own_similarity(tmp_path, tiny_bi_encoder):
+    """Pre-flight reads the model's similarity function: a cosine metric of a dot-product model is refused."""
+    import json
+    import shutil
+
+    from raytune_st.train.job import check
+
+    model = tmp_path / "dot-model"
+    shutil.copytree(tiny_bi_encoder, model)
+    settings = json.loads((model / "config_sentence_transformers.json").read_text())
+    (model / "config_sentence_transformers.json").write_text(json.dumps({**settings, "similarity_fn_name": "dot"}))
+    evaluator = {"type": "InformationRetrievalEvaluator", "name": "dev", "data": {"path": DEBIAN_TRAIN, "columns": ["query", "passage"]}}
+    args = {"output_dir": str(tmp_path / "out"), "eval_strategy": "steps", "eval_steps": 10}
+    config = make(model=str(model), evaluators=[evaluator], args={**args, "metric_for_best_model": "dev_cosine_ndcg@10"})
+    with pytest.raises(ConfigError, match=r"'dev_cosine_ndcg@10' is not reported .*the closest are eval_dev_dot_ndcg@10"):
+        check(config)
+    check(make(model=str(model), evaluators=[evaluator], args={**args, "metric_for_best_model": "dev_dot_ndcg@10"}))
