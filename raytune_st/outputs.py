@@ -10,6 +10,7 @@ run created, so that it leaves no empty output directory behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import uuid
@@ -53,9 +54,14 @@ def write_atomic(fs: "pyarrow.fs.FileSystem", target: str, data: bytes) -> None:
         with fs.open_output_stream(tmp) as handle:
             handle.write(data)
         fs.move(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):
             fs.delete_file(tmp)  # a full disk must not keep half a file under a temporary name
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(
+                f"no space left to write {target!r} ({len(data):,} bytes); free some space or choose another "
+                "output directory, then rerun: what was written whole is kept"
+            ) from None
         raise
 
 

@@ -115,3 +115,38 @@ def test_a_failed_body_keeps_what_existed_and_what_is_worth_keeping(tmp_path):
     with removed_on_failure(str(tmp_path / "ok")):
         (tmp_path / "ok").mkdir()
     assert (tmp_path / "ok").exists()  # success keeps everything
+
+
+class _FullDisk:
+    """A filesystem whose writes fail as a full disk does (ENOSPC), recording what it was asked."""
+
+    def __init__(self):
+        self.deleted: list[str] = []
+
+    def create_dir(self, path, recursive=False):
+        pass
+
+    def open_output_stream(self, path):
+        import contextlib
+        import errno
+
+        class Stream:
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        return contextlib.nullcontext(Stream())
+
+    def delete_file(self, path):
+        self.deleted.append(path)
+
+    def move(self, src, dst):
+        raise AssertionError("a failed write must not be moved into place")
+
+
+def test_a_full_disk_is_one_error_and_leaves_no_temporary_file():
+    from raytune_st.outputs import write_atomic
+
+    fs = _FullDisk()
+    with pytest.raises(DataError, match=r"no space left to write '/out/part-00001.parquet' \(4 bytes\); free some space .* then rerun"):
+        write_atomic(fs, "/out/part-00001.parquet", b"data")
+    assert len(fs.deleted) == 1 and fs.deleted[0].startswith("/out/part-00001.parquet.tmp-")

@@ -237,12 +237,12 @@ def _shown(source: Source, files: list[str], path: str) -> str:
     return f"{source.path.split('://', 1)[0]}://{path}" if is_uri(source.path) else path
 
 
-def _compatible(a: str, b: Optional[str]) -> bool:
+UNTYPED = "?"  # a CSV file after the first: only its header is read, and CSV stores no types
+
+
+def _compatible(a: str, b: str) -> bool:
     """Whether two files' types of one column read as one column (numbers widen; all-null columns fit any)."""
     return a == b or "null" in (a, b) or {a, b} <= {"int", "float"} or UNTYPED in (a, b)
-
-
-UNTYPED = "?"  # a CSV file after the first: only its header is read, and CSV stores no types
 
 
 def _check_same_columns(source: Source, names: list[str], schemas: list[dict[str, str]]) -> None:
@@ -285,7 +285,8 @@ def _check_content(source: Source, name: str, head: bytes) -> None:
     if kind == "Parquet":
         raise DataError(f"{name!r} is a Parquet file, but the source's format is {source.format}; set format: parquet")
     if kind is not None:
-        fix = "name it with its compression suffix (e.g. .jsonl.gz), or decompress it" if kind.endswith("compressed") else "extract it"
+        suffix = {"gzip-compressed": ".gz", "zstd-compressed": ".zst", "bzip2-compressed": ".bz2", "lz4-compressed": ".lz4"}.get(kind)
+        fix = f"rename it to {name + suffix!r}, or decompress it" if suffix else "extract it"
         raise DataError(f"{name!r} is {kind}, but its name does not say so, so it cannot be read as {source.format}; {fix}")
 
 

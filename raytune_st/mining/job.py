@@ -21,6 +21,7 @@ embedded anything removes the output directory it created.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -51,9 +52,11 @@ def mine(config: MineConfig) -> dict[str, Any]:
 
 
 def _holds_work(config: MineConfig) -> bool:
-    """Whether a failed run's output holds something a rerun reuses (parts, cached embeddings)."""
-    embeddings = config.output.embeddings_dir or store.join(config.output.path, "_work", "embeddings")
-    return bool(resume.part_names(config.output.path) or store.list_names(embeddings))
+    """Whether a failed run's output directory holds something a rerun reuses (parts, cached embeddings)."""
+    root = config.output.path
+    embeddings = config.output.embeddings_dir or store.join(root, "_work", "embeddings")
+    inside = embeddings.rstrip("/").startswith(root.rstrip("/") + ("/" if "://" in root else os.sep))
+    return bool(resume.part_names(root) or (inside and store.list_names(embeddings)))
 
 
 def _mine(config: MineConfig) -> dict[str, Any]:

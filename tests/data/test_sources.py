@@ -290,7 +290,7 @@ def test_every_jsonl_and_csv_file_of_a_directory_is_checked_from_its_first_line(
     [
         ("p.jsonl", "jsonl", None, r"is a Parquet file, but the source's format is jsonl; set format: parquet"),
         ("p.csv", "csv", None, r"is a Parquet file, but the source's format is csv; set format: parquet"),
-        ("z.jsonl", "jsonl", gzip.compress(b'{"a": "b"}\n'), r"is gzip-compressed, but its name does not say so.*\.jsonl\.gz"),
+        ("z.jsonl", "jsonl", gzip.compress(b'{"a": "b"}\n'), r"is gzip-compressed, but its name does not say so, so it cannot be read as jsonl; rename it to '.*z.jsonl.gz'"),
         ("j.parquet", "parquet", b'{"a": "b"}\n', r"cannot read .* as Parquet .*it looks like JSON: set format: jsonl"),
         ("fake.jsonl.gz", "jsonl", b'{"a": "b"}\n', r"cannot read .*fake.jsonl.gz' .*check that its content matches its name"),
         ("l.jsonl", "jsonl", b'{"a": "caf\xe9"}\n', r"line 1 is not valid UTF-8 \(byte 0xe9 at offset 10\)"),

@@ -223,3 +223,61 @@ def test_cross_encoder_rescoring_matches(ray_cluster, st_model, pairs_path, work
     assert_same_summary(summary["printed"], printed)
     # the candidates really were rescored: the scores are the cross-encoder's, not cosine similarities
     assert any(re.match(r"Skipped .* relative_margin", line) for line in printed)
+
+
+def test_a_truncated_part_after_a_finished_run_is_mined_again(ray_cluster, pairs_path, work, capsys):
+    params = dict(output_format="n-tuple", num_negatives=2)
+    full, first = run(work, pairs_path, "truncated", "compute.mine_batch_rows=40", **params)
+    part = work / "truncated" / "part-00002.parquet"
+    part.write_bytes(part.read_bytes()[:-100])  # unreadable: Parquet's footer is gone
+    capsys.readouterr()
+    rows, summary = run(work, pairs_path, "truncated", "compute.mine_batch_rows=40", **params)
+    printed = capsys.readouterr().out
+    assert "[mine] part-00002.parquet cannot be reused (" in printed and "resuming: 4 of 5 part(s)" in printed
+    assert rows == full  # nothing lost, nothing doubled
+    assert summary["rows"] == first["rows"] == len(full) and summary["printed"] == first["printed"]
+    assert json.loads((work / "truncated" / "stats.json").read_text())["rows"] == len(full)
+
+
+def test_a_damaged_embedding_cache_file_is_embedded_again(ray_cluster, pairs_path, work, capsys):
+    from raytune_st.mining import store
+
+    cache = work / "damaged-cache"
+    overrides = (f"output.embeddings_dir={cache}", "compute.embed_chunk_rows=64")
+    expected, _ = run(work, pairs_path, "cache-a", *overrides, num_negatives=2)
+    corpus = sorted(cache.glob("corpus-*.npz"))
+    assert len(corpus) >= 3
+    truncated, flipped = corpus[0], corpus[1]
+    truncated.write_bytes(truncated.read_bytes()[:200])  # numpy alone: BadZipFile in IndexShard.build
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size: found only when read
+    flipped.write_bytes(bytes(data))
+    capsys.readouterr()
+    rows, summary = run(work, pairs_path, "cache-b", *overrides, num_negatives=2)
+    printed = capsys.readouterr().out
+    assert rows == expected
+    assert f"'{flipped}' is damaged (its sha256 differs" in printed and "embedding it again" in printed
+    for path in corpus:
+        assert store.looks_complete(str(path)) and store.load_vectors(str(path)).shape[0] > 0
+
+
+def test_ivf_cells_beyond_the_corpus_fail_before_embedding_and_leave_no_output(ray_cluster, pairs_path, work):
+    from raytune_st.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'IVF4096,Flat' needs at least 4,096 training vectors per shard"):
+        run(work, pairs_path, "ivf", "index.factory=IVF4096,Flat", f"output.embeddings_dir={work / 'ivf' / 'cache'}")
+    assert not (work / "ivf").exists()  # nothing embedded, and the directory this run created is gone
+
+
+def test_text_that_is_not_utf8_fails_in_prepare_naming_the_row(ray_cluster, work):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    offsets = pa.py_buffer(np.asarray([0, 2, 4, 6], np.int32).tobytes())
+    queries = pa.Array.from_buffers(pa.string(), 3, [None, offsets, pa.py_buffer(b"q0q1\xff\xfe")])
+    path = work / "latin.parquet"
+    pq.write_table(pa.table({"query": queries, "passage": ["p0", "p1", "p2"]}), path)
+    with pytest.raises(DataError, match=r"row 2 \(counting from 0\) of column 'query' is not valid UTF-8 text"):
+        run(work, path, "not-utf8")
+    assert not (work / "not-utf8").exists()
