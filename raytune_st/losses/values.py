@@ -116,6 +116,8 @@ def first_bad_label(array: Any, rule: LabelRule) -> Optional[tuple[int, str]]:
         return row, "null"
     if isinstance(value, float) and not math.isfinite(value):
         return row, str(value)  # nan, inf, -inf
+    if isinstance(value, float) and value.is_integer() and (rule.classes is not None or rule.binary):
+        value = int(value)  # a class id read from CSV or JSON as a float
     if rule.classes is not None:
         return row, f"{value!r}, outside [0, {rule.classes})"
     if rule.low is not None:

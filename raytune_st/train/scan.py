@@ -38,14 +38,15 @@ def check_values(config: Any, section: str, name: str) -> None:
     kwargs = inner if isinstance(inner, dict) else spec.kwargs
     rule = label_rule(fmt, kwargs, _loss_num_labels(config, spec))
     source = entry.data
-    columns = inspect_source(source).columns
-    inputs, label = split_columns(columns, spec.model_type)
+    info = inspect_source(source)
+    inputs, label = split_columns(info.columns, spec.model_type)
     raw_of = {new: old for old, new in source.rename.items()}
     wanted = {raw_of.get(c, c): c for c in [*inputs, *([label] if label else [])]}
+    types = {raw: info.types[column] for raw, column in wanted.items()}
     where = f"{section.split('_')[0]} {name!r}"
     shown = f"{fmt.name}" if not spec.inner_name else f"{spec.name}({fmt.name})"
 
-    for file_name, first_row, batch in _batches(source, list(wanted)):
+    for file_name, first_row, batch in _batches(source, types):
         for raw, column in wanted.items():
             if raw not in batch.column_names:
                 continue  # this file's statistics say the column holds no nulls, and it is text
@@ -67,23 +68,32 @@ def check_values(config: Any, section: str, name: str) -> None:
                 )
 
 
-def _batches(source: Any, raw: list[str]) -> Iterator[tuple[str, int, Any]]:
-    """(file as named in messages, row of the batch's first row in that file, batch of the `raw`
-    columns), in the order Ray Data reads the source, up to its `limit`."""
+def _batches(source: Any, types: dict[str, str]) -> Iterator[tuple[str, int, Any]]:
+    """(file as named in messages, row of the batch's first row in that file, batch of the columns
+    `types` names by their names in the file), in the order Ray Data reads the source, up to its `limit`."""
+    import pyarrow as pa
+
     remaining = source.limit
-    for file_name, batches in _file_batches(source, raw):
+    for file_name, batches in _file_batches(source, types):
         row = 0
-        for batch in batches:
-            if remaining is not None:
-                if remaining <= 0:
-                    return
-                batch = batch.slice(0, remaining)
-                remaining -= batch.num_rows
-            yield file_name, row, batch
-            row += batch.num_rows
+        try:
+            for batch in batches:
+                if remaining is not None:
+                    if remaining <= 0:
+                        return
+                    batch = batch.slice(0, remaining)
+                    remaining -= batch.num_rows
+                yield file_name, row, batch
+                row += batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(
+                f"cannot read {file_name!r} as {source.format} after row {row} ({exc}); check the file, or set the "
+                "source's format"
+            ) from None
 
 
-def _file_batches(source: Any, raw: list[str]) -> Iterator[tuple[str, Iterator[Any]]]:
+def _file_batches(source: Any, types: dict[str, str]) -> Iterator[tuple[str, Iterator[Any]]]:
+    import pyarrow as pa
     import pyarrow.csv
     import pyarrow.json
 
@@ -95,6 +105,12 @@ def _file_batches(source: Any, raw: list[str]) -> Iterator[tuple[str, Iterator[A
         table = datasets.load_from_disk(_hf_disk_dir(source)).data.table.select(raw)
         yield source.path, iter(table.to_batches(max_chunksize=BATCH_ROWS))
         return
+    raw = list(types)
+    # Streaming text readers infer a column's type from their first block; a label column of
+    # integers that turns to floats later would fail the read. Ray Data reads it whole, so
+    # the types are fixed here to what the column holds.
+    arrow_types = _arrow_types()
+    schema = pa.schema([(c, arrow_types[t]) for c, t in types.items() if t in arrow_types])
     fs, files = _data_files(source)
     for path in files:
         shown = path if len(files) > 1 else source.path
@@ -104,13 +120,24 @@ def _file_batches(source: Any, raw: list[str]) -> Iterator[tuple[str, Iterator[A
             continue
         stream = fs.open_input_stream(path, compression="detect")
         if source.format == "jsonl":
-            reader = pyarrow.json.open_json(stream)
+            reader = pyarrow.json.open_json(
+                stream, parse_options=pyarrow.json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+            )
             yield shown, (batch.select(raw) for batch in reader)
         else:
             reader = pyarrow.csv.open_csv(
-                stream, parse_options=_csv_parse_options(path), convert_options=pyarrow.csv.ConvertOptions(include_columns=raw)
+                stream, parse_options=_csv_parse_options(path), convert_options=pyarrow.csv.ConvertOptions(include_columns=raw, column_types=schema)
             )
             yield shown, iter(reader)
+
+
+def _arrow_types() -> dict[str, Any]:
+    """The Arrow type a text-format column is read as, by its inspected type (numbers as floats:
+    a column whose first rows are integers may hold fractions further on)."""
+    import pyarrow as pa
+
+    return {"string": pa.string(), "int": pa.float64(), "float": pa.float64(), "list<float>": pa.list_(pa.float64()),
+            "list<int>": pa.list_(pa.float64()), "list<string>": pa.list_(pa.string())}
 
 
 def _parquet_batches(fs: Any, path: str, raw: list[str], use_statistics: bool) -> Iterator[Any]:

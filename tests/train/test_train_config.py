@@ -307,3 +307,16 @@ def test_metric_for_best_model_is_checked_against_the_models_own_similarity(tmp_
     with pytest.raises(ConfigError, match=r"'dev_cosine_ndcg@10' is not reported .*the closest are eval_dev_dot_ndcg@10"):
         check(config)
     check(make(model=str(model), evaluators=[evaluator], args={**args, "metric_for_best_model": "dev_dot_ndcg@10"}))
+
+
+def test_preflight_reads_a_long_csv_whose_integer_labels_turn_into_fractions(tmp_path):
+    """pyarrow's streaming reader types a column from its first block; the scan fixes it to numbers."""
+    from raytune_st.train.scan import check_values
+
+    path = tmp_path / "scores.csv"
+    rows = [f"text {i},other {i},{1 if i < 100_000 else 0.5}" for i in range(120_000)]
+    path.write_text("a,b,score\n" + "\n".join(rows) + "\n")
+    check_values(values_config(str(path), "CoSENTLoss"), "train_datasets", "pairs")
+    path.write_text("a,b,score\n" + "\n".join(rows) + "\nlast,row,inf\n")
+    with pytest.raises(DataError, match=r"column 'score' row 120000 \(counting from 0\) is inf"):
+        check_values(values_config(str(path), "CoSENTLoss"), "train_datasets", "pairs")

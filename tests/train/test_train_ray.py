@@ -55,6 +55,27 @@ def make_uneven_shards(rows_per_worker: list[int]):
     return UnevenShards()
 
 
+def training_without_evaluation(tiny_bi_encoder, debian_sets, out, overrides: list[str]):
+    """The MNRL example on the tiny model and the triplets, with every checkpoint kept and no evaluation."""
+    return load(
+        "train-mnrl-debian.yaml",
+        [
+            f"model={tiny_bi_encoder}",
+            f"train_datasets.mined.data.path={debian_sets['triplets']}",
+            "evaluators=[]",
+            "args.eval_strategy=no",
+            "args.eval_steps=null",
+            "args.load_best_model_at_end=false",
+            "args.metric_for_best_model=null",
+            f"args.output_dir={out}",
+            "args.per_device_train_batch_size=4",
+            "args.save_total_limit=null",
+            HALF_CPU,
+            *overrides,
+        ],
+    )
+
+
 def read_jsonl(path):
     with open(path) as handle:
         return [json.loads(line) for line in handle]
@@ -113,40 +134,37 @@ def test_two_workers_with_uneven_shards_run_the_same_steps_and_write_every_outpu
 def test_a_killed_worker_resumes_from_the_last_checkpoint_and_finishes_the_planned_steps(
     ray_local, tmp_path, tiny_bi_encoder, debian_sets
 ):
-    import psutil
-
     from raytune_st.train.job import train
 
     out = tmp_path / "out"
     run_dir = out / "ray" / "train-mnrl-debian"
-    config = load(
-        "train-mnrl-debian.yaml",
-        [
-            f"model={tiny_bi_encoder}",
-            f"train_datasets.mined.data.path={debian_sets['triplets']}",
-            "evaluators=[]",
-            "args.eval_strategy=no",
-            "args.eval_steps=null",
-            "args.load_best_model_at_end=false",
-            "args.metric_for_best_model=null",
-            f"args.output_dir={out}",
-            "args.per_device_train_batch_size=4",
-            "args.max_steps=100",
-            "args.logging_steps=5",
-            "args.save_steps=10",
-            "args.save_total_limit=null",
-            "run.max_failures=1",
-            "scaling.num_workers=2",
-            HALF_CPU,
-        ],
+    config = training_without_evaluation(
+        tiny_bi_encoder, debian_sets, out,
+        ["args.max_steps=100", "args.logging_steps=5", "args.save_steps=10", "run.max_failures=1", "scaling.num_workers=2"],
     )
     killed: list[int] = []
+    watcher = kill_a_worker_after_checkpoints(run_dir, 2, killed)
+    train(config)
+    watcher.join(timeout=5)
 
-    def kill_a_worker_after_the_first_checkpoint():
-        deadline = time.time() + 240
+    assert killed, "no worker was killed: the run ended before its first checkpoint was seen"
+    history = read_jsonl(out / "metrics.jsonl")
+    steps = [r["step"] for r in history]
+    assert steps == sorted(set(steps)) and steps[-1] == 100  # no step twice, all planned steps
+    resumed = [r["resumed_from_step"] for r in history if "resumed_from_step" in r]
+    assert len(resumed) == 1 and resumed[0] % 10 == 0 and 10 <= resumed[0] < 100
+    assert history[-1]["worker_steps_min"] == history[-1]["worker_steps_max"] == 100
+
+
+def kill_a_worker_after_checkpoints(run_dir, count: int, killed: list[int], timeout: float = 240) -> threading.Thread:
+    """A watcher thread that kills one Ray Train worker of this test's Ray once `run_dir` holds `count` checkpoints."""
+    import psutil
+
+    def watch():
+        deadline = time.time() + timeout
         while time.time() < deadline:
             # Two checkpoint directories: the first one is surely registered by Ray Train by now.
-            if run_dir.exists() and sum(p.startswith("checkpoint-") for p in os.listdir(run_dir)) >= 2:
+            if run_dir.exists() and sum(p.startswith("checkpoint-") for p in os.listdir(run_dir)) >= count:
                 # Ray names worker processes after their actor class; only this test's own Ray
                 # (started by the fixture, a child of this process) is searched.
                 workers = [
@@ -158,20 +176,44 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_finishes_the_plann
                     victim.kill()
                     killed.append(victim.pid)
                 return
-            time.sleep(0.2)
+            time.sleep(0.05)
 
-    watcher = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    train(config)
-    watcher.join(timeout=5)
+    return watcher
 
-    assert killed, "no worker was killed: the run ended before its first checkpoint was seen"
-    history = read_jsonl(out / "metrics.jsonl")
-    steps = [r["step"] for r in history]
-    assert steps == sorted(set(steps)) and steps[-1] == 100  # no step twice, all planned steps
-    resumed = [r["resumed_from_step"] for r in history if "resumed_from_step" in r]
-    assert len(resumed) == 1 and resumed[0] % 10 == 0 and 10 <= resumed[0] < 100
-    assert history[-1]["worker_steps_min"] == history[-1]["worker_steps_max"] == 100
+
+def test_a_resumed_run_repeats_the_uninterrupted_runs_losses_step_for_step(ray_local, tmp_path, tiny_bi_encoder, debian_sets):
+    """One worker, dropout active (the tiny BERT's 0.1): every RNG state comes back with the checkpoint.
+
+    The second run starts from the uninterrupted run's step-4 checkpoint, where a run stopped
+    after that checkpoint resumes (the loop restores a checkpoint of its own and one it is
+    started from alike); killing a worker at a chosen step instead would make the test a race.
+    """
+    import ray.train
+    from sentence_transformers import SentenceTransformer
+
+    from raytune_st.train.job import fit_and_write, plan_run, train
+
+    assert SentenceTransformer(tiny_bi_encoder, device="cpu")[0].auto_model.config.hidden_dropout_prob > 0
+
+    def config(out):
+        return training_without_evaluation(
+            tiny_bi_encoder, debian_sets, out,
+            ["args.max_steps=10", "args.logging_steps=1", "args.save_steps=4", "scaling.num_workers=1"],
+        )
+
+    train(config(tmp_path / "a"))
+    uninterrupted = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path / "a" / "ray" / "train-mnrl-debian" / "checkpoint-000004"))
+    resumed_config = config(tmp_path / "b")
+    fit_and_write(resumed_config, plan_run(resumed_config), initial_checkpoint=checkpoint)
+    resumed = read_jsonl(tmp_path / "b" / "metrics.jsonl")
+
+    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted] == list(range(1, 11))
+    assert [r.get("resumed_from_step") for r in resumed][4] == 4
+    # Every step after the checkpoint saw the same batch, dropout masks and optimizer state.
+    assert [(r["loss"], r["grad_norm"]) for r in resumed] == [(r["loss"], r["grad_norm"]) for r in uninterrupted]
 
 
 @pytest.mark.parametrize(
