@@ -316,10 +316,13 @@ def _check_resources(config: MineConfig, rescore: bool) -> None:
     """On a local Ray, refuse settings whose actors could never all be scheduled (they would wait forever)."""
     import ray
 
-    if ray_address(config.ray_address) is not None:
-        return  # a remote cluster may autoscale
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if ray_address(config.ray_address) is None:  # a remote cluster may autoscale
+        check_resources_fit(config, rescore, ray.cluster_resources())
+
+
+def check_resources_fit(config: MineConfig, rescore: bool, cluster: dict[str, float]) -> None:
+    """Raise ClusterError when `cluster` (Ray's resource totals) cannot hold the stages' actors at once."""
+    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     needed = config.index.shards * config.index.num_cpus + config.compute.mine_num_cpus
     if rescore:
         needed += config.compute.cross_encoder_actors * config.compute.cross_encoder_num_cpus
@@ -330,7 +333,7 @@ def _check_resources(config: MineConfig, rescore: bool) -> None:
             f"{config.compute.embed_num_cpus:g}; lower index.num_cpus (e.g. 0.5), index.shards, compute.mine_num_cpus "
             "or compute.cross_encoder_num_cpus (or compute.embed_num_cpus)"
         )
-    gpu_needed = config.index.shards * config.index.num_gpus + max(config.compute.embed_num_gpus, 0)
+    gpu_needed = config.index.shards * config.index.num_gpus + config.compute.embed_num_gpus
     if gpu_needed > gpus:
         raise ClusterError(
             f"this Ray has {gpus:g} GPUs but index.num_gpus / compute.embed_num_gpus ask for {gpu_needed:g}; set them to 0 on a CPU machine"

@@ -120,7 +120,7 @@ def part_damage(root: str, parts_dir: str, batch: int) -> Optional[str]:
     for what, file in (("part", store.join(root, part_name(batch))), ("scores", store.join(parts_dir, sidecar_name(batch)))):
         reason = store.intact(file, digests[what])
         if reason is not None:
-            return f"its {what} file: {reason}" if what == "scores" else reason
+            return f"its scores file: {reason}" if what == "scores" else reason
     return None
 
 
@@ -161,6 +161,8 @@ def pending_batches(
         recorded_settings = (record or {}).get("settings")
         if record is None:
             difference = "no record of the run that wrote them"
+        elif recorded_settings is None:
+            difference = "written by an earlier raytune_st, which recorded no digests of its parts"
         elif isinstance(recorded_settings, dict) and changed_settings(recorded_settings, settings):
             difference = changed_settings(recorded_settings, settings)
         elif record.get("data") not in (None, data_digest):

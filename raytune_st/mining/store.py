@@ -62,6 +62,10 @@ class Digest:
 class CorruptFile(DataError):
     """A work file whose bytes are not the ones written (truncated, overwritten, half copied)."""
 
+    def __init__(self, message: str, reason: Optional[str] = None):
+        super().__init__(message)
+        self.reason = reason  # what differs, without the path (not kept when Ray pickles the error)
+
 
 def put(path: str, data: bytes) -> Digest:
     """Write `data` to `path` (local or URI) atomically; returns its digest."""
@@ -73,14 +77,17 @@ def put(path: str, data: bytes) -> Digest:
 def get(path: str, expected: Optional[Digest] = None) -> bytes:
     """The bytes of `path`; with `expected`, raises CorruptFile unless they are the recorded ones."""
     fs, target = filesystem(path)
-    if expected is not None and fs.get_file_info(target).size != expected.size:
-        # Cheap first: a truncated file is known from its size, without reading it.
-        raise CorruptFile(f"{path!r} is damaged ({fs.get_file_info(target).size or 0:,} bytes where {expected.size:,} were written)")
-    with fs.open_input_stream(target) as handle:
-        data = handle.read()
-    reason = expected.mismatch(data) if expected is not None else None
+    reason = None
+    if expected is not None:
+        size = fs.get_file_info(target).size or 0
+        if size != expected.size:  # cheap first: a truncated file is known without reading it
+            reason = f"{size:,} bytes where {expected.size:,} were written"
+    if reason is None:
+        with fs.open_input_stream(target) as handle:
+            data = handle.read()
+        reason = expected.mismatch(data) if expected is not None else None
     if reason is not None:
-        raise CorruptFile(f"{path!r} is damaged ({reason})")
+        raise CorruptFile(f"{path!r} is damaged ({reason})", reason)
     return data
 
 
@@ -91,7 +98,7 @@ def intact(path: str, expected: Digest) -> Optional[str]:
     try:
         get(path, expected)
     except CorruptFile as exc:
-        return str(exc)
+        return exc.reason
     return None
 
 

@@ -184,3 +184,21 @@ def pa_table():
     import pyarrow as pa
 
     return pa.table({"query": ["q"], "passage": ["p"], "negative": ["n"]})
+
+
+def test_stages_that_a_local_ray_cannot_hold_are_refused_from_its_totals(tmp_path):
+    from raytune_st.errors import ClusterError
+    from raytune_st.mining.job import check_resources_fit
+
+    two_cpus = {"CPU": 2.0}
+    check_resources_fit(config(tmp_path), rescore=False, cluster=two_cpus)  # 1 shard x 1 + 0.5
+    with pytest.raises(ClusterError, match=r"this Ray has 2 CPUs but mining needs 3.5 at once .*lower index.num_cpus"):
+        check_resources_fit(config(tmp_path, "index.shards=3"), rescore=False, cluster=two_cpus)
+    check_resources_fit(config(tmp_path, "index.shards=3", "index.num_cpus=0.25"), rescore=False, cluster=two_cpus)
+    with pytest.raises(ClusterError, match="needs 2.5 at once"):  # the cross-encoder actor counts only when rescoring
+        check_resources_fit(config(tmp_path), rescore=True, cluster=two_cpus)
+    with pytest.raises(ClusterError, match="each embedding actor 4"):
+        check_resources_fit(config(tmp_path, "compute.embed_num_cpus=4"), rescore=False, cluster=two_cpus)
+    with pytest.raises(ClusterError, match="this Ray has 0 GPUs but .* ask for 1; set them to 0 on a CPU machine"):
+        check_resources_fit(config(tmp_path, "compute.embed_num_gpus=1"), rescore=False, cluster=two_cpus)
+    check_resources_fit(config(tmp_path, "compute.embed_num_gpus=1"), rescore=False, cluster={"CPU": 2.0, "GPU": 1.0})

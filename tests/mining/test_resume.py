@@ -96,7 +96,8 @@ def test_a_truncated_part_is_mined_again_and_the_summary_withdrawn(tmp_path, out
     part.write_bytes(part.read_bytes()[:-20])
     logs: list[str] = []
     assert claim(out, base, logs=logs) == [1]
-    assert logs[0].startswith("[mine] part-00001.parquet cannot be reused (") and "bytes where" in logs[0]
+    size = part.stat().st_size
+    assert logs[0] == f"[mine] part-00001.parquet cannot be reused ({size:,} bytes where {size + 20:,} were written); mining it again"
     assert logs[1] == "[mine] resuming: 2 of 3 part(s) already written"
     # stats.json must not claim the old row count while the part is mined again.
     assert not any((out / name).exists() for name in resume.RESULT_FILES)
@@ -148,6 +149,9 @@ def test_other_data_is_refused_after_prepare(tmp_path, out):
     write_run(out, base)
     with pytest.raises(DataError, match=r"\(the data differs\)"):
         claim(out, base, data="data-2")
+    (out / "_work" / "run.json").write_text('{"fingerprint": "of an older version"}\n')
+    with pytest.raises(DataError, match="written by an earlier raytune_st, which recorded no digests"):
+        claim(out, base)
     (out / "_work" / "run.json").unlink()
     with pytest.raises(DataError, match="no record of the run that wrote them"):
         claim(out, base)
