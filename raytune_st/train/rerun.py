@@ -7,9 +7,8 @@ claim the new settings. Every checkpoint holds the config that wrote it (``confi
 pre-flight compares the two and refuses a rerun that differs in anything that shapes the
 trained model, naming each difference.
 
-A rerun may change how the run is logged, checkpointed and where it runs
-(:data:`NEUTRAL_KEYS`), and how it is evaluated unless evaluation picks the final model
-(:data:`EVALUATION_KEYS`). A changed number of workers or GPU use is allowed with a warning,
+A rerun may change how the run is checkpointed and where it runs (:data:`NEUTRAL_KEYS`), and
+how it is logged and evaluated unless evaluation picks the final model (:data:`EVALUATION_KEYS`). A changed number of workers or GPU use is allowed with a warning,
 like torchtune's ``_update_recipe_state``: resuming on fewer workers after losing a node is a
 rerun a user wants, but it does not reproduce the uninterrupted run.
 
@@ -38,9 +37,10 @@ _MISSING = "(not set)"
 # outputs go, where the run runs, and what the model card says.
 NEUTRAL_KEYS = (
     "args.output_dir",
-    "args.logging_steps",
     "args.save_steps",
     "args.save_total_limit",
+    "run.name",  # with storage_path: where the run was found, so the same place by construction
+    "run.storage_path",
     "run.max_failures",
     "run.overwrite",
     "ray_address",
@@ -55,6 +55,7 @@ EVALUATION_KEYS = (
     "args.eval_strategy",
     "args.eval_steps",
     "args.per_device_eval_batch_size",
+    "args.logging_steps",  # also the evaluation interval when eval_steps is not set
 )
 # Allowed, but said out loud: the run continues with another global batch or device numerics.
 WARNED_KEYS = ("scaling.num_workers", "scaling.use_gpu")
