@@ -65,13 +65,15 @@ def write_atomic(fs: "pyarrow.fs.FileSystem", target: str, data: bytes) -> None:
         raise
 
 
-def _first_missing(fs: "pyarrow.fs.FileSystem", root: str) -> Optional[str]:
-    """The outermost directory of `root` (or `root` itself) that does not exist yet."""
+def _first_missing(fs: "pyarrow.fs.FileSystem", root: str, uri: bool) -> Optional[str]:
+    """The outermost directory of `root` (or `root` itself) that does not exist yet; never a bucket."""
     import pyarrow.fs
 
     missing = None
     path = root.rstrip("/")
     while path and fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        if uri and "/" not in path:
+            break  # a bucket is not a directory to take back
         missing = path
         parent = posixpath.dirname(path)
         if parent == path:
@@ -89,7 +91,7 @@ def removed_on_failure(path: str, worth_keeping: Callable[[], bool] = lambda: Fa
     """
     fs, root = filesystem(path)
     try:
-        created = _first_missing(fs, root)
+        created = _first_missing(fs, root, is_uri(path))
     except OSError:  # e.g. a path below a regular file: the body will say so
         created = None
     try:

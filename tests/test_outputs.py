@@ -150,3 +150,17 @@ def test_a_full_disk_is_one_error_and_leaves_no_temporary_file():
     with pytest.raises(DataError, match=r"no space left to write '/out/part-00001.parquet' \(4 bytes\); free some space .* then rerun"):
         write_atomic(fs, "/out/part-00001.parquet", b"data")
     assert len(fs.deleted) == 1 and fs.deleted[0].startswith("/out/part-00001.parquet.tmp-")
+
+
+def test_a_failed_body_takes_back_its_prefix_in_a_bucket_but_never_the_bucket(bucket):
+    import pyarrow.fs
+
+    from raytune_st.outputs import filesystem, removed_on_failure
+
+    fs, name = filesystem(bucket)
+    with pytest.raises(RuntimeError):
+        with removed_on_failure(f"{bucket}/runs/a"):
+            OutputDir(f"{bucket}/runs/a").write("_work/run.json", "{}")
+            raise RuntimeError("boom")
+    assert fs.get_file_info(pyarrow.fs.FileSelector(name, recursive=True)) == []
+    assert fs.get_file_info(name).type == pyarrow.fs.FileType.Directory

@@ -153,11 +153,12 @@ class ComputeSection:
 
 
 def check_resources(prefix: str, *, num_cpus: float, num_gpus: float = 0.0) -> None:
-    """Ray's rules for a task's or actor's resources, as a config error naming the key (`prefix` + num_cpus)."""
-    for name, value, least in (("num_cpus", num_cpus, "more than 0"), ("num_gpus", num_gpus, "0 or more")):
-        low = value <= 0 if name == "num_cpus" else value < 0
-        if low:
-            raise ConfigError(f"{prefix}{name}: must be {least}, got {value:g}; set it to a fraction (e.g. 0.5) or a whole number")
+    """Ray's rules for a task's or actor's resources, as a ConfigError naming the key (`prefix` + num_cpus)."""
+    if num_cpus <= 0:
+        raise ConfigError(f"{prefix}num_cpus: must be more than 0, got {num_cpus:g}; use a fraction such as 0.5, or a whole number")
+    if num_gpus < 0:
+        raise ConfigError(f"{prefix}num_gpus: must be 0 or more, got {num_gpus:g}; use 0 for no GPU")
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
         if value > 1 and value != int(value):
             raise ConfigError(
                 f"{prefix}{name}: Ray accepts fractions only below 1, got {value:g}; use {int(value)} or {int(value) + 1}"

@@ -306,3 +306,18 @@ def test_content_that_does_not_fit_the_format_is_refused_from_its_first_bytes(tm
         path.write_bytes(content)
     with pytest.raises(DataError, match=message):
         inspect_source(Source(path=str(path), format=fmt))
+
+
+def test_every_file_in_a_bucket_is_checked_and_read_in_order(bucket):
+    from raytune_st.data.sources import iter_texts
+    from raytune_st.outputs import filesystem
+
+    fs, name = filesystem(bucket)
+    pq.write_table(pa.table({"query": ["q0", "q1"], "passage": ["p0", "p1"]}), f"{name}/pairs/a.parquet", filesystem=fs)
+    pq.write_table(pa.table({"query": ["q2"], "passage": ["p2"]}), f"{name}/pairs/b.parquet", filesystem=fs)
+    source = Source(path=f"{bucket}/pairs", format="parquet")
+    assert inspect_source(source).num_rows == 3
+    assert [q for queries, _ in iter_texts(source, ["query", "passage"]) for q in queries] == ["q0", "q1", "q2"]
+    pq.write_table(pa.table({"query": [3], "passage": ["p3"]}), f"{name}/pairs/c.parquet", filesystem=fs)
+    with pytest.raises(DataError, match=rf"column 'query' holds int in file '{bucket}/pairs/c.parquet' but string in '{bucket}/pairs/a.parquet'"):
+        inspect_source(source)

@@ -168,3 +168,24 @@ def test_overwrite_removes_the_old_summary_before_any_new_part(tmp_path, out):
     assert sorted(p.name for p in out.iterdir()) == ["_work"]
     assert list((out / "_work" / "parts").iterdir()) == []
     assert json.loads((out / "_work" / "run.json").read_text())["settings"] == changed
+
+
+def test_a_truncated_part_in_object_storage_is_mined_again(tmp_path, bucket):
+    from raytune_st.outputs import filesystem
+
+    base = settings(tmp_path)
+    root = f"{bucket}/mined"
+    parts_dir = f"{root}/_work/parts"
+
+    def pending():
+        return resume.pending_batches(root, parts_dir, 2, settings=base, data_digest="d", range_max=5, overwrite=False, log=lambda line: None)
+
+    assert pending() == [0, 1]
+    for batch in (0, 1):
+        write_part(root, parts_dir, batch, pa.table({"query": ["q"]}), {"rows": 1}, positive=np.ones(1, np.float32))
+    fs, key = filesystem(f"{root}/part-00001.parquet")
+    with fs.open_input_stream(key) as handle:
+        data = handle.read()
+    with fs.open_output_stream(key) as handle:
+        handle.write(data[:-10])
+    assert pending() == [1]

@@ -61,3 +61,20 @@ def test_a_file_without_its_record_is_not_trusted(tmp_path):
     assert not store.looks_complete(path)
     with pytest.raises(store.CorruptFile, match="no record of a complete write"):
         store.load_vectors(path)
+
+
+def test_checked_files_in_object_storage(bucket):
+    # The same records and checks through pyarrow's S3 filesystem (moto's S3 API on 127.0.0.1).
+    from raytune_st.outputs import filesystem
+
+    path = f"{bucket}/cache/corpus-x.npz"
+    store.put_checked(path, store.npz_bytes(ids=np.arange(3), embeddings=np.ones((3, 2), np.float32)))
+    assert store.looks_complete(path) and store.load_vectors(path).shape == (3, 2)
+    assert store.list_names(f"{bucket}/cache") == ["corpus-x.npz", "corpus-x.npz.sha256.json"]
+    fs, key = filesystem(path)
+    with fs.open_output_stream(key) as handle:  # an upload cut short
+        handle.write(b"PK\x03\x04")
+    assert not store.looks_complete(path)
+    with pytest.raises(store.CorruptFile, match=r"is damaged \(4 bytes where"):
+        store.load_vectors(path)
+    assert store.list_names(f"{bucket}/cache") == []
