@@ -9,6 +9,7 @@ A checkpoint directory is::
     data_position.json   per worker: rows read from each data set this epoch and rows still buffered
     history.jsonl        every metrics record of the run so far
     config.yaml          the resolved TrainConfig
+    data_files.json      the files of every data set with their sizes, as the run read them
 
 Checkpoints live in shared or remote storage that others may write to, so nothing in them is
 unpickled: a training_state.pt that holds any other object is refused (:class:`CheckpointError`),
@@ -33,6 +34,7 @@ STATE_FILE = "training_state.pt"
 POSITION_FILE = "data_position.json"
 HISTORY_FILE = "history.jsonl"
 CONFIG_FILE = "config.yaml"
+DATA_FILE = "data_files.json"
 
 
 @dataclass
@@ -126,8 +128,10 @@ def plain_state(value: Any, where: str) -> Any:
     )
 
 
-def write_checkpoint(path: str, model: Any, state: TrainingState, config_yaml: str) -> None:
-    """Write a checkpoint directory at `path` (created)."""
+def write_checkpoint(
+    path: str, model: Any, state: TrainingState, config_yaml: str, data_files: Optional[dict[str, Any]] = None
+) -> None:
+    """Write a checkpoint directory at `path` (created); `data_files` (see train/rerun.py) when known."""
     import torch
 
     os.makedirs(path, exist_ok=True)
@@ -148,6 +152,9 @@ def write_checkpoint(path: str, model: Any, state: TrainingState, config_yaml: s
     write_history(os.path.join(path, HISTORY_FILE), state.history)
     with open(os.path.join(path, CONFIG_FILE), "w") as handle:
         handle.write(config_yaml)
+    if data_files is not None:
+        with open(os.path.join(path, DATA_FILE), "w") as handle:
+            json.dump(data_files, handle)
 
 
 def read_checkpoint(path: str) -> TrainingState:

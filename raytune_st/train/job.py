@@ -26,7 +26,7 @@ from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import Plan, TrainConfig, check_dataset, preflight
 from raytune_st.train.loop import shard_name, train_loop_per_worker
-from raytune_st.train.rerun import check_rerun
+from raytune_st.train.rerun import check_rerun, data_files
 from raytune_st.train.scan import check_values
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def loop_config(config: TrainConfig, plan: Plan, initial_checkpoint: Any = None)
     """The `train_loop_config` of the TorchTrainer (see train_loop_per_worker's docstring)."""
     columns = {shard_name("train", name): p.columns for name, p in plan.train.items()}
     columns.update({shard_name("eval", name): p.columns for name, p in plan.eval.items()})
-    loop = {"train_config": config, "train_rows": plan.train_rows(), "columns": columns}
+    loop = {"train_config": config, "train_rows": plan.train_rows(), "columns": columns, "data_files": data_files(config)}
     if initial_checkpoint is not None:
         loop["initial_checkpoint"] = initial_checkpoint
     return loop

@@ -6,6 +6,7 @@ trial runs (through the same TorchTrainer). Its `config` is::
     {"train_config": TrainConfig,         # the resolved config
      "train_rows": {name: rows, ...},     # global row counts, from pre-flight
      "columns": {"train_<name>": [...], "eval_<name>": [...]},
+     "data_files": {"train_datasets.<name>": [[file, bytes], ...]},  # optional: kept in checkpoints
      "overrides": {"args.learning_rate": 3e-5, ...},   # optional, e.g. a Tune trial's sample
      "initial_checkpoint": ray.train.Checkpoint}       # optional: where a new run starts (PBT)
 
@@ -197,7 +198,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return
         ray.train.report(
             {**(history[-1] if history else {}), "step": step},
-            checkpoint=_checkpoint(model, state, cfg) if rank == 0 else None,
+            checkpoint=_checkpoint(model, state, cfg, config.get("data_files")) if rank == 0 else None,
             checkpoint_dir_name=f"checkpoint-{step:06d}",
             delete_local_checkpoint_after_upload=rank == 0,
         )
@@ -307,7 +308,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 state.rng = rng
                 state.optimizer, state.scheduler, state.scaler = optimizer.state_dict(), scheduler.state_dict(), scaler.state_dict()
                 state.losses = {n: _loss_owned_state(loss, loss_params) for n, loss in losses.items()}
-                report_checkpoint = _checkpoint(model, state, cfg)
+                report_checkpoint = _checkpoint(model, state, cfg, config.get("data_files"))
         ray.train.report(
             metrics,
             checkpoint=report_checkpoint,
@@ -319,12 +320,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 # --- helpers: small, each does one thing the loop above names ------------------------------
 
 
-def _checkpoint(model: Any, state: TrainingState, cfg: TrainConfig) -> Any:
+def _checkpoint(model: Any, state: TrainingState, cfg: TrainConfig, data_files: Any) -> Any:
     """`state` and the model written to a fresh local directory, as a ray.train.Checkpoint."""
     import ray.train
 
     directory = tempfile.mkdtemp(prefix="raytune-st-ckpt-")
-    write_checkpoint(directory, model, state, dump_yaml(cfg))
+    write_checkpoint(directory, model, state, dump_yaml(cfg), data_files)
     return ray.train.Checkpoint.from_directory(directory)
 
 

@@ -16,8 +16,11 @@ Example::
 
     1. config_differences({"args": {"learning_rate": 2e-5}}, {"args": {"learning_rate": 5e-5}})
        -> [("args.learning_rate", 2e-05, 5e-05)]
-    2. refused_differences(differences, load_best_model_at_end=False)
+    2. refused_differences(differences, evaluation_picks_model=False)
        -> the differences that change the result (pure logic, no Ray; reading: latest_checkpoint_config)
+
+Data rewritten in place under the same path is caught too: every checkpoint also records its
+data sets' files and sizes (:func:`data_files`), compared the same way.
 """
 
 from __future__ import annotations
@@ -112,12 +115,62 @@ def describe(differences: list[tuple[str, Any, Any]]) -> str:
     return "; ".join(f"{key}: {_shown(old)} -> {_shown(new)}" for key, old, new in differences)
 
 
-def latest_checkpoint_config(run_dir: str) -> Optional[tuple[str, dict[str, Any]]]:
-    """(checkpoint path, its config as plain data) of the newest checkpoint in `run_dir`, or None."""
+def data_files(config: Any) -> dict[str, list[list[Any]]]:
+    """The files each data set reads and their sizes: {"train_datasets.<name>": [[file, bytes], ...]}.
+
+    From a directory listing only, so that a rerun can see data rewritten in place (files added,
+    removed, or of another size) though its config names the same path.
+    """
+    import pyarrow.fs
+
+    from raytune_st.data.sources import _data_files
+    from raytune_st.outputs import filesystem
+
+    found: dict[str, list[list[Any]]] = {}
+    for section in ("train_datasets", "eval_datasets"):
+        for name, entry in getattr(config, section).items():
+            source = entry.data
+            if source.format == "hf_disk":
+                fs, root = filesystem(source.path)
+                infos = [i for i in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)) if i.type == pyarrow.fs.FileType.File]
+            else:
+                fs, files = _data_files(source)
+                root = posixpath.dirname(files[0]) if len(files) == 1 else filesystem(source.path)[1]
+                infos = fs.get_file_info(files)
+            found[f"{section}.{name}"] = sorted([posixpath.relpath(i.path, root), i.size] for i in infos)
+    return found
+
+
+def file_differences(old: dict[str, Any], new: dict[str, Any], changed_keys: list[str]) -> list[tuple[str, Any, Any]]:
+    """The data sets whose files differ, as (key, old, new) phrases; sets whose config changed are left out
+    (their difference is already named)."""
+    out = []
+    for key in sorted(set(old) & set(new)):
+        if any(k.startswith(key + ".") for k in changed_keys):
+            continue
+        before, after = dict(map(tuple, old[key])), dict(map(tuple, new[key]))
+        if before == after:
+            continue
+        gone = [f for f in before if f not in after]
+        added = [f for f in after if f not in before]
+        resized = [f for f in before if f in after and before[f] != after[f]]
+        parts = [
+            f"{len(files)} {verb} ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
+            for files, verb in ((resized, "of another size"), (added, "added"), (gone, "removed"))
+            if files
+        ]
+        out.append((f"{key}.data files", f"{len(before)} file(s)", "; ".join(parts)))
+    return out
+
+
+def latest_checkpoint_config(run_dir: str) -> Optional[tuple[str, dict[str, Any], Optional[dict[str, Any]]]]:
+    """(checkpoint path, its config as plain data, its data files or None) of the newest checkpoint in `run_dir`, or None."""
+    import json
+
     import pyarrow.fs
 
     from raytune_st.outputs import filesystem
-    from raytune_st.train.checkpointing import CONFIG_FILE
+    from raytune_st.train.checkpointing import CONFIG_FILE, DATA_FILE
 
     fs, root = filesystem(run_dir)
     try:
@@ -132,7 +185,13 @@ def latest_checkpoint_config(run_dir: str) -> Optional[tuple[str, dict[str, Any]
         if fs.get_file_info(config_file).type != pyarrow.fs.FileType.File:
             continue  # a checkpoint cut short while it was written; Ray resumes from a complete one
         with fs.open_input_stream(config_file) as handle:
-            return path, yaml.safe_load(handle.read().decode()) or {}
+            config = yaml.safe_load(handle.read().decode()) or {}
+        files = None  # checkpoints written before data files were recorded have none
+        data_file = posixpath.join(path, DATA_FILE)
+        if fs.get_file_info(data_file).type == pyarrow.fs.FileType.File:
+            with fs.open_input_stream(data_file) as handle:
+                files = json.loads(handle.read().decode())
+        return path, config, files
     return None
 
 
@@ -145,12 +204,14 @@ def check_rerun(config: Any, run_dir: str) -> None:
     found = latest_checkpoint_config(run_dir)
     if found is None:
         return
-    checkpoint, old = found
+    checkpoint, old, old_files = found
     new = yaml.safe_load(dump_yaml(config))  # the same serialisation the checkpoint's config went through
     differences = config_differences(old, new)
     args = config.args
     picks_model = args.load_best_model_at_end or args.save_strategy == "best"
     refused = refused_differences(differences, evaluation_picks_model=picks_model)
+    if old_files is not None:
+        refused += file_differences(old_files, data_files(config), [key for key, _, _ in differences])
     if refused:
         if config.run.overwrite:
             from raytune_st.outputs import filesystem

@@ -193,7 +193,9 @@ def test_a_resumed_run_repeats_the_uninterrupted_runs_losses_step_for_step(ray_l
     import ray.train
     from sentence_transformers import SentenceTransformer
 
+    from raytune_st.errors import ConfigError
     from raytune_st.train.job import fit_and_write, plan_run, train
+    from raytune_st.train.rerun import check_rerun
 
     assert SentenceTransformer(tiny_bi_encoder, device="cpu")[0].auto_model.config.hidden_dropout_prob > 0
 
@@ -205,6 +207,14 @@ def test_a_resumed_run_repeats_the_uninterrupted_runs_losses_step_for_step(ray_l
 
     train(config(tmp_path / "a"))
     uninterrupted = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    # Ray Train's checkpoints carry what the rerun check compares: the same config resumes, another is refused.
+    run_dir = tmp_path / "a" / "ray" / "train-mnrl-debian"
+    assert json.loads((run_dir / "checkpoint-000004" / "data_files.json").read_text())["train_datasets.mined"]
+    check_rerun(config(tmp_path / "a"), str(run_dir))
+    changed = config(tmp_path / "a")
+    changed.args.learning_rate = 5e-5
+    with pytest.raises(ConfigError, match=r"args.learning_rate: 2e-05 -> 5e-05"):
+        check_rerun(changed, str(run_dir))
     checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path / "a" / "ray" / "train-mnrl-debian" / "checkpoint-000004"))
     resumed_config = config(tmp_path / "b")
     fit_and_write(resumed_config, plan_run(resumed_config), initial_checkpoint=checkpoint)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import warnings
 
 import pytest
 
 from raytune_st.config.core import build, dump_yaml
 from raytune_st.errors import ConfigError
-from raytune_st.train.checkpointing import CONFIG_FILE
+from raytune_st.train.checkpointing import CONFIG_FILE, DATA_FILE
 from raytune_st.train.config import TrainConfig
-from raytune_st.train.rerun import RerunWarning, check_rerun, config_differences, refused_differences
+from raytune_st.train.rerun import RerunWarning, check_rerun, config_differences, data_files, refused_differences
 from train_fixtures import DEBIAN_TRAIN, STSB_TRAIN
 
 
@@ -28,11 +30,13 @@ def config_with(tmp_path, model: str = "sentence-transformers/all-MiniLM-L6-v2",
 
 
 def checkpointed(run_dir, config: TrainConfig, step: int = 4) -> None:
-    """A run directory as Ray Train leaves it: a checkpoint holding the config that wrote it."""
+    """A run directory as Ray Train leaves it: a checkpoint holding the config and data files that wrote it."""
     path = os.path.join(run_dir, f"checkpoint-{step:06d}")
     os.makedirs(path)
     with open(os.path.join(path, CONFIG_FILE), "w") as handle:
         handle.write(dump_yaml(config))
+    with open(os.path.join(path, DATA_FILE), "w") as handle:
+        json.dump(data_files(config), handle)
 
 
 def test_differences_are_dotted_keys_with_both_values():
@@ -109,3 +113,29 @@ def test_the_train_job_refuses_a_changed_rerun_before_ray_starts(tmp_path, tiny_
     with pytest.raises(ConfigError, match=r"args.learning_rate: 2e-05 -> 5e-05"):
         train(config_with(tmp_path, model=tiny_bi_encoder, learning_rate=5e-5))
     assert not ray.is_initialized()
+
+
+def test_data_rewritten_in_place_under_the_same_path_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = tmp_path / "mined"
+    parts.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"query": [f"q{i}"] * 8, "passage": [f"p{i}"] * 8}), parts / f"part-{i}.parquet")
+
+    def config():
+        made = config_with(tmp_path)
+        made.train_datasets["pairs"].data = build(type(made.train_datasets["pairs"].data), {"path": str(parts)})
+        return made
+
+    run_dir = tmp_path / "run"
+    checkpointed(run_dir, config())
+    check_rerun(config(), str(run_dir))  # the same files: resumes
+    assert data_files(config()) == {"train_datasets.pairs": [["part-0.parquet", (parts / "part-0.parquet").stat().st_size],
+                                                             ["part-1.parquet", (parts / "part-1.parquet").stat().st_size]]}
+    shutil.copy(parts / "part-1.parquet", parts / "part-2.parquet")
+    pq.write_table(pa.table({"query": ["another"] * 9, "passage": ["text"] * 9}), parts / "part-0.parquet")
+    with pytest.raises(ConfigError, match=r"train_datasets.pairs.data files: 2 file\(s\) -> 1 of another size \(part-0.parquet\); "
+                                          r"1 added \(part-2.parquet\)"):
+        check_rerun(config(), str(run_dir))
