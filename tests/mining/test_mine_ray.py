@@ -239,11 +239,11 @@ def test_a_truncated_part_after_a_finished_run_is_mined_again(ray_cluster, pairs
     assert json.loads((work / "truncated" / "stats.json").read_text())["rows"] == len(full)
 
 
-def test_a_damaged_embedding_cache_file_is_embedded_again(ray_cluster, pairs_path, work, capsys):
+def test_a_damaged_embedding_cache_file_is_embedded_again(ray_cluster, pairs_path, work, capsys, tiny_model):
     from raytune_st.mining import store
 
     cache = work / "damaged-cache"
-    overrides = (f"output.embeddings_dir={cache}", "compute.embed_chunk_rows=64")
+    overrides = (f"model={tiny_model}", f"output.embeddings_dir={cache}", "compute.embed_chunk_rows=64")
     expected, _ = run(work, pairs_path, "cache-a", *overrides, num_negatives=2)
     corpus = sorted(cache.glob("corpus-*.npz"))
     assert len(corpus) >= 3
