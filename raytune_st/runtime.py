@@ -42,10 +42,12 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = {**job_env, **env}["RAY_DATA_DISABLE_PROGRESS_BARS"] != "1"
-    if target is not None:
-        _check_reachable(target)
     try:
-        ray.init(address=target, runtime_env={"env_vars": env} if env else None, log_to_driver=True, logging_level="WARNING")
+        if target is not None:
+            _check_reachable(target)
+            ray.init(address=target, runtime_env={"env_vars": env} if env else None, log_to_driver=True, logging_level="WARNING")
+        else:
+            _init_local(env)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         if target is None:
             raise
@@ -54,6 +56,52 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _init_local(env: dict[str, str]) -> None:
+    """Start a Ray of this run's own, beside any other Ray on the machine.
+
+    - address "local", not None: None joins a `ray start` cluster that the user may run here.
+    - A temp dir of its own, under RAY_TMPDIR or /tmp and short (Ray puts unix sockets below
+      it, at most 107 characters a path). It is kept after the run: Ray's logs are there.
+    - Its GCS on a port chosen here, named to every worker as RAY_ADDRESS (added to `env`):
+      Ray's own helpers that look a cluster up (Train's placement-group cleaner, the state
+      API) otherwise pick the last `ray start` cluster, or fail once two Rays run here.
+    """
+    import tempfile
+
+    import ray
+    from ray._common.utils import get_default_system_temp_dir
+    from ray._private.services import get_node_ip_address
+
+    root = tempfile.mkdtemp(prefix="rtst-", dir=get_default_system_temp_dir())
+    port = _free_port()
+    env["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
+    # Ray reads the head's GCS port from the environment of the process that starts it.
+    saved = os.environ.get("RAY_GCS_SERVER_PORT")
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(
+            address="local", _temp_dir=os.path.join(root, "ray"), runtime_env={"env_vars": env},
+            log_to_driver=True, logging_level="WARNING",
+        )
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = saved
+    if ray.get_runtime_context().gcs_address != env["RAY_ADDRESS"]:
+        address = ray.get_runtime_context().gcs_address
+        ray.shutdown()
+        raise ClusterError(f"the local Ray came up at {address}, not at {env['RAY_ADDRESS']} as asked; rerun")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
 
 
 def _unreachable(address: str, exc: BaseException) -> ClusterError:

@@ -166,3 +166,167 @@ def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class RayNode:
+    """One `ray start --block` node on this machine, with a temp dir of its own, for tests.
+
+    A head (no ``head`` given) gets free ports for its GCS, dashboard (the job server) and
+    agents, and a token of its own for Ray's token authentication; a worker node joins
+    ``head`` with the head's environment plus ``env``. :meth:`stop` signals only this node's
+    process group (and anything left under its temp dir): ``ray stop`` would stop every Ray
+    on the machine.
+    """
+
+    def __init__(
+        self,
+        temp_dir: str,
+        *,
+        head: "RayNode | None" = None,
+        num_cpus: float = 2,
+        resources: dict[str, float] | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        import json
+        import secrets
+        import sys
+
+        self.temp_dir = temp_dir
+        self.is_head = head is None
+        os.makedirs(temp_dir, exist_ok=True)
+        if head is None:
+            token = os.path.join(temp_dir, "auth_token")
+            with open(token, "w") as handle:
+                handle.write(secrets.token_hex(32))
+            base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+            # Ray 2.60 turns token authentication on for a head that finds ~/.ray/auth_token;
+            # pin it on, with this cluster's own token, for its nodes and every CLI call alike.
+            base.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token, RAY_USAGE_STATS_ENABLED="0")
+        else:
+            base = dict(head.env)
+        self.env = {**base, **(env or {})}
+        self.env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{self.env.get('PATH', '')}"
+        self.ray = os.path.join(os.path.dirname(sys.executable), "ray")
+        host = "127.0.0.1"
+        args = [self.ray, "start", "--block", "--disable-usage-stats", "--num-cpus", str(num_cpus), "--temp-dir", temp_dir]
+        args += ["--node-ip-address", host, "--dashboard-agent-listen-port", str(_free_port(host))]
+        args += ["--metrics-export-port", str(_free_port(host)), "--runtime-env-agent-port", str(_free_port(host))]
+        if resources:
+            args += ["--resources", json.dumps(resources)]
+        if head is None:
+            port, dashboard = _free_port(host), _free_port(host)
+            self.gcs_address = f"{host}:{port}"
+            self.dashboard = f"http://{host}:{dashboard}"
+            args += ["--head", "--port", str(port), "--dashboard-host", host, "--dashboard-port", str(dashboard)]
+            args += ["--include-dashboard", "true", "--ray-client-server-port", str(_free_port(host))]
+        else:
+            self.gcs_address = head.gcs_address
+            self.dashboard = head.dashboard
+            args += ["--address", head.gcs_address]
+        self._args = args
+        self._process = None
+        self._log = None
+
+    def start(self, timeout: float = 120) -> "RayNode":
+        import subprocess
+        import time
+
+        os.makedirs(self.temp_dir, exist_ok=True)
+        self._log = open(os.path.join(self.temp_dir, "ray-start.log"), "w")
+        self._process = subprocess.Popen(self._args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                log = open(os.path.join(self.temp_dir, "ray-start.log")).read()[-3000:]
+                self.stop()
+                raise RuntimeError(f"`{' '.join(self._args[:3])}` did not come up:\n{log}")
+            time.sleep(1)
+        return self
+
+    def _ready(self) -> bool:
+        import json
+        import subprocess
+
+        if self.is_head:
+            probe = [self.ray, "job", "list", "--address", self.dashboard]
+            return subprocess.run(probe, env=self.env, capture_output=True, timeout=60).returncode == 0
+        return self.node_id() is not None and any(
+            n["node_id"] == self.node_id() and n["state"] == "ALIVE" for n in json.loads(self._list("nodes") or "[]")
+        )
+
+    def _list(self, what: str, *args: str) -> str:
+        import subprocess
+
+        out = subprocess.run(
+            [self.ray, "list", what, "--address", self.gcs_address, "--format", "json", "--limit", "10000", *args],
+            env=self.env, capture_output=True, text=True, timeout=60,
+        )
+        # An empty list prints "No resource in the cluster" instead of [].
+        return out.stdout if out.returncode == 0 and out.stdout.lstrip().startswith("[") else ""
+
+    def node_id(self) -> str | None:
+        """This node's Ray node id, read from its raylet's log (None until the raylet has started)."""
+        import glob
+        import re
+
+        for path in glob.glob(os.path.join(self.temp_dir, "session_*", "logs", "raylet.out")):
+            match = re.search(r"[Nn]ode[ _]?[Ii][Dd][:=]? ?([0-9a-f]{56})", open(path, errors="replace").read())
+            if match:
+                return match.group(1)
+        return None
+
+    def list_state(self, what: str, *args: str) -> list[dict]:
+        """`ray list WHAT --detail`'s rows (actors, tasks, nodes, jobs) for the whole cluster."""
+        import json
+
+        return json.loads(self._list(what, "--detail", *args) or "[]")
+
+    def processes(self) -> list[int]:
+        """Process ids whose command lines name this node's temp dir (its raylet, workers, agents)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                        if self.temp_dir.encode() in handle.read():
+                            pids.append(int(entry))
+                except OSError:
+                    pass
+        return pids
+
+    def kill(self) -> None:
+        """SIGKILL the whole node at once, as when its machine dies: raylet, workers and all."""
+        import signal
+
+        for pid in set(self.processes()) | ({self._process.pid} if self._process else set()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._process is not None:
+            self._process.wait()
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self._process is None:
+            return
+        # `ray start --block` and the processes it started share one new process group; stop
+        # them at once (one by one, Ray's own shutdown takes over 30 s), then what is left.
+        try:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            self._process.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "RayNode":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from raytune_st.errors import ClusterError
 from raytune_st.runtime import ray_address, ray_session
@@ -41,3 +50,47 @@ def test_unreachable_address_fails_fast_naming_it(monkeypatch, via_env):
     assert time.monotonic() - start < 30
     assert address in str(exc.value) and "ray start --head" in str(exc.value)
     assert not ray.is_initialized()
+
+
+@pytest.mark.ray
+def test_a_local_run_beside_a_users_own_ray_start_cluster(tmp_path, tiny_bert_dir):
+    """A user's `ray start --head` on the same machine: raytune_st starts its own Ray, trains,
+    and leaves the user's cluster as it was; Ray's own processes find the right cluster."""
+    from raytune_st.testing import RayNode
+
+    # RAY_TMPDIR stands in for /tmp: `ray start --head` without --temp-dir records its
+    # address in <RAY_TMPDIR>/ray/ray_current_cluster, where ray.init() looks for one.
+    tmpdir = tempfile.mkdtemp(prefix="rt2-", dir="/tmp")
+    users = RayNode(os.path.join(tmpdir, "ray"), num_cpus=1).start()
+    try:
+        pairs = tmp_path / "pairs.parquet"
+        sample = Path(__file__).resolve().parents[1] / "examples" / "data" / "debian-train-sample.parquet"
+        pq.write_table(pq.read_table(sample, columns=["query", "passage"]).slice(0, 32), pairs)
+        config = {
+            "model": tiny_bert_dir,
+            "train_datasets": {"pairs": {"data": str(pairs)}},
+            "loss": "MultipleNegativesRankingLoss",
+            "args": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 8, "save_steps": 2},
+            "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}},
+        }
+        (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+        env["RAY_TMPDIR"] = tmpdir
+        out = subprocess.run(
+            [sys.executable, "-m", "raytune_st", "train", "--config", str(tmp_path / "train.yaml")],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert (tmp_path / "out" / "final" / "modules.json").is_file()
+        # The run had a Ray of its own: nothing ran on the user's cluster, which is still whole.
+        assert users.list_state("jobs") == []
+        (node,) = users.list_state("nodes")
+        assert node["state"] == "ALIVE" and node["resources_total"]["CPU"] == 1
+        (own,) = glob.glob(os.path.join(tmpdir, "rtst-*"))
+        logs = [p for p in glob.glob(os.path.join(own, "ray", "session_*", "logs", "*")) if os.path.isfile(p)]
+        assert logs, "the run's Ray kept no logs in its own temp dir"
+        for path in logs:
+            assert "Found multiple active Ray instances" not in open(path, errors="replace").read(), path
+    finally:
+        users.stop()
+        shutil.rmtree(tmpdir, ignore_errors=True)

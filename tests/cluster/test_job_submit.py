@@ -1,9 +1,9 @@
 """`ray job submit --working-dir .` against a real local Ray cluster started with `ray start --head`.
 
-One cluster for the module: a head with the dashboard (the job server) on free ports and its
-own --temp-dir, stopped in the fixture's teardown even when a test fails. It is stopped by
-signalling the `ray start --block` process this module started (and, failing that, the
-processes under its temp dir): `ray stop` would stop every Ray on the machine.
+One cluster for the module: a head (raytune_st.testing.RayNode) with the dashboard (the job
+server) on free ports and its own --temp-dir, stopped in the fixture's teardown even when a
+test fails, by signalling the processes it started: `ray stop` would stop every Ray on the
+machine.
 
 Submissions use cluster/runtime-env.yaml without its `pip` list: this cluster already runs
 in the project's environment, and pip would install torch & co. into a fresh virtualenv.
@@ -13,27 +13,24 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
+
+from cluster_fixtures import Cluster, submission_runtime_env
+from raytune_st.testing import RayNode
 
 pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-RAY = str(BIN / "ray")
 
 
 def free_port() -> int:
@@ -42,108 +39,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class Cluster:
-    address: str  # the job server, http://127.0.0.1:PORT
-    temp_dir: Path
-    env: dict
-    runtime_env: Path  # cluster/runtime-env.yaml less pip
-
-    def ray(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run([RAY, *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
-
-    def submit(self, *entrypoint: str, submission_id: str) -> subprocess.CompletedProcess:
-        """The README's command: blocks until the job ends, exit status 1 when it failed."""
-        return self.ray(
-            "job", "submit", "--address", self.address, "--submission-id", submission_id,
-            "--working-dir", ".", "--runtime-env", str(self.runtime_env), "--", *entrypoint,
-        )
-
-    def status(self, submission_id: str) -> str:
-        """`ray job status`'s verdict: 'succeeded', 'failed', or its status line."""
-        out = self.ray("job", "status", "--address", self.address, submission_id, timeout=60)
-        text = out.stdout + out.stderr
-        for verdict in ("succeeded", "failed"):
-            if f"Job '{submission_id}' {verdict}" in text:
-                return verdict
-        return text
-
-    def logs(self, submission_id: str) -> str:
-        return self.ray("job", "logs", "--address", self.address, submission_id, timeout=60).stdout
-
-
-def _processes_under(temp_dir: Path) -> list[int]:
-    """Ray processes of this module's cluster: their command lines name its temp dir."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if str(temp_dir).encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.fixture(scope="module")
 def cluster():
     # Short and unique: Ray puts unix sockets under it (at most 107 characters a path).
     temp_dir = Path(tempfile.mkdtemp(prefix="rtc-", dir="/tmp"))
-    token = temp_dir / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    env = dict(
-        os.environ,
-        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        # Ray 2.60 turns token authentication on for a head that finds ~/.ray/auth_token; pin it
-        # on, with this cluster's own token, for the head and every CLI call alike.
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(token),
-        RAY_USAGE_STATS_ENABLED="0",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_AUTH_TOKEN", None)
-    runtime_env = yaml.safe_load((REPO / "cluster" / "runtime-env.yaml").read_text())
-    runtime_env.pop("pip")
-    runtime_env_file = temp_dir / "runtime-env.yaml"
-    runtime_env_file.write_text(yaml.safe_dump(runtime_env))
-
-    dashboard = free_port()
-    log = open(temp_dir / "ray-start.log", "w")
-    head = subprocess.Popen(
-        [
-            RAY, "start", "--head", "--block", "--disable-usage-stats",
-            "--port", str(free_port()), "--dashboard-port", str(dashboard), "--include-dashboard", "true",
-            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-            "--num-cpus", "2", "--temp-dir", str(temp_dir),
-        ],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    c = Cluster(f"http://127.0.0.1:{dashboard}", temp_dir, env, runtime_env_file)
+    head = RayNode(str(temp_dir / "head"), num_cpus=2, env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     try:
-        deadline = time.monotonic() + 90
-        while c.ray("job", "list", "--address", c.address, timeout=60).returncode != 0:
-            if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the local Ray head did not come up:\n{(temp_dir / 'ray-start.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield c
+        head.start()
+        yield Cluster(head.dashboard, temp_dir, head.env, submission_runtime_env(temp_dir))
     finally:
-        # `ray start --block` and every process it started share one new process group;
-        # stop them all at once (one by one, Ray's own shutdown takes over 30 s).
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        leftover = set(_processes_under(temp_dir)) | ({head.pid} if head.poll() is None else set())
-        for pid in leftover:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        head.wait()
-        log.close()
+        head.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -196,7 +101,6 @@ def test_bad_config_fails_the_job_with_one_error_line(cluster, tmp_path):
     assert not (tmp_path / "evaluate").exists()
 
 
-@pytest.mark.skipif(not (REPO / "jobs" / "mine.py").exists(), reason="jobs/mine.py is not written yet")
 def test_mine_job_succeeds_and_writes_triplets(cluster, tmp_path):
     sid = job_id("mine")
     out = cluster.submit(
@@ -227,7 +131,6 @@ def test_unreachable_ray_address_names_it_and_how_to_start_one(tmp_path):
     assert time.monotonic() - started < 60
 
 
-@pytest.mark.skipif(not (REPO / "jobs" / "train.py").exists(), reason="jobs/train.py is not written yet")
 def test_train_job_succeeds_and_writes_the_model(cluster, tmp_path):
     # The job runs in an uploaded copy of the checkout, where ../shared does not exist: absolute paths.
     stsb = REPO.parent / "shared" / "data"
