@@ -6,7 +6,8 @@ On a running cluster, from the repository root:
 
 Any `key=value` after the config overrides it, e.g. `scaling.num_workers=4 scaling.use_gpu=true
 args.per_device_train_batch_size=64 run.storage_path=s3://bucket/runs`. A rerun with the same
-run.name and run.storage_path resumes from the latest checkpoint.
+run.name and run.storage_path resumes from the latest checkpoint when its config and data are
+unchanged; otherwise it is refused with the differences named (run.overwrite=true starts afresh).
 The same job runs locally as `raytune-st train --config ...`.
 """
 

@@ -26,12 +26,31 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def credentials_problem(uri: str) -> Optional[str]:
+    """Why `uri` must be refused when it carries a user or password (``s3://KEY:SECRET@bucket/...``),
+    which would end up in logs and saved configs; None when it carries none. The message never
+    repeats them."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return None
+    return (
+        f"the URI {parts.scheme}://...@{parts.hostname or ''}/... carries credentials, which would end up in logs "
+        "and saved configs; remove them from the URI and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or "
+        "GOOGLE_APPLICATION_CREDENTIALS) in the environment instead"
+    )
+
+
 def filesystem(path: str) -> tuple["pyarrow.fs.FileSystem", str]:
     """(pyarrow filesystem, path inside it) for a local path or a URI (s3://, gs://, file://, ...)."""
     import pyarrow.fs
 
     if not is_uri(path):
         return pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    problem = credentials_problem(path)
+    if problem:
+        raise DataError(problem)
     try:
         return pyarrow.fs.FileSystem.from_uri(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for bad or unsupported URIs
@@ -65,42 +84,30 @@ def write_atomic(fs: "pyarrow.fs.FileSystem", target: str, data: bytes) -> None:
         raise
 
 
-def _first_missing(fs: "pyarrow.fs.FileSystem", root: str, uri: bool) -> Optional[str]:
-    """The outermost directory of `root` (or `root` itself) that does not exist yet; never a bucket."""
-    import pyarrow.fs
-
-    missing = None
-    path = root.rstrip("/")
-    while path and fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-        if uri and "/" not in path:
-            break  # a bucket is not a directory to take back
-        missing = path
-        parent = posixpath.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return missing
-
-
 @contextlib.contextmanager
 def removed_on_failure(path: str, worth_keeping: Callable[[], bool] = lambda: False) -> Iterator[None]:
-    """Run the body; when it raises, remove the directories of `path` that it created.
+    """Run the body; when it raises, remove the directory `path` if the body created it.
 
-    `worth_keeping()` is asked first: a run that already holds results a rerun would reuse
-    (mined parts, cached embeddings) keeps them. Directories that existed before stay.
+    Only `path` itself goes, never a parent the run created on the way: other outputs of the
+    same run (an embedding cache beside it) or of other jobs may live there. `worth_keeping()`
+    is asked first: a run that already holds results a rerun would reuse (mined parts, cached
+    embeddings) keeps them. A directory that existed before stays, and so does a bucket.
     """
+    import pyarrow.fs
+
     fs, root = filesystem(path)
+    root = root.rstrip("/")
     try:
-        created = _first_missing(fs, root, is_uri(path))
+        created = fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound and not (is_uri(path) and "/" not in root)
     except OSError:  # e.g. a path below a regular file: the body will say so
-        created = None
+        created = False
     try:
         yield
     except BaseException:
-        if created is not None:
+        if created:
             with contextlib.suppress(Exception):  # clean-up must not hide the error
                 if not worth_keeping():
-                    fs.delete_dir(created)
+                    fs.delete_dir(root)
         raise
 
 

@@ -75,7 +75,7 @@ def _init_local(env: dict[str, str]) -> None:
     from ray._private.services import get_node_ip_address
 
     root = tempfile.mkdtemp(prefix="rtst-", dir=get_default_system_temp_dir())
-    port = _free_port()
+    port = free_port()
     env["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
     # Ray reads the head's GCS port from the environment of the process that starts it.
     saved = os.environ.get("RAY_GCS_SERVER_PORT")
@@ -96,11 +96,12 @@ def _init_local(env: dict[str, str]) -> None:
         raise ClusterError(f"the local Ray came up at {address}, not at {env['RAY_ADDRESS']} as asked; rerun")
 
 
-def _free_port() -> int:
+def free_port(host: str = "") -> int:
+    """A TCP port free on `host` now (all interfaces by default)."""
     import socket
 
     with socket.socket() as sock:
-        sock.bind(("", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from raytune_st.runtime import free_port
+
 TOKENIZER_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -89,7 +91,7 @@ class S3TestServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None):
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         self.endpoint = f"http://{host}:{self.port}"
         self._process = None
 
@@ -160,14 +162,6 @@ class S3TestServer:
         self.stop()
 
 
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 class RayNode:
     """One `ray start --block` node on this machine, with a temp dir of its own, for tests.
 
@@ -209,16 +203,16 @@ class RayNode:
         self.ray = os.path.join(os.path.dirname(sys.executable), "ray")
         host = "127.0.0.1"
         args = [self.ray, "start", "--block", "--disable-usage-stats", "--num-cpus", str(num_cpus), "--temp-dir", temp_dir]
-        args += ["--node-ip-address", host, "--dashboard-agent-listen-port", str(_free_port(host))]
-        args += ["--metrics-export-port", str(_free_port(host)), "--runtime-env-agent-port", str(_free_port(host))]
+        args += ["--node-ip-address", host, "--dashboard-agent-listen-port", str(free_port(host))]
+        args += ["--metrics-export-port", str(free_port(host)), "--runtime-env-agent-port", str(free_port(host))]
         if resources:
             args += ["--resources", json.dumps(resources)]
         if head is None:
-            port, dashboard = _free_port(host), _free_port(host)
+            port, dashboard = free_port(host), free_port(host)
             self.gcs_address = f"{host}:{port}"
             self.dashboard = f"http://{host}:{dashboard}"
             args += ["--head", "--port", str(port), "--dashboard-host", host, "--dashboard-port", str(dashboard)]
-            args += ["--include-dashboard", "true", "--ray-client-server-port", str(_free_port(host))]
+            args += ["--include-dashboard", "true", "--ray-client-server-port", str(free_port(host))]
         else:
             self.gcs_address = head.gcs_address
             self.dashboard = head.dashboard
@@ -250,9 +244,13 @@ class RayNode:
         if self.is_head:
             probe = [self.ray, "job", "list", "--address", self.dashboard]
             return subprocess.run(probe, env=self.env, capture_output=True, timeout=60).returncode == 0
-        return self.node_id() is not None and any(
-            n["node_id"] == self.node_id() and n["state"] == "ALIVE" for n in json.loads(self._list("nodes") or "[]")
-        )
+        if self.node_id() is None:
+            return False
+        try:
+            nodes = json.loads(self._list("nodes"))
+        except RuntimeError:  # the state API answers once the head's dashboard is up
+            return False
+        return any(n["node_id"] == self.node_id() and n["state"] == "ALIVE" for n in nodes)
 
     def _list(self, what: str, *args: str) -> str:
         import subprocess
@@ -261,8 +259,10 @@ class RayNode:
             [self.ray, "list", what, "--address", self.gcs_address, "--format", "json", "--limit", "10000", *args],
             env=self.env, capture_output=True, text=True, timeout=60,
         )
+        if out.returncode != 0:
+            raise RuntimeError(f"`ray list {what}` failed: {out.stderr[-2000:]}")
         # An empty list prints "No resource in the cluster" instead of [].
-        return out.stdout if out.returncode == 0 and out.stdout.lstrip().startswith("[") else ""
+        return "[]" if out.stdout.strip().startswith("No resource") else out.stdout
 
     def node_id(self) -> str | None:
         """This node's Ray node id, read from its raylet's log (None until the raylet has started)."""
@@ -279,7 +279,7 @@ class RayNode:
         """`ray list WHAT --detail`'s rows (actors, tasks, nodes, jobs) for the whole cluster."""
         import json
 
-        return json.loads(self._list(what, "--detail", *args) or "[]")
+        return json.loads(self._list(what, "--detail", *args))
 
     def processes(self) -> list[int]:
         """Process ids whose command lines name this node's temp dir (its raylet, workers, agents)."""

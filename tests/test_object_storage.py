@@ -86,7 +86,7 @@ def test_mine_train_evaluate_and_tune_with_every_path_in_a_bucket(store, ray_clu
     # 1. Mine hard negatives: model, data, embedding cache and output in the bucket.
     mine_config = {
         "model": f"{b}/models/start",
-        "dataset": {"path": f"{b}/data/train", "format": "parquet", "anchor_column_name": "query", "positive_column_name": "passage"},
+        "dataset": {"path": f"{b}/data/train", "anchor_column_name": "query", "positive_column_name": "passage"},
         "mine": {"num_negatives": 1, "range_max": 10, "sampling_strategy": "top", "output_format": "triplet", "batch_size": 32},
         "compute": {"embed_actors_max": 1, "embed_chunk_rows": 64, "mine_batch_rows": 64},
         "output": {"path": f"{b}/mined", "embeddings_dir": f"{b}/embedding-cache"},

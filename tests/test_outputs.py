@@ -92,8 +92,10 @@ def test_a_failed_body_removes_the_directories_it_created(tmp_path):
         with removed_on_failure(str(target)):
             OutputDir(str(target)).check_writable()
             (target / "_work").mkdir()
+            (tmp_path / "new" / "cache").mkdir()  # e.g. an embedding cache beside the output
             raise RuntimeError("boom")
-    assert os.listdir(tmp_path) == []  # "new" was created too, so it goes with "run"
+    # The output directory goes; what the run created beside it, in a parent it created too, stays.
+    assert os.listdir(tmp_path / "new") == ["cache"]
 
 
 def test_a_failed_body_keeps_what_existed_and_what_is_worth_keeping(tmp_path):
@@ -152,7 +154,7 @@ def test_a_full_disk_is_one_error_and_leaves_no_temporary_file():
     assert len(fs.deleted) == 1 and fs.deleted[0].startswith("/out/part-00001.parquet.tmp-")
 
 
-def test_a_failed_body_takes_back_its_prefix_in_a_bucket_but_never_the_bucket(bucket):
+def test_a_failed_body_takes_back_its_output_in_a_bucket_but_never_the_bucket(bucket):
     import pyarrow.fs
 
     from raytune_st.outputs import filesystem, removed_on_failure
@@ -162,5 +164,18 @@ def test_a_failed_body_takes_back_its_prefix_in_a_bucket_but_never_the_bucket(bu
         with removed_on_failure(f"{bucket}/runs/a"):
             OutputDir(f"{bucket}/runs/a").write("_work/run.json", "{}")
             raise RuntimeError("boom")
-    assert fs.get_file_info(pyarrow.fs.FileSelector(name, recursive=True)) == []
+    left = fs.get_file_info(pyarrow.fs.FileSelector(name, recursive=True))
+    assert [i.path for i in left if i.type == pyarrow.fs.FileType.File] == []
+    assert fs.get_file_info(f"{name}/runs/a").type == pyarrow.fs.FileType.NotFound
     assert fs.get_file_info(name).type == pyarrow.fs.FileType.Directory
+
+
+@pytest.mark.parametrize("uri", ["s3://AKIAEXAMPLE:verysecret@bucket/out", "gs://someone:verysecret@bucket/data.parquet"])
+def test_a_uri_with_credentials_in_it_is_refused_without_repeating_them(uri):
+    from raytune_st.outputs import filesystem
+
+    with pytest.raises(DataError, match="carries credentials") as caught:
+        filesystem(uri)
+    assert "verysecret" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
+    with pytest.raises(DataError, match="carries credentials"):
+        OutputDir(uri)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from raytune_st.errors import ClusterError
-from raytune_st.runtime import ray_address, ray_session
+from raytune_st.runtime import free_port, ray_address, ray_session
 
 
 def test_ray_address_precedence(monkeypatch):
@@ -28,12 +27,6 @@ def test_ray_address_precedence(monkeypatch):
     assert ray_address("head:6379") == "head:6379"  # the config wins over the environment
     monkeypatch.setenv("RAY_ADDRESS", "")
     assert ray_address(None) is None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("via_env", [False, True])
@@ -81,6 +74,7 @@ def test_a_local_run_beside_a_users_own_ray_start_cluster(tmp_path, tiny_bert_di
             env=env, capture_output=True, text=True, timeout=600,
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "Found multiple active Ray instances" not in out.stdout + out.stderr
         assert (tmp_path / "out" / "final" / "modules.json").is_file()
         # The run had a Ray of its own: nothing ran on the user's cluster, which is still whole.
         assert users.list_state("jobs") == []

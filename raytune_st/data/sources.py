@@ -102,14 +102,29 @@ def infer_format(path: str) -> Format:
     if fmt is not None:
         return fmt
     if not is_uri(path) and os.path.isdir(os.path.expanduser(path)):
-        return _infer_directory_format(os.path.expanduser(path))
+        return _infer_directory_format(path, os.listdir(os.path.expanduser(path)))
+    if is_uri(path):
+        entries = _uri_directory_entries(path)
+        if entries:
+            return _infer_directory_format(path, entries)
     raise ConfigError(
         f"cannot tell the format of {path!r} from its name; add format: parquet | jsonl | csv | hf_disk"
     )
 
 
-def _infer_directory_format(path: str) -> Format:
-    entries = os.listdir(path)
+def _uri_directory_entries(path: str) -> list[str]:
+    """The names directly inside the directory `path` in object storage ([] when it is none or cannot be listed)."""
+    import pyarrow.fs
+
+    try:
+        fs, root = filesystem(path)
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root.rstrip("/"), recursive=False, allow_not_found=True))
+    except (OSError, ValueError, DataError):  # unreachable or unknown: the caller asks for the format
+        return []
+    return [posixpath.basename(i.path.rstrip("/")) for i in infos]
+
+
+def _infer_directory_format(path: str, entries: list[str]) -> Format:
     if "dataset_info.json" in entries or "state.json" in entries or "dataset_dict.json" in entries:
         return "hf_disk"
     # A `.json` file beside data files is metadata (the stats.json of a mining run), not data.

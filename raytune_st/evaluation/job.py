@@ -4,7 +4,10 @@
    columns its evaluator needs, the output directory is writable. Nothing heavy yet.
 2. On a Ray worker (with a GPU when the cluster has one): read the data with Ray Data,
    check every value, load the model once and run the evaluators as a SequentialEvaluator.
-3. Back on the driver: print the metrics table, write metrics.json and config.yaml.
+3. Back on the driver: print the metrics table, write config.yaml and metrics.json.
+
+A rerun into the same output.path removes the old metrics.json and config.yaml once the
+checks pass, before any work; a run that fails removes the directory it created.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from raytune_st.config.core import dump_yaml
 from raytune_st.data.sources import Source, read_source
 from raytune_st.evaluation.config import EvaluateConfig, EvaluatorSpec
 from raytune_st.models.loading import resolve_model
-from raytune_st.outputs import OutputDir
+from raytune_st.outputs import OutputDir, removed_on_failure
 from raytune_st.runtime import cluster_gpus, ray_session
+
+
+RESULT_FILES = ("metrics.json", "config.yaml")
 
 
 def read_columns(source: Source) -> dict[str, list[Any]]:
@@ -77,12 +83,17 @@ def evaluate(config: EvaluateConfig) -> dict[str, float]:
     """Run the evaluate job; returns the metrics (named as the evaluators name them)."""
     import ray
 
-    output = check(config)
-    with ray_session(config.ray_address):
-        num_gpus = config.num_gpus if config.num_gpus is not None else (1 if cluster_gpus() >= 1 else 0)
-        task = ray.remote(run_evaluators).options(num_gpus=num_gpus, num_cpus=1)
-        metrics = ray.get(task.remote(config))
+    with removed_on_failure(config.output.path):
+        output = check(config)
+        # A rerun replaces the results: the old ones go before any work, so that a run killed
+        # midway never leaves another run's metrics.json looking like its own.
+        output.delete(*RESULT_FILES)
+        with ray_session(config.ray_address):
+            num_gpus = config.num_gpus if config.num_gpus is not None else (1 if cluster_gpus() >= 1 else 0)
+            task = ray.remote(run_evaluators).options(num_gpus=num_gpus, num_cpus=1)
+            metrics = ray.get(task.remote(config))
     print(format_metrics(metrics))
+    # metrics.json last: its presence means a complete run, described by the config.yaml beside it.
     output.write("config.yaml", dump_yaml(config))
     output.write("metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {output.path}/metrics.json")

@@ -14,7 +14,7 @@ import os
 from typing import Any, Literal, Optional
 
 from raytune_st.errors import ModelError
-from raytune_st.models.remote import MODEL_MARKERS, fetch_model_dir, is_remote
+from raytune_st.models.remote import MODEL_MARKERS, fetch_model_dir, is_remote, no_model
 
 ModelType = Literal["bi_encoder", "cross_encoder"]
 
@@ -69,10 +69,7 @@ def resolve_model(ref: str) -> str:
     expanded = os.path.expanduser(ref.removeprefix("file://"))
     if os.path.isdir(expanded):
         if not any(os.path.isfile(os.path.join(expanded, name)) for name in MODEL_MARKERS):
-            raise ModelError(
-                f"model directory {ref!r} holds no model: none of {', '.join(MODEL_MARKERS)} is in it; point model "
-                "at the directory a model was saved to (SentenceTransformer.save / save_pretrained, or a train run's final/)"
-            )
+            raise no_model(ref)
         return os.path.abspath(expanded)
     if os.path.exists(expanded):
         raise ModelError(f"model {ref!r} is a file; point it at the model's directory")

@@ -24,6 +24,7 @@ No Ray here.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -32,7 +33,6 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Optional
-from urllib.parse import urlsplit
 
 from raytune_st.errors import ModelError
 
@@ -48,13 +48,19 @@ def is_remote(ref: str) -> bool:
 
 def check_no_credentials(uri: str, key: str = "model") -> None:
     """Refuse a URI with a user or password in it: it would be printed, saved and logged."""
-    parts = urlsplit(uri)
-    if "@" in parts.netloc:
-        raise ModelError(
-            f"{key}: the URI {parts.scheme}://...@{parts.hostname or ''}/... carries credentials, which would end up in "
-            "logs and saved configs; remove them from the URI and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-            "(or GOOGLE_APPLICATION_CREDENTIALS) in the environment instead"
-        )
+    from raytune_st.outputs import credentials_problem
+
+    problem = credentials_problem(uri)
+    if problem:
+        raise ModelError(f"{key}: {problem}")
+
+
+def no_model(ref: str) -> ModelError:
+    """The error for a directory that holds none of MODEL_MARKERS."""
+    return ModelError(
+        f"model directory {ref!r} holds no model: none of {', '.join(MODEL_MARKERS)} is in it; point model at the "
+        "directory a model was saved to (SentenceTransformer.save / save_pretrained, or a train run's final/)"
+    )
 
 
 def model_cache_root() -> str:
@@ -105,10 +111,7 @@ def list_model_files(uri: str) -> list[RemoteFile]:
             )
         raise ModelError(f"model directory {uri!r} does not exist or is empty; check the path")
     if not any(f.relpath in MODEL_MARKERS for f in files):
-        raise ModelError(
-            f"{uri!r} holds no model: none of {', '.join(MODEL_MARKERS)} is in it; point model at the directory a "
-            "model was saved to (SentenceTransformer.save / save_pretrained, or a train run's final/)"
-        )
+        raise no_model(uri)
     return sorted(files, key=lambda f: f.relpath)
 
 
@@ -148,6 +151,10 @@ def fetch_model_dir(uri: str, cache_root: Optional[str] = None) -> str:
             return target
         if os.path.exists(target):  # a copy without its marker: never trusted
             shutil.rmtree(target)
+        # Staging directories of downloads that were killed: nobody else downloads this copy
+        # while the lock is held.
+        for stale in glob.glob(glob.escape(target) + ".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging = f"{target}.tmp-{uuid.uuid4().hex}"
         try:
             _download(uri, files, staging)

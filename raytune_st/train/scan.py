@@ -99,13 +99,13 @@ def _file_batches(source: Any, types: dict[str, str]) -> Iterator[tuple[str, Ite
 
     from raytune_st.data.sources import _csv_parse_options, _data_files, _hf_disk_dir
 
+    raw = list(types)
     if source.format == "hf_disk":
         import datasets
 
         table = datasets.load_from_disk(_hf_disk_dir(source)).data.table.select(raw)
         yield source.path, iter(table.to_batches(max_chunksize=BATCH_ROWS))
         return
-    raw = list(types)
     # Streaming text readers infer a column's type from their first block; a label column of
     # integers that turns to floats later would fail the read. Ray Data reads it whole, so
     # the types are fixed here to what the column holds.
@@ -118,17 +118,18 @@ def _file_batches(source: Any, types: dict[str, str]) -> Iterator[tuple[str, Ite
             # With a limit, every file's rows are counted, so that none is checked past the limit.
             yield shown, _parquet_batches(fs, path, raw, use_statistics=source.limit is None)
             continue
-        stream = fs.open_input_stream(path, compression="detect")
-        if source.format == "jsonl":
-            reader = pyarrow.json.open_json(
-                stream, parse_options=pyarrow.json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-            )
-            yield shown, (batch.select(raw) for batch in reader)
-        else:
-            reader = pyarrow.csv.open_csv(
-                stream, parse_options=_csv_parse_options(path), convert_options=pyarrow.csv.ConvertOptions(include_columns=raw, column_types=schema)
-            )
-            yield shown, iter(reader)
+        with fs.open_input_stream(path, compression="detect") as stream:
+            if source.format == "jsonl":
+                reader = pyarrow.json.open_json(
+                    stream, parse_options=pyarrow.json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+                )
+                yield shown, (batch.select(raw) for batch in reader)
+            else:
+                reader = pyarrow.csv.open_csv(
+                    stream, parse_options=_csv_parse_options(path),
+                    convert_options=pyarrow.csv.ConvertOptions(include_columns=raw, column_types=schema),
+                )
+                yield shown, iter(reader)
 
 
 def _arrow_types() -> dict[str, Any]:

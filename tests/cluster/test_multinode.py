@@ -173,6 +173,7 @@ def test_mining_survives_the_loss_of_its_worker_node(nodes, store):
     job = cluster.submit_in_background(*mine_args("mined-fault"), submission_id=sid)
     # Kill the node once the first embeddings are written: the run is half done.
     wait_for(lambda: any(n.startswith("_work/embeddings/") for n in objects(store, "mined-fault")), 300, "the first embeddings")
+    assert job.poll() is None and "stats.json" not in objects(store, "mined-fault"), "the job ended before the fault"
     nodes.workers[-1].kill()
     killed_at = time.monotonic()
     nodes.add_worker()
@@ -191,7 +192,8 @@ def test_training_resumes_from_its_checkpoint_when_its_worker_node_dies(nodes, s
     cluster = nodes.cluster
     sid = f"train-fault-{uuid.uuid4().hex[:8]}"
     job = cluster.submit_in_background(*train_args("model-fault", run__max_failures="1"), submission_id=sid)
-    wait_for(lambda: any("checkpoint_" in n for n in objects(store, "model-fault-ray")), 400, "the first checkpoint")
+    wait_for(lambda: any("/checkpoint-" in n for n in objects(store, "model-fault-ray")), 400, "the first checkpoint")
+    assert job.poll() is None, "the job ended before the fault"
     nodes.workers[-1].kill()
     killed_at = time.monotonic()
     nodes.add_worker()
@@ -200,5 +202,7 @@ def test_training_resumes_from_its_checkpoint_when_its_worker_node_dies(nodes, s
     history = [json.loads(line) for line in store.open_input_stream(f"{BUCKET}/model-fault/metrics.jsonl").read().decode().splitlines()]
     steps = [r["step"] for r in history if "loss" in r]
     assert max(steps) == 8 and steps == sorted(set(steps)), steps
+    resumed = [r["resumed_from_step"] for r in history if "resumed_from_step" in r]
+    assert len(resumed) == 1 and resumed[0] % 2 == 0 and 2 <= resumed[0] < 8, history
     print(f"training, worker node killed after a checkpoint: resumed on the new node, final step {max(steps)}, "
           f"recovered in {time.monotonic() - killed_at:.0f} s")

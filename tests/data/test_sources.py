@@ -59,8 +59,6 @@ def test_infer_format_of_directories(files, tmp_path):
     (parts / "extra.csv").write_text("a\n1\n")
     with pytest.raises(ConfigError, match=r"cannot tell the format of directory .*\['csv', 'parquet'\]"):
         infer_format(str(parts))
-    with pytest.raises(ConfigError, match="add format: parquet"):
-        infer_format("s3://bucket/data")
 
 
 def test_source_config_checks():
@@ -321,3 +319,19 @@ def test_every_file_in_a_bucket_is_checked_and_read_in_order(bucket):
     pq.write_table(pa.table({"query": [3], "passage": ["p3"]}), f"{name}/pairs/c.parquet", filesystem=fs)
     with pytest.raises(DataError, match=rf"column 'query' holds int in file '{bucket}/pairs/c.parquet' but string in '{bucket}/pairs/a.parquet'"):
         inspect_source(source)
+
+
+def test_the_format_of_a_directory_in_a_bucket_is_read_from_its_files(bucket):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raytune_st.outputs import filesystem
+
+    fs, root = filesystem(f"{bucket}/pairs")
+    pq.write_table(pa.table({"query": ["q"], "passage": ["p"]}), f"{root}/part-0.parquet", filesystem=fs)
+    with fs.open_output_stream(f"{root}/stats.json") as handle:
+        handle.write(b"{}")
+    assert Source(path=f"{bucket}/pairs").format == "parquet"
+    # A URI that names no directory of data files: the format must be given.
+    with pytest.raises(ConfigError, match="cannot tell the format of .*/missing.*add format: parquet"):
+        Source(path=f"{bucket}/missing")

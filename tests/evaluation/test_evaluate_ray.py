@@ -93,7 +93,8 @@ def test_bad_values_fail_on_the_worker_with_one_clear_line_and_write_nothing(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1] == "error: evaluator 'sts-dev': column 's1' (sentence1) row 1 is null, expected a string; drop or fix such rows in the data"
-    assert not list((tmp_path / "out").glob("*"))
+    # The failed run leaves no directory behind, not even an empty one.
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_inputs_fail_before_any_work(tmp_path):
@@ -102,3 +103,44 @@ def test_missing_inputs_fail_before_any_work(tmp_path):
     with pytest.raises(ModelError, match="model directory './no-such-model' does not exist"):
         evaluate(config(tmp_path, "model=./no-such-model", f"evaluators.0.data={STSB_DEV}"))
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_rerun_killed_at_any_point_never_leaves_another_runs_metrics(tmp_path, tiny_bert_dir):
+    """Evaluate model A, then rerun into the same directory with model B and SIGKILL the
+    driver at a random moment: the directory holds B's results or none, never A's. A last
+    rerun gives what an uninterrupted run of B gives."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    out = tmp_path / "out"
+    first = config(tmp_path, f"evaluators.0.data={STSB_DEV}", "evaluators.0.data.limit=200")
+    evaluate(first)
+    assert (out / "metrics.json").is_file()
+
+    second_args = [
+        "evaluate", "--config", str(REPO / "examples/configs/evaluate-stsb.yaml"), f"output.path={out}",
+        f"evaluators.0.data={STSB_DEV}", "evaluators.0.data.limit=200", f"model={tiny_bert_dir}",
+    ]
+    delay = random.Random().uniform(0.5, 12.0)
+    # The rerun joins this module's Ray as a driver of its own, and dies as a killed process does.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "raytune_st", *second_args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (out / "metrics.json").exists():  # it finished before the kill: then it is all B's
+        assert load_job_config("evaluate", str(out / "config.yaml")).model.name == tiny_bert_dir, f"killed after {delay:.1f} s"
+    else:
+        assert not (out / "config.yaml").exists(), f"killed after {delay:.1f} s: A's config.yaml is left"
+
+    assert main(second_args) == 0
+    reference = evaluate(config(tmp_path / "reference", f"evaluators.0.data={STSB_DEV}", "evaluators.0.data.limit=200",
+                                f"model={tiny_bert_dir}"))
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(reference, abs=1e-6)

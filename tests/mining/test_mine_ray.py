@@ -75,15 +75,20 @@ def summary_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(keep)]
 
 
-def run(work, pairs_path, name, *overrides, corpus=False, **params):
-    """Our job: returns (rows as dicts, in part order, summary)."""
+def job_args(work, pairs_path, name, *overrides, corpus=False, **params) -> list[str]:
+    """The job's overrides: MiniLM on the pairs, output to work/name, embeddings shared between runs."""
     args = [
         f"model={MINILM}", f"dataset.path={pairs_path}", f"output.path={work / name}",
         f"output.embeddings_dir={work / 'embeddings'}", *[f"mine.{k}={v}" for k, v in params.items()], *overrides,
     ]
     if corpus:
         args += [f"corpus.path={DEV_SAMPLE}", "corpus.column=passage", f"corpus.limit={CORPUS_ROWS}"]
-    summary = mine(load_config(MineConfig, None, args))
+    return args
+
+
+def run(work, pairs_path, name, *overrides, corpus=False, **params):
+    """Our job: returns (rows as dicts, in part order, summary)."""
+    summary = mine(load_config(MineConfig, None, job_args(work, pairs_path, name, *overrides, corpus=corpus, **params)))
     return read_rows(work / name), summary
 
 
@@ -199,6 +204,36 @@ def test_interrupted_run_resumes_to_the_complete_output(ray_cluster, pairs_path,
     # A rerun of a complete output embeds and mines nothing, and reports the same statistics.
     again, rerun = run(work, pairs_path, "resumed", "compute.mine_batch_rows=40", **params)
     assert again == full and "embed" not in rerun["seconds"] and rerun["printed"] == summary["printed"]
+
+
+def test_a_driver_killed_at_a_random_point_resumes_to_the_same_rows(ray_cluster, pairs_path, work):
+    """SIGKILL the driver of a run (its own process, a driver on this module's Ray) at a random
+    moment of its embedding or mining, then rerun the same command: the same rows as an
+    uninterrupted run, none twice."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    params = dict(output_format="n-tuple", num_negatives=2)
+    full, _ = run(work, pairs_path, "complete", "compute.mine_batch_rows=40", **params)
+    # Embeddings of its own, so that the killed run has real embedding work to be killed in.
+    args = job_args(work, pairs_path, "killed", "compute.mine_batch_rows=40", f"output.embeddings_dir={work / 'killed-cache'}", **params)
+    delay = random.Random().uniform(2.0, 25.0)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "raytune_st", "mine", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    summary = mine(load_config(MineConfig, None, args))
+    resumed = read_rows(work / "killed")
+    assert resumed == full, f"killed after {delay:.1f} s"
+    assert summary["rows"] == len(full)
+    assert not list((work / "killed").glob("*.tmp-*"))
 
 
 def test_other_settings_do_not_reuse_or_mix_parts(ray_cluster, pairs_path, work):

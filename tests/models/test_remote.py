@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pyarrow.fs
@@ -86,6 +87,14 @@ def test_an_interrupted_download_leaves_nothing_a_later_run_trusts(model_uri, ca
     monkeypatch.setattr(remote.shutil, "copyfileobj", real_copy)
     path = resolve_model(model_uri)
     assert os.path.isfile(os.path.join(path, COMPLETE_MARKER))
+
+
+def test_a_killed_downloads_staging_directory_is_cleared_by_the_next_download(model_uri, cache):
+    path = resolve_model(model_uri)
+    shutil.rmtree(path)
+    os.makedirs(f"{path}.tmp-0123abcd/1_Pooling")  # what a SIGKILLed download leaves
+    assert resolve_model(model_uri) == path
+    assert sorted(os.listdir(cache)) == sorted([os.path.basename(path), os.path.basename(path) + ".lock"])
 
 
 def test_a_copy_without_its_completion_marker_is_downloaded_again(model_uri, cache):

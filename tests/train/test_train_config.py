@@ -243,6 +243,17 @@ def test_preflight_refuses_labels_the_loss_cannot_take(tmp_path, loss, loss_kwar
         check_values(values_config(path, loss, loss_kwargs), "train_datasets", "pairs")
 
 
+def test_preflight_reads_a_datasets_directory(tmp_path):
+    import datasets
+
+    from raytune_st.train.scan import check_values
+
+    path = str(tmp_path / "saved")
+    datasets.Dataset.from_dict({"a": list("abc"), "b": list("def"), "label": [0.2, float("nan"), 0.4]}).save_to_disk(path)
+    with pytest.raises(DataError, match=r"column 'label' row 1 \(counting from 0\) is nan"):
+        check_values(values_config(path, "CoSENTLoss", format="hf_disk"), "train_datasets", "pairs")
+
+
 def test_preflight_takes_any_finite_scale_for_cosent(tmp_path):
     from raytune_st.train.scan import check_values
 

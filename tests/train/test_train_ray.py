@@ -57,23 +57,25 @@ def make_uneven_shards(rows_per_worker: list[int]):
 
 def training_without_evaluation(tiny_bi_encoder, debian_sets, out, overrides: list[str]):
     """The MNRL example on the tiny model and the triplets, with every checkpoint kept and no evaluation."""
-    return load(
-        "train-mnrl-debian.yaml",
-        [
-            f"model={tiny_bi_encoder}",
-            f"train_datasets.mined.data.path={debian_sets['triplets']}",
-            "evaluators=[]",
-            "args.eval_strategy=no",
-            "args.eval_steps=null",
-            "args.load_best_model_at_end=false",
-            "args.metric_for_best_model=null",
-            f"args.output_dir={out}",
-            "args.per_device_train_batch_size=4",
-            "args.save_total_limit=null",
-            HALF_CPU,
-            *overrides,
-        ],
-    )
+    return load("train-mnrl-debian.yaml", without_evaluation(tiny_bi_encoder, debian_sets, out, overrides))
+
+
+def without_evaluation(tiny_bi_encoder, debian_sets, out, overrides: list[str]) -> list[str]:
+    """training_without_evaluation's overrides of train-mnrl-debian.yaml."""
+    return [
+        f"model={tiny_bi_encoder}",
+        f"train_datasets.mined.data.path={debian_sets['triplets']}",
+        "evaluators=[]",
+        "args.eval_strategy=no",
+        "args.eval_steps=null",
+        "args.load_best_model_at_end=false",
+        "args.metric_for_best_model=null",
+        f"args.output_dir={out}",
+        "args.per_device_train_batch_size=4",
+        "args.save_total_limit=null",
+        HALF_CPU,
+        *overrides,
+    ]
 
 
 def read_jsonl(path):
@@ -154,6 +156,40 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_finishes_the_plann
     resumed = [r["resumed_from_step"] for r in history if "resumed_from_step" in r]
     assert len(resumed) == 1 and resumed[0] % 10 == 0 and 10 <= resumed[0] < 100
     assert history[-1]["worker_steps_min"] == history[-1]["worker_steps_max"] == 100
+
+
+def test_a_driver_killed_at_a_random_point_resumes_to_the_planned_steps(ray_local, tmp_path, tiny_bi_encoder, debian_sets):
+    """SIGKILL the driver (its own process, a driver on this module's Ray) at a random moment,
+    rerun the same command: every planned step trained once, checkpoints in one lineage."""
+    import random
+    import signal
+    import subprocess
+
+    import ray
+
+    from raytune_st.train.job import train
+
+    out = tmp_path / "out"
+    overrides = without_evaluation(
+        tiny_bi_encoder, debian_sets, out, ["args.max_steps=30", "args.logging_steps=5", "args.save_steps=5"]
+    )
+    delay = random.Random().uniform(3.0, 40.0)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    example = os.path.join(REPO, "examples", "configs", "train-mnrl-debian.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "raytune_st", "train", "--config", example, *overrides], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Ray ends a dead driver's workers; the rerun starts once their CPUs are back.
+    train(load("train-mnrl-debian.yaml", overrides))
+
+    history = read_jsonl(out / "metrics.jsonl")
+    steps = [r["step"] for r in history]
+    assert steps == sorted(set(steps)) and steps[-1] == 30, f"killed after {delay:.1f} s: {steps}"
+    assert history[-1]["worker_steps_min"] == history[-1]["worker_steps_max"] == 30
+    resumed = [r["resumed_from_step"] for r in history if "resumed_from_step" in r]
+    assert all(step % 5 == 0 for step in resumed), resumed
 
 
 def kill_a_worker_after_checkpoints(run_dir, count: int, killed: list[int], timeout: float = 240) -> threading.Thread:
