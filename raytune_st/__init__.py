@@ -7,6 +7,8 @@ Each job is a function taking its typed config (see ``raytune-st <job> --help-co
     metrics = raytune_st.evaluate("examples/configs/evaluate-debian.yaml", ["model=demo-output/model/final"])
 """
 
+import types
+
 __version__ = "0.1.0"
 
 
@@ -36,14 +38,20 @@ def mine(config, overrides=()):
     return _run("mine", config, overrides)
 
 
-def train(config, overrides=()):
-    """Run the train job: `config` is a TrainConfig, a dict, or a YAML path (plus dotted overrides)."""
-    return _run("train", config, overrides)
+class _JobPackage(types.ModuleType):
+    """A subpackage that is also its job's function: ``raytune_st.train`` is both the package
+    raytune_st/train/ and ``raytune_st.train(config)`` (likewise ``tune``).
+
+    Python rebinds ``raytune_st.train`` to the subpackage whenever anything imports
+    ``raytune_st.train.<module>``, so a plain function of that name would vanish depending on
+    import order; the package itself is callable instead.
+    """
+
+    def __call__(self, config, overrides=()):
+        """Run the job: `config` is its typed config, a dict, or a YAML path (plus dotted overrides)."""
+        return _run(self.__name__.rpartition(".")[2], config, overrides)
 
 
-def tune(config, overrides=()):
-    """Run the tune job: `config` is a TuneConfig, a dict, or a YAML path (plus dotted overrides)."""
-    return _run("tune", config, overrides)
-
+from raytune_st import train, tune  # noqa: E402  (the callable job packages; both import lazily)
 
 __all__ = ["evaluate", "mine", "train", "tune", "__version__"]

@@ -25,3 +25,10 @@ def __getattr__(name):
 
         return train_loop_per_worker
     raise AttributeError(name)
+
+import sys as _sys
+
+from raytune_st import _JobPackage
+
+# `raytune_st.train(config)` runs the train job (see raytune_st._JobPackage).
+_sys.modules[__name__].__class__ = _JobPackage

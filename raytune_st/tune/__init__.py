@@ -1,1 +1,8 @@
 """Ray Tune sweeps over whole distributed training runs."""
+
+import sys as _sys
+
+from raytune_st import _JobPackage
+
+# `raytune_st.tune(config)` runs the tune job (see raytune_st._JobPackage).
+_sys.modules[__name__].__class__ = _JobPackage

@@ -5,8 +5,8 @@ drivers and nothing else; a worker node (`ray start --address ... --resources
 '{"worker_node": 2}'`) runs every embedding actor, index shard and train worker. Each node
 has its own temp dir and its own model cache, and the data, the start model and every output
 live in an S3 API server: the worker node never reads the driver's disk. The nodes are
-killed as a machine dies (SIGKILL to every process of the node), and a replacement node
-joins, as an autoscaler would bring one.
+killed as a machine dies (SIGKILL to every process of the node), and once Ray has declared
+the node dead a replacement joins, as an autoscaler would bring one.
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ BUCKET = "raytune-st-multinode"
 class TwoNodes:
     def __init__(self, root: Path):
         self.root = root
-        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAYTUNE_ST_MODEL_CACHE": str(root / "head-cache")}
+        env = {
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAYTUNE_ST_MODEL_CACHE": str(root / "head-cache"),
+            # The GCS declares a silent node dead after about 5 s instead of Ray's default 30.
+            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
+        }
         self.head = RayNode(str(root / "head"), num_cpus=0, env=env).start()
         self.workers: list[RayNode] = []
         self.add_worker()
@@ -49,6 +53,19 @@ class TwoNodes:
         ).start()
         self.workers.append(node)
         return node
+
+    def replace_dead_worker(self) -> float:
+        """Kill the newest worker node as its machine would die, wait until Ray has declared it
+        dead (as an autoscaler does before it replaces a node), and start a new one.
+        Returns the time of the kill."""
+        victim = self.workers[-1]
+        node_id = victim.node_id()
+        victim.kill()
+        killed_at = time.monotonic()
+        wait_for(lambda: any(n["node_id"] == node_id and n["state"] == "DEAD" for n in self.head.list_state("nodes")),
+                 120, "Ray to declare the killed node dead")
+        self.add_worker()
+        return killed_at
 
     def stop(self) -> None:
         for node in [*self.workers, self.head]:
@@ -129,19 +146,32 @@ def ray_job_id(cluster: Cluster, submission_id: str) -> str:
     raise AssertionError(f"no job {submission_id} in `ray job list`:\n{out[-2000:]}")
 
 
-def test_every_stage_runs_on_the_worker_node_from_object_storage(nodes, store):
-    cluster, worker = nodes.cluster, nodes.workers[0]
+@pytest.fixture(scope="module")
+def mined(nodes, store) -> tuple[str, RayNode]:
+    """An uninterrupted mine job into s3://BUCKET/mined: its submission id and the worker node it had.
 
+    Its triplets are what the training jobs read, and its rows what the fault tests compare with."""
     sid = f"mine-{uuid.uuid4().hex[:8]}"
-    out = cluster.submit(*mine_args("mined"), submission_id=sid, timeout=600)
+    out = nodes.cluster.submit(*mine_args("mined"), submission_id=sid, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    mined = objects(store, "mined")
-    assert "stats.json" in mined and any(n.startswith("part-") for n in mined)
+    return sid, nodes.workers[-1]
+
+
+def cache_of(node: RayNode) -> Path:
+    return Path(node.env["RAYTUNE_ST_MODEL_CACHE"])
+
+
+def test_every_stage_runs_on_the_worker_node_from_object_storage(nodes, store, mined):
+    cluster = nodes.cluster
+    sid, worker = mined
+    written = objects(store, "mined")
+    assert "stats.json" in written and any(n.startswith("part-") for n in written)
     placed = actors_by_class(nodes.head, ray_job_id(cluster, sid))
     embedders = {name: ids for name, ids in placed.items() if "ChunkEmbedder" in name}
     assert embedders and all(ids == {worker.node_id()} for ids in embedders.values()), placed
     assert placed.get("IndexShard") == {worker.node_id()}, placed
 
+    worker = nodes.workers[-1]
     sid = f"train-{uuid.uuid4().hex[:8]}"
     out = cluster.submit(*train_args("model"), submission_id=sid, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -151,8 +181,8 @@ def test_every_stage_runs_on_the_worker_node_from_object_storage(nodes, store):
     assert train_workers and all(ids == {worker.node_id()} for ids in train_workers.values()), placed
 
     # The driver on the head and the worker node each downloaded the start model once, into their own cache.
-    for cache in ("head-cache", "worker0-cache"):
-        copies = [p for p in (nodes.root / cache).iterdir() if p.is_dir()]
+    for cache in (cache_of(nodes.head), cache_of(worker)):
+        copies = [p for p in cache.iterdir() if p.is_dir()]
         assert len(copies) == 1 and (copies[0] / "modules.json").is_file(), (cache, copies)
 
 
@@ -164,7 +194,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def test_mining_survives_the_loss_of_its_worker_node(nodes, store):
+def test_mining_survives_the_loss_of_its_worker_node(nodes, store, mined):
     """The worker node dies mid-embedding; a new node joins. The job completes or a rerun
     does, and the output is exactly the uninterrupted run's."""
     cluster = nodes.cluster
@@ -174,9 +204,7 @@ def test_mining_survives_the_loss_of_its_worker_node(nodes, store):
     # Kill the node once the first embeddings are written: the run is half done.
     wait_for(lambda: any(n.startswith("_work/embeddings/") for n in objects(store, "mined-fault")), 300, "the first embeddings")
     assert job.poll() is None and "stats.json" not in objects(store, "mined-fault"), "the job ended before the fault"
-    nodes.workers[-1].kill()
-    killed_at = time.monotonic()
-    nodes.add_worker()
+    killed_at = nodes.replace_dead_worker()
     output, _ = job.communicate(timeout=600)
     if job.returncode != 0:
         rerun = cluster.submit(*mine_args("mined-fault"), submission_id=f"{sid}-rerun", timeout=600)
@@ -188,15 +216,13 @@ def test_mining_survives_the_loss_of_its_worker_node(nodes, store):
           f"{stats.get('rows', '?')} rows, 0 lost; recovered in {recovered:.0f} s (job {time.monotonic() - started:.0f} s)")
 
 
-def test_training_resumes_from_its_checkpoint_when_its_worker_node_dies(nodes, store):
+def test_training_resumes_from_its_checkpoint_when_its_worker_node_dies(nodes, store, mined):
     cluster = nodes.cluster
     sid = f"train-fault-{uuid.uuid4().hex[:8]}"
     job = cluster.submit_in_background(*train_args("model-fault", run__max_failures="1"), submission_id=sid)
     wait_for(lambda: any("/checkpoint-" in n for n in objects(store, "model-fault-ray")), 400, "the first checkpoint")
     assert job.poll() is None, "the job ended before the fault"
-    nodes.workers[-1].kill()
-    killed_at = time.monotonic()
-    nodes.add_worker()
+    killed_at = nodes.replace_dead_worker()
     output, _ = job.communicate(timeout=600)
     assert job.returncode == 0, output[-4000:]
     history = [json.loads(line) for line in store.open_input_stream(f"{BUCKET}/model-fault/metrics.jsonl").read().decode().splitlines()]
