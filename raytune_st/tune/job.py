@@ -349,13 +349,16 @@ def collect_rows(config: TuneConfig, grid: Any, output: OutputDir) -> list[Trial
     rows = []
     for result in grid:
         trial_id = posixpath.basename(result.path.rstrip("/"))
-        params = {d.key: d.label(result.config[d.key]) for d in search.domains if d.key in result.config}
+        # A trial that failed before its first report (e.g. its process could not start) has
+        # neither a config nor metrics.
+        trial_config, reported = result.config or {}, result.metrics or {}
+        params = {d.key: d.label(trial_config[d.key]) for d in search.domains if d.key in trial_config}
         history: list[tuple[int, float]] = []
         frame = result.metrics_dataframe
         if search.metric and frame is not None and search.metric in frame and "step" in frame:
             history = [(int(s), float(m)) for s, m in zip(frame["step"], frame[search.metric]) if m == m]
-        metric = result.metrics.get(search.metric) if search.metric else None
-        steps = result.metrics.get("step")
+        metric = reported.get(search.metric) if search.metric else None
+        steps = reported.get("step")
         trial_dir = posixpath.join(TRIALS_DIR, trial_id)
         if result.error is not None:
             reason = f"error: {type(result.error).__name__}"
