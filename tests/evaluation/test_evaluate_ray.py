@@ -120,7 +120,7 @@ def test_a_rerun_killed_at_any_point_never_leaves_another_runs_metrics(tmp_path,
 
     out = tmp_path / "out"
     first = config(tmp_path, f"evaluators.0.data={STSB_DEV}", "evaluators.0.data.limit=200")
-    evaluate(first)
+    first_metrics = evaluate(first)
     assert (out / "metrics.json").is_file()
 
     second_args = [
@@ -135,8 +135,13 @@ def test_a_rerun_killed_at_any_point_never_leaves_another_runs_metrics(tmp_path,
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    if (out / "metrics.json").exists():  # it finished before the kill: then it is all B's
-        assert load_job_config("evaluate", str(out / "config.yaml")).model.name == tiny_bert_dir, f"killed after {delay:.1f} s"
+    # metrics.json and config.yaml always describe one run: A's (killed before its checks
+    # passed), B's (it finished), or none (killed while it worked).
+    if (out / "metrics.json").exists():
+        saved = json.loads((out / "metrics.json").read_text())
+        model = load_job_config("evaluate", str(out / "config.yaml")).model.name
+        if model != tiny_bert_dir:
+            assert model == first.model.name and saved == first_metrics, f"killed after {delay:.1f} s"
     else:
         assert not (out / "config.yaml").exists(), f"killed after {delay:.1f} s: A's config.yaml is left"
 
