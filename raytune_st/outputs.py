@@ -61,6 +61,16 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts) if is_uri(base) else os.path.join(base, *parts)
 
 
+def is_inside(path: str, directory: str) -> bool:
+    """Whether `path` lies below `directory` (both local paths, or both URIs)."""
+    if is_uri(path) != is_uri(directory):
+        return False
+    if not is_uri(path):
+        path, directory = (os.path.abspath(os.path.expanduser(p)) for p in (path, directory))
+    separator = "/" if is_uri(directory) else os.sep
+    return path.rstrip(separator).startswith(directory.rstrip(separator) + separator)
+
+
 def write_atomic(fs: "pyarrow.fs.FileSystem", target: str, data: bytes) -> None:
     """Write `data` to `target` through a temporary name, so that readers never see half a file.
 

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from raytune_st.errors import DataError
+from raytune_st import outputs
 from raytune_st.outputs import OutputDir
 
 
@@ -179,3 +180,12 @@ def test_a_uri_with_credentials_in_it_is_refused_without_repeating_them(uri):
     assert "verysecret" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
     with pytest.raises(DataError, match="carries credentials"):
         OutputDir(uri)
+
+
+def test_is_inside_compares_whole_path_components(tmp_path):
+    assert outputs.is_inside(str(tmp_path / "out" / "ray" / "run"), str(tmp_path / "out"))
+    assert outputs.is_inside(str(tmp_path / "out" / "ray"), str(tmp_path / "out") + "/")
+    assert not outputs.is_inside(str(tmp_path / "out-2" / "ray"), str(tmp_path / "out"))  # a sibling with the same prefix
+    assert not outputs.is_inside(str(tmp_path / "out"), str(tmp_path / "out"))
+    assert outputs.is_inside("s3://bucket/run/ray/x", "s3://bucket/run")
+    assert not outputs.is_inside("s3://bucket/run/ray", str(tmp_path))

@@ -4,9 +4,9 @@ Each unit of work is one text chunk: the actor loads the model once, embeds the 
 sentence-transformers' own ``encode_query`` / ``encode_document`` (which sort the texts by
 length so each batch carries little padding, and apply the prompts exactly as
 ``mine_hard_negatives`` does), normalises like it, and writes ``ids + vectors`` to the
-embedding cache under a name derived from (model, prompts, texts), followed by a record of
-its size and sha256. A chunk is embedded again unless its file has that record and size;
-readers verify the sha256 (``store.load_vectors``) and drop a damaged file.
+embedding cache under a name derived from (model, prompts, texts), as one object sealed with
+the sha256 of its arrays. A chunk is embedded again unless its file ends as a whole zip;
+readers verify the seal (``store.load_vectors``) and drop a damaged file.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ class ChunkEmbedder:
                 prompt=prompt,
             )
             first = int(batch["first_id"][i])
-            store.put_checked(
+            store.put(
                 str(batch["out"][i]),
-                store.npz_bytes(
+                store.sealed_npz_bytes(
                     ids=np.arange(first, first + len(texts), dtype=np.int64),
                     embeddings=vectors.astype(self.dtype, copy=False),
                 ),
@@ -119,8 +119,8 @@ def embed_chunks(
     items = []
     for spec, chunks, outputs in jobs:
         for i, (texts_path, out) in enumerate(zip(chunks.paths, outputs)):
-            if store.looks_complete(out):
-                continue  # cached; a damaged file that kept its size is caught when it is read
+            if store.looks_sealed(out):
+                continue  # cached; damage that kept the zip's closing record is caught when it is read
             lo, hi = chunks.chunk_range(i)
             items.append(
                 {

@@ -21,7 +21,6 @@ embedded anything removes the output directory it created.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Callable, Optional
 
@@ -36,7 +35,7 @@ from raytune_st.mining.prepare import prepare_inputs
 from raytune_st.mining.rows import output_columns
 from raytune_st.mining.select import FILTERS, FilterParams, rescoring_needed, resolve_range_max, skip_ratios
 from raytune_st.mining.stats import missing_line, score_histogram_png, skipped_lines, stats_json, stats_table
-from raytune_st.outputs import OutputDir, removed_on_failure
+from raytune_st.outputs import OutputDir, is_inside, removed_on_failure
 from raytune_st.runtime import ray_address, ray_session
 
 
@@ -55,8 +54,7 @@ def _holds_work(config: MineConfig) -> bool:
     """Whether a failed run's output directory holds something a rerun reuses (parts, cached embeddings)."""
     root = config.output.path
     embeddings = config.output.embeddings_dir or store.join(root, "_work", "embeddings")
-    inside = embeddings.rstrip("/").startswith(root.rstrip("/") + ("/" if "://" in root else os.sep))
-    return bool(resume.part_names(root) or (inside and store.list_names(embeddings)))
+    return bool(resume.part_names(root) or (is_inside(embeddings, root) and store.list_names(embeddings)))
 
 
 def _mine(config: MineConfig) -> dict[str, Any]:

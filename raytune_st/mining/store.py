@@ -13,7 +13,8 @@ scores.png); ``<output>/_work/`` what a rerun reuses:
 
 Every file is written through a temporary name. Files a rerun reuses are trusted only
 after their bytes are checked against the digest recorded when they were written
-(:class:`Digest`): an embedding-cache file carries its own ``.sha256.json`` record.
+(:class:`Digest`); an embedding-cache file is one object sealed with the sha256 of its own
+arrays (:func:`sealed_npz_bytes`), so a cache shared by several runs needs no second file.
 """
 
 from __future__ import annotations
@@ -102,51 +103,83 @@ def intact(path: str, expected: Digest) -> Optional[str]:
     return None
 
 
-def _digest_path(path: str) -> str:
-    return f"{path}.sha256.json"
+# The member of a sealed .npz that holds the sha256 of all its other members.
+_SEAL = "__sha256__"
+_ZIP_END = b"PK\x05\x06"  # the zip end-of-central-directory record numpy writes last (22 bytes, no comment)
 
 
-def put_checked(path: str, data: bytes) -> Digest:
-    """Write `path`, then its digest beside it (``<path>.sha256.json``): the record is the proof it is whole."""
-    digest = put(path, data)
-    put(_digest_path(path), (json.dumps(digest.to_dict()) + "\n").encode())
-    return digest
+def _arrays_sha256(arrays: dict[str, np.ndarray]) -> bytes:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        for part in (name.encode(), array.dtype.str.encode(), repr(array.shape).encode(), array.tobytes()):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    return h.digest()
 
 
-def recorded(path: str) -> Optional[Digest]:
-    """The digest :func:`put_checked` recorded for `path`, or None (never written whole, or unreadable record)."""
-    try:
-        return Digest.from_dict(json.loads(get(_digest_path(path))))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def sealed_npz_bytes(**arrays: np.ndarray) -> bytes:
+    """An .npz of `arrays` that carries the sha256 of its own contents: one object proves itself whole.
 
-
-def looks_complete(path: str) -> bool:
-    """Cheap check of a :func:`put_checked` file: its record exists and its size matches (no read)."""
-    digest = recorded(path)
-    if digest is None:
-        return False
-    fs, target = filesystem(path)
-    return fs.get_file_info(target).size == digest.size
-
-
-def get_checked(path: str) -> bytes:
-    """The bytes of a :func:`put_checked` file, verified against its record; CorruptFile otherwise.
-
-    A damaged file is removed with its record, so that a rerun computes it again.
+    One object, not a file plus a record beside it, so that two runs sharing an embedding cache
+    can never pair one run's file with the other's record (and drop a good file).
     """
-    digest = recorded(path)
+    if _SEAL in arrays:
+        raise ValueError(f"{_SEAL!r} is reserved for the seal")
+    return npz_bytes(**arrays, **{_SEAL: np.frombuffer(_arrays_sha256(arrays), np.uint8)})
+
+
+def unseal(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a :func:`sealed_npz_bytes` object; raises CorruptFile unless they are the sealed ones."""
+    import zipfile
+    import zlib
+
     try:
-        if digest is None:
-            raise CorruptFile(f"{path!r} has no record of a complete write")
-        return get(path, digest)
-    except CorruptFile:
-        for name in (path, _digest_path(path)):
-            try:
-                delete(name)
-            except OSError:
-                pass  # another reader removed it first
-        raise
+        arrays = load_npz(data)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:
+        reason = f"not the .npz that was written: {len(data):,} bytes, {exc}"
+        raise CorruptFile(reason, reason) from None
+    seal = arrays.pop(_SEAL, None)
+    if seal is None:
+        reason = "it carries no seal (written by an older raytune_st, or not by raytune_st)"
+        raise CorruptFile(reason, reason)
+    if seal.tobytes() != _arrays_sha256(arrays):
+        reason = "its contents differ from the sha256 sealed in it when it was written"
+        raise CorruptFile(reason, reason)
+    return arrays
+
+
+def looks_sealed(path: str) -> bool:
+    """Cheap check of a sealed file, reading 22 bytes: it exists and ends where a whole zip ends.
+
+    A write cut short loses the zip's closing record; damage that keeps it is caught by
+    :func:`get_sealed`, which checks the seal.
+    """
+    import pyarrow.fs
+
+    fs, target = filesystem(path)
+    info = fs.get_file_info(target)
+    if info.type != pyarrow.fs.FileType.File or (info.size or 0) < len(_ZIP_END) + 18:
+        return False
+    with fs.open_input_file(target) as handle:
+        return handle.read_at(22, info.size - 22).startswith(_ZIP_END)
+
+
+def get_sealed(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a sealed file, verified; CorruptFile (naming the path) otherwise.
+
+    A damaged file is removed, so that a rerun computes it again.
+    """
+    try:
+        return unseal(get(path))
+    except FileNotFoundError:
+        raise CorruptFile(f"{path!r} is missing", "it is missing") from None
+    except CorruptFile as exc:
+        try:
+            delete(path)
+        except OSError:
+            pass  # another reader removed it first
+        raise CorruptFile(f"{path!r} is damaged ({exc.reason})", exc.reason) from None
 
 
 def exists(path: str) -> bool:
@@ -255,8 +288,8 @@ def load_texts(path: str) -> list[str]:
 
 
 def load_vectors(path: str) -> np.ndarray:
-    """The vectors of one embedding-cache file, verified against the digest recorded when it was written."""
-    return load_npz(get_checked(path))["embeddings"]
+    """The vectors of one embedding-cache file, verified against the seal it was written with."""
+    return get_sealed(path)["embeddings"]
 
 
 def read_texts(chunks: Chunked, start: int, end: int) -> list[str]:

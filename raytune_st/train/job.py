@@ -20,13 +20,13 @@ from raytune_st.data.sources import Source, read_source
 from raytune_st.errors import ClusterError
 from raytune_st.evaluation.metrics import model_facts
 from raytune_st.models.loading import resolve_model
-from raytune_st.outputs import OutputDir, join
+from raytune_st.outputs import OutputDir, is_inside, join, removed_on_failure
 from raytune_st.runtime import ray_session
 from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import Plan, TrainConfig, check_dataset, preflight
 from raytune_st.train.loop import shard_name, train_loop_per_worker
-from raytune_st.train.rerun import check_rerun, data_files
+from raytune_st.train.rerun import check_rerun, data_files, latest_checkpoint_config
 from raytune_st.train.scan import check_values
 
 if TYPE_CHECKING:
@@ -232,13 +232,23 @@ def fit_and_write(
 
 
 def train(config: TrainConfig, *, dataset_config: Any = None) -> dict[str, Any]:
-    """Run the train job; returns the final metrics (of the best checkpoint with load_best_model_at_end)."""
-    check(config)
-    # A run already in the checkpoint storage is resumed only when it was made with this config.
-    check_rerun(config, join(default_storage_path(config), config.run.name))
-    with ray_session(config.ray_address):
-        plan = plan_run(config)
-        return fit_and_write(config, plan, dataset_config=dataset_config)
+    """Run the train job; returns the final metrics (of the best checkpoint with load_best_model_at_end).
+
+    A run that fails removes the output directory it created, unless it holds checkpoints of
+    this run (in the default storage, ``<output_dir>/ray``) that a rerun resumes from.
+    """
+    run_dir = join(default_storage_path(config), config.run.name)
+
+    def holds_checkpoints() -> bool:
+        return is_inside(run_dir, config.args.output_dir) and latest_checkpoint_config(run_dir) is not None
+
+    with removed_on_failure(config.args.output_dir, worth_keeping=holds_checkpoints):
+        check(config)
+        # A run already in the checkpoint storage is resumed only when it was made with this config.
+        check_rerun(config, run_dir)
+        with ray_session(config.ray_address):
+            plan = plan_run(config)
+            return fit_and_write(config, plan, dataset_config=dataset_config)
 
 
 def _summary(metrics: dict[str, Any], output_dir: str, best_step: Optional[int]) -> str:

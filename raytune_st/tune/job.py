@@ -2,7 +2,8 @@
 
 1. Check on the driver, before any trial starts: every searched key exists, every option and
    bound makes a valid training config whose data sets fit their losses, the metric is one
-   the runs report, the output directory is writable.
+   the runs report, the output directory is writable, and a sweep already in the storage was
+   started with this config (else it is refused, see tune/rerun.py).
 2. Ray Tune samples trials (random, grid or Optuna) and runs each as a driver function that
    builds and fits its own TorchTrainer (Train V2), reporting through TuneReportCallback;
    ASHA stops poor trials early. Under PBT a trial also hands Tune its checkpoints, and a
@@ -24,13 +25,14 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from raytune_st.config.core import dump_yaml
 from raytune_st.errors import ConfigError, RaytuneError
-from raytune_st.outputs import OutputDir, join
+from raytune_st.outputs import OutputDir, is_inside, join, removed_on_failure
 from raytune_st.runtime import ray_session
 from raytune_st.train.config import TrainConfig, check_dataset, planned_steps
 from raytune_st.train.job import check as check_train, default_storage_path, fit_and_write, make_run_config, plan_run
 from raytune_st.train.rerun import check_rerun
 from raytune_st.train.scan import check_values
 from raytune_st.tune.config import TuneConfig
+from raytune_st.tune.rerun import check_sweep_rerun, save_sweep_config, sweep_exists
 
 if TYPE_CHECKING:
     import ray.train
@@ -295,11 +297,12 @@ def build_tuner(config: TuneConfig, output: OutputDir) -> "ray.tune.Tuner":
         TRIAL_DRIVER_RESOURCES,
     )
     experiment = join(storage, search.name)
-    if tune.Tuner.can_restore(experiment):
+    if sweep_exists(experiment):
         print(f"resuming sweep {search.name!r} from {experiment}")
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
     plan = plan_run(config)
+    save_sweep_config(config, experiment)  # before Tune's own state: a sweep Tune can resume has it
     concurrency = search.max_concurrent_trials or default_concurrency(config, ray.cluster_resources())
     param_space = {d.key: to_tune_domain(d, search.search_alg) for d in search.domains}
     return tune.Tuner(
@@ -439,11 +442,18 @@ def tune(config: TuneConfig) -> dict[str, Any]:
     """Run the sweep; returns {"best": row of the best trial or None, "trials": [rows]}."""
     import pyarrow.fs
 
-    output = check(config)
     search = config.search
-    with ray_session(config.ray_address):
-        tuner = build_tuner(config, output)
-        grid = tuner.fit()
+    experiment = join(sweep_storage(config), search.name)
+
+    def holds_sweep() -> bool:
+        return is_inside(experiment, config.args.output_dir) and sweep_exists(experiment)
+
+    with removed_on_failure(config.args.output_dir, worth_keeping=holds_sweep):
+        output = check(config)
+        check_sweep_rerun(config, experiment)
+        with ray_session(config.ray_address):
+            tuner = build_tuner(config, output)
+            grid = tuner.fit()
     rows = collect_rows(config, grid, output)
     print(format_table(rows, search.metric))
     best = best_row(rows, search.mode) if search.metric else None

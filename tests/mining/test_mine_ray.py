@@ -291,9 +291,68 @@ def test_a_damaged_embedding_cache_file_is_embedded_again(ray_cluster, pairs_pat
     rows, summary = run(work, pairs_path, "cache-b", *overrides, num_negatives=2)
     printed = capsys.readouterr().out
     assert rows == expected
-    assert f"'{flipped}' is damaged (its sha256 differs" in printed and "embedding it again" in printed
+    assert f"'{flipped}' is damaged (" in printed and "embedding it again" in printed
     for path in corpus:
-        assert store.looks_complete(str(path)) and store.load_vectors(str(path)).shape[0] > 0
+        assert store.looks_sealed(str(path)) and store.load_vectors(str(path)).shape[0] > 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs of a chosen size (mount needs root); yields a function (size in bytes) -> mount point."""
+    import subprocess
+
+    point = tmp_path / "disk"
+    point.mkdir()
+    mounted = []
+
+    def mount(size: int) -> Path:
+        options = f"size={size}" if not mounted else f"remount,size={size}"
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); this test needs root")
+        mounted.append(size)
+        return point
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_full_disk_fails_with_one_error_and_a_rerun_with_space_resumes(ray_cluster, pairs_path, work, capsys, tiny_model, small_disk):
+    import shutil
+    import subprocess
+
+    from raytune_st.cli import main
+
+    overrides = (f"model={tiny_model}", "compute.mine_batch_rows=20", "compute.embed_chunk_rows=64")
+    expected, _ = run(work, pairs_path, "disk-reference", *overrides, num_negatives=3)
+    needed = int(subprocess.run(["du", "-sb", str(work / "disk-reference")], capture_output=True, text=True).stdout.split()[0])
+    # Half the space the output takes (embeddings go elsewhere): the disk fills up while parts are written.
+    disk = small_disk(needed // 2)
+    args = ["mine", *job_args(work, pairs_path, "x", *overrides, num_negatives=3)]
+    args = [a.replace(f"output.path={work / 'x'}", f"output.path={disk / 'out'}") for a in args]
+    args = [a.replace(f"output.embeddings_dir={work / 'embeddings'}", f"output.embeddings_dir={work / 'disk-cache'}") for a in args]
+    capsys.readouterr()
+    assert main(args) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and re.match(r"error: no space left to write '.*/out/.*' \(.* bytes\); free some space", errors[0]), errors
+    assert not list((disk / "out").rglob("*.tmp-*")) and not (disk / "out" / "stats.json").exists()
+    from raytune_st.mining import resume
+
+    batches = len(list((work / "disk-reference").glob("part-*.parquet")))
+    damage = [resume.part_damage(str(disk / "out"), str(disk / "out" / "_work" / "parts"), b) for b in range(batches)]
+    whole = damage.count(None)
+    assert 0 < whole < batches, damage  # it failed part way through the parts
+
+    small_disk(needed * 4)  # space freed: the same command again
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming: {whole} of {batches} part(s)" in printed
+    for batch, reason in enumerate(damage):  # a part written without its manifest is not trusted
+        assert (f"part-{batch:05d}.parquet cannot be reused" in printed) == (reason == "not recorded as complete")
+    assert read_rows(disk / "out") == expected  # nothing lost, nothing doubled, nothing half-written trusted
+    assert json.loads((disk / "out" / "stats.json").read_text())["rows"] == len(expected)
+    shutil.rmtree(work / "disk-cache", ignore_errors=True)
 
 
 def test_ivf_cells_beyond_the_corpus_fail_before_embedding_and_leave_no_output(ray_cluster, pairs_path, work):

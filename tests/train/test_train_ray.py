@@ -133,6 +133,18 @@ def test_two_workers_with_uneven_shards_run_the_same_steps_and_write_every_outpu
     assert 1 <= len(checkpoints) <= 2  # save_total_limit=1 by metric, plus the latest always kept
 
 
+def test_a_run_that_fails_removes_the_output_directory_it_created(ray_local, tmp_path, tiny_bi_encoder, debian_sets):
+    from raytune_st.errors import DataError
+    from raytune_st.train.job import train
+
+    out = tmp_path / "new" / "out"
+    # Fails in the Ray session's pre-flight, after the output and its checkpoint storage were created.
+    config = training_without_evaluation(tiny_bi_encoder, debian_sets, out, ["args.per_device_train_batch_size=100000"])
+    with pytest.raises(DataError, match="fewer than per_device_train_batch_size=100000"):
+        train(config)
+    assert not out.exists() and (tmp_path / "new").is_dir()  # only the directory itself goes, never a parent
+
+
 def test_a_killed_worker_resumes_from_the_last_checkpoint_and_finishes_the_planned_steps(
     ray_local, tmp_path, tiny_bi_encoder, debian_sets
 ):

@@ -115,6 +115,14 @@ def test_a_sweep_stops_poor_trials_keeps_the_best_and_resumes(tmp_path, tiny_ber
     assert (out / "results.csv").read_text().splitlines()[0].startswith("trial_id,args.learning_rate,")
     assert (out / "metric-per-trial.png").stat().st_size > 1000
 
+    # A rerun with another config would resume this sweep with trials of two configs: refused
+    # before Ray starts, naming the difference, and the finished sweep is left as it was.
+    changed = run_cli("tune", "--config", str(config_path), "args.max_steps=8", timeout=120)
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    error = changed.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "holds a sweep made with another config" in error and "args.max_steps: 6 -> 8" in error
+    assert "resuming sweep" not in changed.stdout and json.loads((out / "results.json").read_text()) == rows
+
     # 3. The best trial's model is kept and loads; its config is a ready-to-run training config.
     best = min((r for r in rows if r["stop_reason"] == "completed"), key=lambda r: r["eval_loss"])
     model = SentenceTransformer(str(out / "best"), device="cpu")
