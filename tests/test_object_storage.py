@@ -165,3 +165,104 @@ def test_an_unreachable_bucket_as_output_is_one_clear_error(store, workdir):
     }
     with pytest.raises(DataError, match="cannot write to directory 's3://no-such-bucket-rtst/evaluate'"):
         raytune_st.evaluate(config)
+
+
+def rows_in(store, prefix: str) -> list[dict]:
+    names = sorted(n for n in objects(store, prefix) if n.startswith("part-"))
+    return [row for name in names for row in pq.read_table(f"raytune-st-e2e/{prefix}/{name}", filesystem=store["fs"]).to_pylist()]
+
+
+def test_mining_in_a_bucket_resumes_after_a_killed_driver_and_recomputes_damaged_objects(store, ray_cluster, workdir, capsys):
+    """The resume tests of test_mine_ray.py with every path in the bucket: a driver SIGKILLed at
+    a random moment, then a part and an embedding-cache object cut short after a finished run."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+    import yaml
+
+    from raytune_st.mining import store as work_files
+
+    b = store["bucket"]
+
+    def config(out: str) -> dict:
+        return {
+            "model": f"{b}/models/start",
+            "dataset": {"path": f"{b}/data/train", "anchor_column_name": "query", "positive_column_name": "passage"},
+            "mine": {"num_negatives": 2, "range_max": 10, "output_format": "n-tuple", "batch_size": 32},
+            "compute": {"embed_actors_max": 1, "embed_chunk_rows": 32, "mine_batch_rows": 24},
+            "output": {"path": f"{b}/{out}", "embeddings_dir": f"{b}/{out}-cache"},
+        }
+
+    raytune_st.mine(config("resume-full"))
+    full = rows_in(store, "resume-full")
+
+    # 1. The driver SIGKILLed at a random moment, the same command again.
+    (workdir / "mine.yaml").write_text(yaml.safe_dump(config("resume-killed")))
+    delay = random.Random().uniform(2.0, 15.0)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "raytune_st", "mine", "--config", "mine.yaml"], cwd=workdir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (workdir / "mine.yaml").unlink()
+    raytune_st.mine(config("resume-killed"))
+    assert rows_in(store, "resume-killed") == full, f"killed after {delay:.1f} s"
+    assert not [n for n in objects(store, "resume-killed") if ".tmp-" in n]
+
+    # 2. A part and a cached embedding cut short (an upload that stopped): found, computed again.
+    fs = store["fs"]
+    part = "raytune-st-e2e/resume-killed/part-00001.parquet"
+    cache = sorted(n for n in objects(store, "resume-killed-cache") if n.startswith("corpus-"))[0]
+    for key in (part, f"raytune-st-e2e/resume-killed-cache/{cache}"):
+        data = fs.open_input_stream(key).read()
+        with fs.open_output_stream(key) as handle:
+            handle.write(data[: len(data) // 2])
+    capsys.readouterr()
+    summary = raytune_st.mine(config("resume-killed"))
+    printed = capsys.readouterr().out
+    assert "[mine] part-00001.parquet cannot be reused (" in printed
+    assert rows_in(store, "resume-killed") == full and summary["rows"] == len(full)
+    assert work_files.load_vectors(f"{b}/resume-killed-cache/{cache}").shape[0] > 0  # embedded again, whole
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_training_run_resumed_from_a_checkpoint_in_a_bucket_repeats_the_losses(store, ray_cluster, workdir):
+    """The RNG test of test_train_ray.py with the checkpoints in the bucket: the run resumed from
+    the step-4 checkpoint trains every later step exactly as the uninterrupted run did."""
+    import ray.train
+
+    from raytune_st.config import build
+    from raytune_st.train.config import TrainConfig
+    from raytune_st.train.job import fit_and_write, plan_run
+
+    b = store["bucket"]
+
+    def config(out: str) -> TrainConfig:
+        return build(TrainConfig, {
+            "model": f"{b}/models/start",
+            "train_datasets": {"pairs": {"data": f"{b}/data/train"}},
+            "loss": "MultipleNegativesRankingLoss",
+            "args": {"output_dir": f"{b}/{out}", "max_steps": 8, "per_device_train_batch_size": 4, "logging_steps": 1,
+                     "save_steps": 4},
+            "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}},
+            "run": {"name": "rng", "storage_path": f"{b}/{out}-ray"},
+        })
+
+    def history(out: str) -> list[dict]:
+        text = store["fs"].open_input_stream(f"raytune-st-e2e/{out}/metrics.jsonl").read().decode()
+        return [json.loads(line) for line in text.splitlines()]
+
+    raytune_st.train(config("rng-a"))
+    checkpoint = ray.train.Checkpoint(f"{b}/rng-a-ray/rng/checkpoint-000004")
+    resumed = config("rng-b")
+    fit_and_write(resumed, plan_run(resumed), initial_checkpoint=checkpoint)
+    uninterrupted, again = history("rng-a"), history("rng-b")
+    assert [r["step"] for r in again] == [r["step"] for r in uninterrupted] == list(range(1, 9))
+    assert again[4].get("resumed_from_step") == 4
+    assert [(r["loss"], r["grad_norm"]) for r in again] == [(r["loss"], r["grad_norm"]) for r in uninterrupted]
+    assert list(workdir.iterdir()) == []

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from raytune_st.config.core import option, suggest
+from raytune_st.config.resources import check_custom_resources
 from raytune_st.data.sources import Source, inspect_source
 from raytune_st.errors import ConfigError, DataError
 from raytune_st.evaluation.evaluators import EVALUATORS
@@ -123,9 +124,13 @@ class EvaluateConfig:
     evaluators: list[EvaluatorSpec] = option(help="evaluators to run, together as a SequentialEvaluator")
     output: OutputConfig = option(help="where metrics.json and the resolved config.yaml go")
     num_gpus: Optional[float] = option(None, help="GPUs for the evaluation worker; default: 1 when the cluster has one")
+    resources: dict[str, float] = option(
+        default_factory=dict, help="custom Ray resources the evaluation worker asks for, e.g. {worker_node: 0.01}: runs it on a node that has them"
+    )
     ray_address: Optional[str] = option(None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self) -> None:
+        check_custom_resources("resources", self.resources, built_in_key="num_gpus (the worker takes one CPU)")
         if not self.evaluators:
             raise ConfigError("evaluators: give at least one evaluator, e.g. [{type: InformationRetrievalEvaluator, name: dev, data: ...}]")
         labels = [e.label for e in self.evaluators]

@@ -16,11 +16,12 @@ import json
 from typing import Any
 
 from raytune_st.config.core import dump_yaml
+from raytune_st.config.resources import check_custom_resources_exist
 from raytune_st.data.sources import Source, read_source
 from raytune_st.evaluation.config import EvaluateConfig, EvaluatorSpec
-from raytune_st.models.loading import resolve_model
+from raytune_st.models.loading import check_model
 from raytune_st.outputs import OutputDir, removed_on_failure
-from raytune_st.runtime import cluster_gpus, ray_session
+from raytune_st.runtime import cluster_gpus, ray_address, ray_session
 
 
 RESULT_FILES = ("metrics.json", "config.yaml")
@@ -64,7 +65,7 @@ def run_evaluators(config: EvaluateConfig) -> dict[str, float]:
 
 def check(config: EvaluateConfig) -> OutputDir:
     """Every check that needs no cluster: model, data, output directory."""
-    resolve_model(config.model.name)
+    check_model(config.model.name)
     for spec in config.evaluators:
         spec.check_data()
     output = OutputDir(config.output.path)
@@ -90,7 +91,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, float]:
         output.delete(*RESULT_FILES)
         with ray_session(config.ray_address):
             num_gpus = config.num_gpus if config.num_gpus is not None else (1 if cluster_gpus() >= 1 else 0)
-            task = ray.remote(run_evaluators).options(num_gpus=num_gpus, num_cpus=1)
+            if ray_address(config.ray_address) is None:  # a remote cluster may autoscale
+                check_custom_resources_exist("resources", config.resources, ray.cluster_resources())
+            task = ray.remote(run_evaluators).options(num_gpus=num_gpus, num_cpus=1, resources=dict(config.resources))
             metrics = ray.get(task.remote(config))
     print(format_metrics(metrics))
     # metrics.json last: its presence means a complete run, described by the config.yaml beside it.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from raytune_st.config.core import option
+from raytune_st.config.resources import check_custom_resources, check_resources
 from raytune_st.data.sources import Source
 from raytune_st.errors import ConfigError, DataError
 from raytune_st.mining.select import FAISS_GPU_MAX_K
@@ -138,6 +139,10 @@ class ComputeSection:
     cross_encoder_actors: int = option(1, help="cross-encoder rescoring actors")
     cross_encoder_num_cpus: float = option(1.0, help="CPUs per cross-encoder actor")
     cross_encoder_num_gpus: float = option(0.0, help="GPUs per cross-encoder actor")
+    resources: dict[str, float] = option(
+        default_factory=dict,
+        help="custom Ray resources that every task and actor of the job asks for, e.g. {worker_node: 0.01}: keeps the job on the nodes that have them",
+    )
 
     def __post_init__(self) -> None:
         for name in ("embed_actors_min", "embed_actors_max", "embed_chunk_rows", "mine_batch_rows", "mine_tasks_in_flight", "cross_encoder_actors"):
@@ -146,22 +151,10 @@ class ComputeSection:
         check_resources("compute.embed_", num_cpus=self.embed_num_cpus, num_gpus=self.embed_num_gpus)
         check_resources("compute.mine_", num_cpus=self.mine_num_cpus)
         check_resources("compute.cross_encoder_", num_cpus=self.cross_encoder_num_cpus, num_gpus=self.cross_encoder_num_gpus)
+        check_custom_resources("compute.resources", self.resources, built_in_key="the *_num_cpus / *_num_gpus keys")
         if self.embed_actors_min > self.embed_actors_max:
             raise ConfigError(
                 f"embed_actors_min ({self.embed_actors_min}) is larger than embed_actors_max ({self.embed_actors_max})"
-            )
-
-
-def check_resources(prefix: str, *, num_cpus: float, num_gpus: float = 0.0) -> None:
-    """Ray's rules for a task's or actor's resources, as a ConfigError naming the key (`prefix` + num_cpus)."""
-    if num_cpus <= 0:
-        raise ConfigError(f"{prefix}num_cpus: must be more than 0, got {num_cpus:g}; use a fraction such as 0.5, or a whole number")
-    if num_gpus < 0:
-        raise ConfigError(f"{prefix}num_gpus: must be 0 or more, got {num_gpus:g}; use 0 for no GPU")
-    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-        if value > 1 and value != int(value):
-            raise ConfigError(
-                f"{prefix}{name}: Ray accepts fractions only below 1, got {value:g}; use {int(value)} or {int(value) + 1}"
             )
 
 
@@ -259,14 +252,14 @@ class MineConfig:
 
     def check_inputs(self) -> tuple[str, str, Optional[str]]:
         """Everything checkable before any heavy work: columns, types, models, output. Returns the columns."""
-        from raytune_st.models.loading import resolve_model
+        from raytune_st.models.loading import check_model
         from raytune_st.outputs import OutputDir
 
         anchor, positive = self.pair_columns()
         corpus_column = self.corpus_column()
-        resolve_model(self.model.name)
+        check_model(self.model.name)
         if self.cross_encoder is not None:
-            resolve_model(self.cross_encoder.name)
+            check_model(self.cross_encoder.name)
         OutputDir(self.output.path).check_writable()
         return anchor, positive, corpus_column
 

@@ -108,6 +108,7 @@ def embed_chunks(
     actors: tuple[int, int],
     num_cpus: float,
     num_gpus: float,
+    resources: Optional[dict[str, float]] = None,
 ) -> dict[str, int]:
     """Embed every chunk whose cache file is missing or damaged; return texts embedded per kind.
 
@@ -153,6 +154,7 @@ def embed_chunks(
             compute=pool,
             num_cpus=num_cpus,
             num_gpus=num_gpus,
+            resources=resources or None,
         )
         .take_all()
     )

@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable, Optional
 
 from raytune_st.config import dump_yaml
+from raytune_st.config.resources import check_custom_resources_exist
 from raytune_st.errors import ClusterError
 from raytune_st.mining import resume, store
 from raytune_st.mining.config import MineConfig
@@ -79,6 +80,7 @@ def _mine(config: MineConfig) -> dict[str, Any]:
     if output_format != mine_cfg.output_format:
         print('When using `include_positives=True`, `output_format` will be set to `"n-tuple"` to ensure that the ranking order is preserved.')
     rescore = rescoring_needed(filters, config.cross_encoder is not None)
+    resources = dict(config.compute.resources)  # custom resources every task and actor asks for
     timings: dict[str, float] = {}
 
     with ray_session(config.ray_address):
@@ -86,7 +88,7 @@ def _mine(config: MineConfig) -> dict[str, Any]:
 
         # 1. Prepare: deduplicate queries and corpus into text chunks.
         began = time.perf_counter()
-        prepare = ray.remote(prepare_inputs).options(num_cpus=0.5)
+        prepare = ray.remote(prepare_inputs).options(num_cpus=0.5, resources=resources)
         prep = ray.get(
             prepare.remote(
                 config.dataset, anchor, positive, config.corpus, corpus_column,
@@ -177,6 +179,7 @@ def _mine(config: MineConfig) -> dict[str, Any]:
                         actors=(config.compute.embed_actors_min, config.compute.embed_actors_max),
                         num_cpus=config.compute.embed_num_cpus,
                         num_gpus=config.compute.embed_num_gpus,
+                        resources=resources,
                     )
 
                 embedded = embed()
@@ -207,14 +210,16 @@ def _mine(config: MineConfig) -> dict[str, Any]:
                 began = time.perf_counter()
                 if rescore:
                     scorer_actor = ray.remote(CrossEncoderScorer).options(
-                        num_cpus=config.compute.cross_encoder_num_cpus, num_gpus=config.compute.cross_encoder_num_gpus
+                        num_cpus=config.compute.cross_encoder_num_cpus,
+                        num_gpus=config.compute.cross_encoder_num_gpus,
+                        resources=resources,
                     )
                     scorers = [
                         scorer_actor.remote(config.cross_encoder, mine_cfg.batch_size)
                         for _ in range(config.compute.cross_encoder_actors)
                     ]
                 plan = _replace(plan, query_embeddings=query_vectors, shard_starts=tuple(lo for lo, _ in bounds))
-                task = ray.remote(mine_batch).options(num_cpus=config.compute.mine_num_cpus)
+                task = ray.remote(mine_batch).options(num_cpus=config.compute.mine_num_cpus, resources=resources)
                 queries_done, rows_done, in_flight = 0, 0, []
                 for batch in pending:
                     if len(in_flight) >= config.compute.mine_tasks_in_flight:
@@ -244,7 +249,7 @@ def _mine(config: MineConfig) -> dict[str, Any]:
         # 5. Statistics of the whole output, as sentence-transformers prints them.
         print("Negative candidates mined, preparing dataset...")
         report = ray.get(
-            ray.remote(_report).options(num_cpus=0.5).remote(plan, prep, config.output.path, _filter_values(config))
+            ray.remote(_report).options(num_cpus=0.5, resources=resources).remote(plan, prep, config.output.path, _filter_values(config))
         )
     for line in report["lines"]:
         print(line)
@@ -278,7 +283,9 @@ def _build_shards(config: MineConfig, bounds: list, vectors: store.Chunked, text
     """
     import ray
 
-    actor = ray.remote(IndexShard).options(num_cpus=config.index.num_cpus, num_gpus=config.index.num_gpus)
+    actor = ray.remote(IndexShard).options(
+        num_cpus=config.index.num_cpus, num_gpus=config.index.num_gpus, resources=dict(config.compute.resources)
+    )
     for attempt in range(2):
         shards = [
             actor.remote(
@@ -331,6 +338,7 @@ def check_resources_fit(config: MineConfig, rescore: bool, cluster: dict[str, fl
             f"{config.compute.embed_num_cpus:g}; lower index.num_cpus (e.g. 0.5), index.shards, compute.mine_num_cpus "
             "or compute.cross_encoder_num_cpus (or compute.embed_num_cpus)"
         )
+    check_custom_resources_exist("compute.resources", config.compute.resources, cluster)
     gpu_needed = config.index.shards * config.index.num_gpus + config.compute.embed_num_gpus
     if gpu_needed > gpus:
         raise ClusterError(

@@ -15,7 +15,7 @@ import os
 from typing import Any, Literal, Optional
 
 from raytune_st.errors import ModelError
-from raytune_st.models.remote import MODEL_MARKERS, fetch_model_dir, is_remote, no_model
+from raytune_st.models.remote import MODEL_MARKERS, fetch_model_dir, is_remote, list_model_files, no_model
 
 ModelType = Literal["bi_encoder", "cross_encoder"]
 
@@ -110,6 +110,18 @@ def resolve_model(ref: str) -> str:
             "check the network, or set HF_HUB_OFFLINE=1 and point model at a local directory"
         ) from None
     return ref
+
+
+def check_model(ref: str) -> None:
+    """Raise ModelError unless `ref` names a model, without loading it.
+
+    A model in object storage is only listed here (its files and a model marker); it is
+    downloaded where it is loaded, so a driver on a head node never copies the weights.
+    """
+    if is_remote(ref):
+        list_model_files(ref)
+    else:
+        resolve_model(ref)
 
 
 def load_bi_encoder(ref: str, *, device: Optional[str] = None, max_seq_length: Optional[int] = None, **kwargs: Any):

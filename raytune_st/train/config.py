@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 from raytune_st.config.core import option
+from raytune_st.config.resources import check_amount
 from raytune_st.data.sources import Source, inspect_source
 from raytune_st.errors import ConfigError, DataError
 from raytune_st.evaluation.config import EvaluatorSpec
@@ -187,12 +188,16 @@ class ScalingSection:
     num_workers: int = option(1, help="training workers (one process and one model replica each)")
     use_gpu: bool = option(False, help="give each worker one GPU; DDP then runs over NCCL instead of gloo")
     resources_per_worker: dict[str, float] = option(
-        default_factory=dict, help="Ray resources per worker, e.g. {CPU: 4, GPU: 1}"
+        default_factory=dict,
+        help="Ray resources per worker, e.g. {CPU: 4, GPU: 1}; custom ones ({worker_node: 1}) keep the workers on the nodes that have them",
     )
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError(f"num_workers: must be at least 1, got {self.num_workers}")
+        for name, value in self.resources_per_worker.items():
+            if value != 0:  # {CPU: 0} is how a GPU worker asks for no CPU of its own
+                check_amount(f"scaling.resources_per_worker.{name}", value)
 
 
 @dataclass

@@ -16,12 +16,13 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any, Optional
 
+from raytune_st.config.resources import check_custom_resources_exist
 from raytune_st.data.sources import Source, read_source
 from raytune_st.errors import ClusterError
 from raytune_st.evaluation.metrics import model_facts
 from raytune_st.models.loading import resolve_model
 from raytune_st.outputs import OutputDir, is_inside, join, removed_on_failure
-from raytune_st.runtime import ray_session
+from raytune_st.runtime import ray_address, ray_session
 from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import Plan, TrainConfig, check_dataset, preflight
@@ -167,6 +168,8 @@ def plan_run(config: TrainConfig) -> Plan:
 
     plan = preflight(config, count_rows=count_rows)
     resources = ray.cluster_resources()
+    if ray_address(config.ray_address) is None:  # a remote cluster may autoscale
+        check_custom_resources_exist("scaling.resources_per_worker", config.scaling.resources_per_worker, resources)
     if config.scaling.use_gpu and resources.get("GPU", 0) < config.scaling.num_workers:
         raise ClusterError(
             f"scaling.use_gpu asks for {config.scaling.num_workers} GPU workers but the cluster has "

@@ -1,8 +1,9 @@
 """A two-node Ray cluster on this machine, jobs through `ray job submit`, data in object storage.
 
-The head (`ray start --head --num-cpus 0`, like cluster/kuberay/raycluster.yaml's) runs the job
-drivers and nothing else; a worker node (`ray start --address ... --resources
-'{"worker_node": 2}'`) runs every embedding actor, index shard and train worker. Each node
+The head (`ray start --head --num-cpus 1`) runs the job drivers and has a CPU of its own; a
+worker node (`ray start --address ... --resources '{"worker_node": 2}'`) runs every embedding
+actor, index shard and train worker because the jobs ask for its custom resource
+(`compute.resources`, `scaling.resources_per_worker`), not because the head has no room. Each node
 has its own temp dir and its own model cache, and the data, the start model and every output
 live in an S3 API server: the worker node never reads the driver's disk. The nodes are
 killed as a machine dies (SIGKILL to every process of the node), and once Ray has declared
@@ -40,7 +41,7 @@ class TwoNodes:
             # The GCS declares a silent node dead after about 5 s instead of Ray's default 30.
             "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
         }
-        self.head = RayNode(str(root / "head"), num_cpus=0, env=env).start()
+        self.head = RayNode(str(root / "head"), num_cpus=1, env=env).start()
         self.workers: list[RayNode] = []
         self.add_worker()
         self.cluster = Cluster(self.head.dashboard, root, self.head.env, submission_runtime_env(root))
@@ -106,7 +107,7 @@ def mine_args(out: str) -> list[str]:
         "python", "jobs/mine.py", "--config", "examples/configs/mine-debian.yaml",
         f"model=s3://{BUCKET}/models/start", f"dataset.path=s3://{BUCKET}/data/pairs.parquet",
         "mine.num_negatives=2", "mine.range_max=20", "mine.relative_margin=null", "compute.embed_chunk_rows=64", "compute.mine_batch_rows=64",
-        "compute.embed_actors_max=2", f"output.path=s3://{BUCKET}/{out}",
+        "compute.embed_actors_max=2", "compute.resources={worker_node: 0.01}", f"output.path=s3://{BUCKET}/{out}",
     ]
 
 
@@ -118,7 +119,7 @@ def train_args(out: str, **extra: str) -> list[str]:
         "args.eval_steps=null",
         "args.max_steps=8", "args.save_steps=2", "args.logging_steps=2", "args.per_device_train_batch_size=8",
         f"args.output_dir=s3://{BUCKET}/{out}", f"run.storage_path=s3://{BUCKET}/{out}-ray",
-        "scaling.num_workers=1", "scaling.resources_per_worker={CPU: 1}",
+        "scaling.num_workers=1", "scaling.resources_per_worker={CPU: 1, worker_node: 1}",
         *[f"{k.replace('__', '.')}={v}" for k, v in extra.items()],
     ]
 
@@ -170,6 +171,13 @@ def test_every_stage_runs_on_the_worker_node_from_object_storage(nodes, store, m
     embedders = {name: ids for name, ids in placed.items() if "ChunkEmbedder" in name}
     assert embedders and all(ids == {worker.node_id()} for ids in embedders.values()), placed
     assert placed.get("IndexShard") == {worker.node_id()}, placed
+    job_id = ray_job_id(cluster, sid)
+    tasks: dict[str, set[str]] = {}
+    for task in nodes.head.list_state("tasks", "--limit", "10000"):
+        if task.get("job_id") == job_id and task.get("node_id"):
+            tasks.setdefault(task["name"], set()).add(task["node_id"])
+    for stage in ("prepare_inputs", "mine_batch", "_report"):  # the job's own tasks, not only its actors
+        assert tasks.get(stage) == {worker.node_id()}, (stage, tasks)
 
     worker = nodes.workers[-1]
     sid = f"train-{uuid.uuid4().hex[:8]}"

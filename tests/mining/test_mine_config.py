@@ -202,3 +202,18 @@ def test_stages_that_a_local_ray_cannot_hold_are_refused_from_its_totals(tmp_pat
     with pytest.raises(ClusterError, match="this Ray has 0 GPUs but .* ask for 1; set them to 0 on a CPU machine"):
         check_resources_fit(config(tmp_path, "compute.embed_num_gpus=1"), rescore=False, cluster=two_cpus)
     check_resources_fit(config(tmp_path, "compute.embed_num_gpus=1"), rescore=False, cluster={"CPU": 2.0, "GPU": 1.0})
+
+
+def test_custom_resources_are_checked_in_the_config_and_against_the_cluster(tmp_path):
+    from raytune_st.errors import ClusterError
+    from raytune_st.mining.job import check_resources_fit
+
+    pinned = config(tmp_path, "compute.resources={worker_node: 0.01}")
+    assert pinned.compute.resources == {"worker_node": 0.01}
+    check_resources_fit(pinned, rescore=False, cluster={"CPU": 2.0, "worker_node": 2.0})
+    with pytest.raises(ClusterError, match=r"compute.resources asks for 'worker_node', which no node .* \(custom resources here: gpu_node\)"):
+        check_resources_fit(pinned, rescore=False, cluster={"CPU": 2.0, "gpu_node": 1.0, "node:10.0.0.1": 1.0})
+    with pytest.raises(ConfigError, match=r"compute.resources.CPU: ask for CPU with the \*_num_cpus / \*_num_gpus keys"):
+        config(tmp_path, "compute.resources={CPU: 1}")
+    with pytest.raises(ConfigError, match=r"compute.resources.worker_node: must be more than 0"):
+        config(tmp_path, "compute.resources={worker_node: 0}")

@@ -147,3 +147,15 @@ def test_concurrent_resolves_share_one_download(model_uri, cache, monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         paths = set(pool.map(lambda _: fetch_model_dir(model_uri), range(4)))
     assert len(paths) == 1 and len(downloads) == 1
+
+
+def test_checking_a_model_in_a_bucket_lists_it_without_downloading(model_uri, bucket, cache):
+    from raytune_st.models import check_model
+
+    check_model(model_uri)
+    assert not os.path.exists(cache) or os.listdir(cache) == []  # the weights are fetched where the model loads
+    upload_dir(os.path.join(os.path.dirname(__file__)), f"{bucket}/not-a-model")  # files, but no model marker
+    with pytest.raises(ModelError, match="not-a-model"):
+        check_model(f"{bucket}/not-a-model")
+    with pytest.raises(ModelError, match="does not exist or is empty"):
+        check_model(f"{bucket}/models/missing")

@@ -133,6 +133,16 @@ def test_evaluator_for_the_other_model_type():
         make(evaluators=[{"type": "CrossEncoderCorrelationEvaluator", "name": "x", "data": STSB_TRAIN}])
 
 
+def test_resources_per_worker_follow_rays_rules():
+    assert make(scaling={"resources_per_worker": {"CPU": 0.5, "worker_node": 1}}).scaling.resources_per_worker == {
+        "CPU": 0.5, "worker_node": 1
+    }
+    with pytest.raises(ConfigError, match=r"scaling.resources_per_worker.CPU: Ray accepts fractions only below 1, got 1.5"):
+        make(scaling={"resources_per_worker": {"CPU": 1.5}})
+    with pytest.raises(ConfigError, match=r"scaling.resources_per_worker.worker_node: must be more than 0"):
+        make(scaling={"resources_per_worker": {"worker_node": -1}})
+
+
 def test_fp16_and_bf16_together():
     with pytest.raises(ConfigError, match="choose one"):
         make(args={"output_dir": "o", "fp16": True, "bf16": True})
