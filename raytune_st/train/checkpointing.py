@@ -9,7 +9,7 @@ A checkpoint directory is::
     data_position.json   per worker: rows read from each data set this epoch and rows still buffered
     history.jsonl        every metrics record of the run so far
     config.yaml          the resolved TrainConfig
-    data_files.json      the files of every data set with their sizes, as the run read them
+    data_files.json      the files of every data set with their sizes and content digests, as the run read them
 
 Checkpoints live in shared or remote storage that others may write to, so nothing in them is
 unpickled: a training_state.pt that holds any other object is refused (:class:`CheckpointError`),

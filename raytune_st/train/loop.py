@@ -6,7 +6,7 @@ trial runs (through the same TorchTrainer). Its `config` is::
     {"train_config": TrainConfig,         # the resolved config
      "train_rows": {name: rows, ...},     # global row counts, from pre-flight
      "columns": {"train_<name>": [...], "eval_<name>": [...]},
-     "data_files": {"train_datasets.<name>": [[file, bytes], ...]},  # optional: kept in checkpoints
+     "data_files": {"train_datasets.<name>": [[file, bytes, digest], ...]},  # optional: kept in checkpoints
      "overrides": {"args.learning_rate": 3e-5, ...},   # optional, e.g. a Tune trial's sample
      "initial_checkpoint": ray.train.Checkpoint}       # optional: where a new run starts (PBT)
 

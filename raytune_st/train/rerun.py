@@ -115,11 +115,40 @@ def describe(differences: list[tuple[str, Any, Any]]) -> str:
     return "; ".join(f"{key}: {_shown(old)} -> {_shown(new)}" for key, old, new in differences)
 
 
-def data_files(config: Any) -> dict[str, list[list[Any]]]:
-    """The files each data set reads and their sizes: {"train_datasets.<name>": [[file, bytes], ...]}.
+# Text files up to this size are digested whole; larger ones by their first and last MiB.
+WHOLE_FILE_DIGEST_BYTES = 16 * 2**20
+_EDGE_BYTES = 2**20
 
-    From a directory listing only, so that a rerun can see data rewritten in place (files added,
-    removed, or of another size) though its config names the same path.
+
+def content_digest(fs: Any, path: str, size: int) -> str:
+    """A short digest of what a data file holds, cheap enough for pre-flight.
+
+    A Parquet file: its footer (schema, row groups, every column chunk's statistics, offsets
+    and sizes), which a rewrite of the same size changes. Another file: its bytes, or its
+    first and last MiB when it is larger than :data:`WHOLE_FILE_DIGEST_BYTES`.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    with fs.open_input_file(path) as handle:
+        tail = handle.read_at(8, size - 8) if size >= 12 else b""
+        if tail[4:] == b"PAR1":
+            footer = int.from_bytes(tail[:4], "little")
+            digest.update(handle.read_at(footer, size - 8 - footer))
+        elif size <= WHOLE_FILE_DIGEST_BYTES:
+            digest.update(handle.read_at(size, 0) if size else b"")
+        else:
+            digest.update(handle.read_at(_EDGE_BYTES, 0))
+            digest.update(handle.read_at(_EDGE_BYTES, size - _EDGE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def data_files(config: Any) -> dict[str, list[list[Any]]]:
+    """The files each data set reads, with sizes and content digests:
+    {"train_datasets.<name>": [[file, bytes, digest], ...]}.
+
+    So that a rerun sees data rewritten in place (files added, removed, of another size, or
+    rewritten at the same size) though its config names the same path (:func:`content_digest`).
     """
     import pyarrow.fs
 
@@ -137,26 +166,31 @@ def data_files(config: Any) -> dict[str, list[list[Any]]]:
                 fs, files = _data_files(source)
                 root = posixpath.dirname(files[0]) if len(files) == 1 else filesystem(source.path)[1]
                 infos = fs.get_file_info(files)
-            found[f"{section}.{name}"] = sorted([posixpath.relpath(i.path, root), i.size] for i in infos)
+            found[f"{section}.{name}"] = sorted(
+                [posixpath.relpath(i.path, root), i.size, content_digest(fs, i.path, i.size)] for i in infos
+            )
     return found
 
 
 def file_differences(old: dict[str, Any], new: dict[str, Any], changed_keys: list[str]) -> list[tuple[str, Any, Any]]:
     """The data sets whose files differ, as (key, old, new) phrases; sets whose config changed are left out
-    (their difference is already named)."""
+    (their difference is already named). Records of an older raytune_st carry sizes only."""
     out = []
     for key in sorted(set(old) & set(new)):
         if any(k.startswith(key + ".") for k in changed_keys):
             continue
-        before, after = dict(map(tuple, old[key])), dict(map(tuple, new[key]))
-        if before == after:
+        before = {entry[0]: tuple(entry[1:]) for entry in old[key]}
+        after = {entry[0]: tuple(entry[1:]) for entry in new[key]}
+        after_compared = {f: a[: len(before[f])] if f in before else a for f, a in after.items()}
+        if before == after_compared:
             continue
         gone = [f for f in before if f not in after]
         added = [f for f in after if f not in before]
-        resized = [f for f in before if f in after and before[f] != after[f]]
+        resized = [f for f in before if f in after and before[f][0] != after[f][0]]
+        rewritten = [f for f in before if f in after and f not in resized and before[f] != after_compared[f]]
         parts = [
             f"{len(files)} {verb} ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
-            for files, verb in ((resized, "of another size"), (added, "added"), (gone, "removed"))
+            for files, verb in ((resized, "of another size"), (rewritten, "rewritten at the same size"), (added, "added"), (gone, "removed"))
             if files
         ]
         out.append((f"{key}.data files", f"{len(before)} file(s)", "; ".join(parts)))

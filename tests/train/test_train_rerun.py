@@ -132,10 +132,47 @@ def test_data_rewritten_in_place_under_the_same_path_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     checkpointed(run_dir, config())
     check_rerun(config(), str(run_dir))  # the same files: resumes
-    assert data_files(config()) == {"train_datasets.pairs": [["part-0.parquet", (parts / "part-0.parquet").stat().st_size],
-                                                             ["part-1.parquet", (parts / "part-1.parquet").stat().st_size]]}
+    recorded = data_files(config())["train_datasets.pairs"]
+    assert [entry[:2] for entry in recorded] == [["part-0.parquet", (parts / "part-0.parquet").stat().st_size],
+                                                 ["part-1.parquet", (parts / "part-1.parquet").stat().st_size]]
+    assert recorded[0][2] != recorded[1][2]  # the footers' digests tell the two parts apart
     shutil.copy(parts / "part-1.parquet", parts / "part-2.parquet")
     pq.write_table(pa.table({"query": ["another"] * 9, "passage": ["text"] * 9}), parts / "part-0.parquet")
     with pytest.raises(ConfigError, match=r"train_datasets.pairs.data files: 2 file\(s\) -> 1 of another size \(part-0.parquet\); "
                                           r"1 added \(part-2.parquet\)"):
         check_rerun(config(), str(run_dir))
+
+
+def test_data_rewritten_at_the_same_size_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"query": ["q1", "q2"], "passage": ["p1", "p2"]}), data)
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text('{"query": "q1", "passage": "p1"}\n')
+
+    def config():
+        made = config_with(tmp_path)
+        made.train_datasets["pairs"].data = build(type(made.train_datasets["pairs"].data), {"path": str(data)})
+        made.train_datasets["text"] = build(type(made.train_datasets["pairs"]), {"data": str(jsonl)})
+        return made
+
+    run_dir = tmp_path / "run"
+    checkpointed(run_dir, config())
+    size = data.stat().st_size
+    pq.write_table(pa.table({"query": ["q3", "q2"], "passage": ["p1", "p2"]}), data)  # one text changed
+    assert data.stat().st_size == size
+    jsonl.write_text('{"query": "q2", "passage": "p1"}\n')
+    with pytest.raises(ConfigError, match=r"train_datasets.pairs.data files: 1 file\(s\) -> 1 rewritten at the same size "
+                                          r"\(pairs.parquet\).*train_datasets.text.data files: .* rewritten at the same size \(pairs.jsonl\)"):
+        check_rerun(config(), str(run_dir))
+
+
+def test_records_of_an_older_version_are_compared_by_size():
+    from raytune_st.train.rerun import file_differences
+
+    old = {"train_datasets.pairs": [["a.parquet", 10], ["b.parquet", 20]]}
+    new = {"train_datasets.pairs": [["a.parquet", 10, "d1"], ["b.parquet", 21, "d2"]]}
+    assert file_differences(old, new, []) == [("train_datasets.pairs.data files", "2 file(s)", "1 of another size (b.parquet)")]
+    assert file_differences(old, {"train_datasets.pairs": [["a.parquet", 10, "x"], ["b.parquet", 20, "y"]]}, []) == []
