@@ -143,6 +143,8 @@ def test_mine_train_evaluate_and_tune_with_every_path_in_a_bucket(store, ray_clu
     assert "best/modules.json" in sweep and "best-config.yaml" in sweep, sorted(sweep)[:20]
     assert objects(store, "tune-state"), "no Tune state under search.storage_path"
 
+    written = {prefix: sum(objects(store, prefix).values()) for prefix in ("mined", "embedding-cache", "model", "ray", "evaluate", "sweep", "tune-state")}
+    print("bytes written to the bucket: " + ", ".join(f"{prefix} {size:,}" for prefix, size in written.items()))
     # Every byte went to the bucket: the working directory is as empty as it started.
     assert list(workdir.iterdir()) == []
     # The start model and the trained one were each downloaded once into this node's cache.
@@ -202,16 +204,27 @@ def test_mining_in_a_bucket_resumes_after_a_killed_driver_and_recomputes_damaged
 
     # 1. The driver SIGKILLed at a random moment, the same command again.
     (workdir / "mine.yaml").write_text(yaml.safe_dump(config("resume-killed")))
-    delay = random.Random().uniform(2.0, 15.0)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "raytune_st", "mine", "--config", "mine.yaml"], cwd=workdir, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
+    # Killed at a random moment after the first embeddings reached the bucket, while it embeds, indexes or mines.
+    while not objects(store, "resume-killed-cache") and time.monotonic() - started < 120:
+        assert proc.poll() is None, "the run ended before it wrote any embedding"
+        time.sleep(0.1)
+    time.sleep(random.Random().uniform(0.0, 1.5))
+    assert proc.poll() is None, "the run ended before it could be killed"
+    delay = time.monotonic() - started
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert not objects(store, "resume-killed").get("stats.json")
     (workdir / "mine.yaml").unlink()
+    began = time.monotonic()
     raytune_st.mine(config("resume-killed"))
     assert rows_in(store, "resume-killed") == full, f"killed after {delay:.1f} s"
+    with capsys.disabled():
+        print(f"bucket mining driver killed {delay:.1f} s in: the rerun took {time.monotonic() - began:.1f} s, "
+              f"{len(full)} rows, 0 lost")
     assert not [n for n in objects(store, "resume-killed") if ".tmp-" in n]
 
     # 2. A part and a cached embedding cut short (an upload that stopped): found, computed again.
@@ -223,8 +236,12 @@ def test_mining_in_a_bucket_resumes_after_a_killed_driver_and_recomputes_damaged
         with fs.open_output_stream(key) as handle:
             handle.write(data[: len(data) // 2])
     capsys.readouterr()
+    began = time.monotonic()
     summary = raytune_st.mine(config("resume-killed"))
+    took = time.monotonic() - began
     printed = capsys.readouterr().out
+    with capsys.disabled():
+        print(f"bucket part and cache object cut short: the rerun took {took:.1f} s")
     assert "[mine] part-00001.parquet cannot be reused (" in printed
     assert rows_in(store, "resume-killed") == full and summary["rows"] == len(full)
     assert work_files.load_vectors(f"{b}/resume-killed-cache/{cache}").shape[0] > 0  # embedded again, whole
