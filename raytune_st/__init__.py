@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 
 def _run(job: str, config, overrides=()):
-    from raytune_st.cli import JOBS, load_job_config
+    from raytune_st.registry import JOBS, load_job_config
 
     config_cls, run = JOBS[job].load()
     if not isinstance(config, config_cls):

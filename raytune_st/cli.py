@@ -1,56 +1,20 @@
 """`raytune-st <job> --config FILE [key=value ...]`: the command line for every job.
 
-Each job is a typed config class plus a function that runs it; both are imported only when
-their subcommand is chosen, so `raytune-st --help` stays fast.
+Each job (:mod:`raytune_st.registry`) is a typed config class plus a function that runs it; both
+are imported only when their subcommand is chosen, so `raytune-st --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+import warnings
+from typing import Optional, Sequence
 
-from raytune_st.errors import RaytuneError
+from raytune_st.errors import RaytuneError, RaytuneWarning
+from raytune_st.registry import JOBS, load_job_config
 
-
-@dataclass(frozen=True)
-class Job:
-    help: str
-    config: str  # "module:ConfigClass"
-    run: str  # "module:function(config)"
-
-    def load(self) -> tuple[type, Callable[[Any], Any]]:
-        def resolve(spec: str) -> Any:
-            module, _, name = spec.partition(":")
-            return getattr(importlib.import_module(module), name)
-
-        return resolve(self.config), resolve(self.run)
-
-
-JOBS: dict[str, Job] = {
-    "mine": Job(
-        help="add hard negatives to (anchor, positive) pairs, like sentence-transformers' mine_hard_negatives",
-        config="raytune_st.mining.config:MineConfig",
-        run="raytune_st.mining.job:mine",
-    ),
-    "evaluate": Job(
-        help="run sentence-transformers evaluators on a model, on a Ray worker",
-        config="raytune_st.evaluation.config:EvaluateConfig",
-        run="raytune_st.evaluation.job:evaluate",
-    ),
-    "train": Job(
-        help="fine-tune a bi-encoder or cross-encoder with sentence-transformers losses on Ray Train",
-        config="raytune_st.train.config:TrainConfig",
-        run="raytune_st.train.job:train",
-    ),
-    "tune": Job(
-        help="sweep losses and hyperparameters with Ray Tune; every trial is a whole Ray Train run",
-        config="raytune_st.tune.config:TuneConfig",
-        run="raytune_st.tune.job:tune",
-    ),
-}
+__all__ = ["JOBS", "load_job_config", "main", "run_job"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,20 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_job_config(job: str, config_path: Optional[str], overrides: Sequence[str] = ()) -> Any:
-    """The typed, validated config of `job` from a YAML file plus overrides."""
-    from raytune_st.config import load_config
-
-    config_cls, _ = JOBS[job].load()
-    return load_config(config_cls, config_path, overrides)
-
-
 def run_job(job: str, argv: Sequence[str]) -> int:
     """Parse `--config FILE key=value ...` for one job and run it (used by jobs/*.py too)."""
     return main([job, *argv])
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """raytune_st's own warnings as one `warning:` line; everything else as Python prints it."""
+    if issubclass(category, RaytuneWarning):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    warnings.formatwarning = _format_warning
     args = _parser().parse_args(argv)
     job = JOBS[args.job]
     try:

@@ -24,3 +24,11 @@ class ModelError(RaytuneError, ValueError):
 
 class ClusterError(RaytuneError, RuntimeError):
     """A Ray cluster that cannot be reached or cannot run what was asked."""
+
+
+class RaytuneWarning(UserWarning):
+    """Something a user should know that does not stop the job; the CLI prints it as one `warning:` line."""
+
+
+class ClusterWarning(RaytuneWarning):
+    """A cluster that can run the job, but perhaps not as the user expects (e.g. no CPU left to read data)."""

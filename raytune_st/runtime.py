@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from raytune_st.errors import ClusterError
 
@@ -39,23 +39,55 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
     # ray.init refuses a runtime env that sets any of the same variables again.
     job_env = (json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}).get("env_vars") or {}
     env = {k: v for k, v in env.items() if k not in job_env}
-    from ray.data import DataContext
+    with data_context(enable_progress_bars={**job_env, **env}["RAY_DATA_DISABLE_PROGRESS_BARS"] != "1"):
+        try:
+            if target is not None:
+                _check_reachable(target)
+                ray.init(address=target, runtime_env={"env_vars": env} if env else None, log_to_driver=True, logging_level="WARNING")
+            else:
+                _init_local(env)
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            if target is None:
+                raise
+            raise _unreachable(target, exc) from None
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
-    DataContext.get_current().enable_progress_bars = {**job_env, **env}["RAY_DATA_DISABLE_PROGRESS_BARS"] != "1"
-    try:
-        if target is not None:
-            _check_reachable(target)
-            ray.init(address=target, runtime_env={"env_vars": env} if env else None, log_to_driver=True, logging_level="WARNING")
-        else:
-            _init_local(env)
-    except (ConnectionError, TimeoutError, RuntimeError) as exc:
-        if target is None:
-            raise
-        raise _unreachable(target, exc) from None
+
+@contextlib.contextmanager
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """The logger `name` at `level` for the body, restored afterwards."""
+    import logging
+
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        ray.shutdown()
+        logger.setLevel(saved)
+
+
+@contextlib.contextmanager
+def data_context(**settings: Any) -> Iterator[Any]:
+    """Ray Data's DataContext with `settings` for the body, restored afterwards.
+
+    The context is global to the process (and handed to the tasks of every dataset executed
+    meanwhile), so a job changes it only while it runs, never for the rest of a user's program.
+    """
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    saved = {name: getattr(context, name) for name in settings}
+    for name, value in settings.items():
+        setattr(context, name, value)
+    try:
+        yield context
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
 
 
 def _init_local(env: dict[str, str]) -> None:

@@ -129,3 +129,20 @@ def test_bugs_keep_their_traceback(config_file, monkeypatch):
     monkeypatch.setitem(cli.JOBS, "evaluate", _RaisingJob(ZeroDivisionError("bug")))
     with pytest.raises(ZeroDivisionError):
         cli.main(["evaluate", "--config", config_file])
+
+
+def test_our_warnings_print_as_one_line_and_others_as_python_prints_them(capsys):
+    import warnings
+
+    from raytune_st import cli
+    from raytune_st.errors import ClusterWarning
+
+    saved = warnings.formatwarning
+    try:
+        assert cli.main(["mine", "--help-config"]) == 0  # any run of the CLI installs the format
+        ours = warnings.formatwarning("2 workers x 1 CPU leave no CPU for reading data", ClusterWarning, "job.py", 7)
+        other = warnings.formatwarning("deprecated", DeprecationWarning, "lib.py", 3)
+    finally:
+        warnings.formatwarning = saved
+    assert ours == "warning: 2 workers x 1 CPU leave no CPU for reading data\n"
+    assert other.startswith("lib.py:3: DeprecationWarning: deprecated")

@@ -88,3 +88,23 @@ def test_a_local_run_beside_a_users_own_ray_start_cluster(tmp_path, tiny_bert_di
     finally:
         users.stop()
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def test_job_settings_of_ray_data_and_logging_last_only_while_the_job_runs():
+    import logging
+
+    from ray.data import DataContext
+
+    from raytune_st.runtime import data_context, logger_level
+
+    context = DataContext.get_current()
+    before = (context.enable_progress_bars, context.print_on_execution_start)
+    with data_context(enable_progress_bars=not before[0], print_on_execution_start=False) as inside:
+        assert inside is context and context.enable_progress_bars is (not before[0])
+    assert (context.enable_progress_bars, context.print_on_execution_start) == before
+    level = logging.getLogger("ray.data").level
+    with pytest.raises(RuntimeError):
+        with logger_level("ray.data", logging.ERROR):
+            assert logging.getLogger("ray.data").level == logging.ERROR
+            raise RuntimeError("a failed stage")
+    assert logging.getLogger("ray.data").level == level

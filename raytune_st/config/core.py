@@ -22,7 +22,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar, Union
 
 import yaml
 
@@ -247,32 +247,55 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: Any = Any)
 
     data = copy.deepcopy(data)
     for path, value in parse_overrides(overrides):
-        dotted = ".".join(path)
-        node: Any = data
-        tp = cls
-        for i, part in enumerate(path):
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(
-                        f"override {dotted}: {'.'.join(path[:i]) or 'config'} is a list of {len(node)}; "
-                        f"index it with 0..{len(node) - 1}, not {part!r}"
-                    )
-                key: Any = int(part)
-            else:
-                key = part
-            tp = _field_type(tp, part)
-            if i == len(path) - 1:
-                node[key] = value
-                break
-            child = node[key] if isinstance(node, list) else node.get(key)
-            if child is None:
-                child = node[key] = {}
-            elif not isinstance(child, (dict, list)):
-                child = node[key] = _expand_shorthand(child, tp)
-                if not isinstance(child, dict):
-                    raise ConfigError(f"override {dotted}: {'.'.join(path[: i + 1])} is {child!r}, not a mapping")
-            node = child
+        set_path(data, path, value, cls)
     return data
+
+
+def set_path(data: Any, path: typing.Sequence[str], value: Any, cls: Any = Any) -> None:
+    """Set `value` at the dotted `path` of plain config data (nested dicts and lists), in place.
+
+    A numeric part indexes a list; a missing mapping on the way is created, and a shorthand
+    value is expanded as its section (found along `cls`) reads it. The one walker of dotted
+    keys: overrides and Tune's sampled values both go through it.
+    """
+    dotted = ".".join(path)
+    node: Any = data
+    tp = cls
+    for i, part in enumerate(path):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"override {dotted}: {'.'.join(path[:i]) or 'config'} is a list of {len(node)}; "
+                    f"index it with 0..{len(node) - 1}, not {part!r}"
+                )
+            key: Any = int(part)
+        else:
+            key = part
+        tp = _field_type(tp, part)
+        if i == len(path) - 1:
+            node[key] = value
+            return
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, (dict, list)):
+            child = node[key] = _expand_shorthand(child, tp)
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted}: {'.'.join(path[: i + 1])} is {child!r}, not a mapping")
+        node = child
+
+
+def missing_part(data: Any, path: typing.Sequence[str]) -> Optional[int]:
+    """The index of the first part of the dotted `path` that `data` does not have (None: it has them all)."""
+    node: Any = data
+    for i, part in enumerate(path):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, typing.Mapping) and part in node:
+            node = node[part]
+        else:
+            return i
+    return None
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -9,7 +9,7 @@ from raytune_st.config.core import option, suggest
 from raytune_st.config.resources import check_custom_resources
 from raytune_st.data.sources import Source, inspect_source
 from raytune_st.errors import ConfigError, DataError
-from raytune_st.evaluation.evaluators import EVALUATORS
+from raytune_st.evaluation.evaluators import EVALUATORS, ROLE_TYPES
 from raytune_st.models.config import ModelConfig
 
 
@@ -87,16 +87,10 @@ class EvaluatorSpec:
             )
         for column, role, role_type in zip(info.columns, kind.roles, kind.role_types):
             found = info.types[column]
-            ok = {
-                "text": found in ("string", "null"),
-                "texts": found in ("string", "list<string>", "null"),
-                "number": found in ("float", "int", "bool", "null"),
-            }[role_type]
-            if not ok:
+            if found not in ROLE_TYPES[role_type].column_types:
                 raise DataError(
-                    f"{where}: column {column!r} ({role}) holds {found}, expected "
-                    + {"text": "text", "texts": "text or lists of text", "number": "numbers"}[role_type]
-                    + f"; {self.type}'s columns are ({', '.join(kind.roles)}), check their order"
+                    f"{where}: column {column!r} ({role}) holds {found}, expected {ROLE_TYPES[role_type].described}; "
+                    f"{self.type}'s columns are ({', '.join(kind.roles)}), check their order"
                 )
         for source in self.corpus:
             info = inspect_source(source)

@@ -42,7 +42,7 @@ class EvaluatorKind:
     roles: tuple[str, ...]  # what each data column is, in order
     role_types: tuple[str, ...]  # text | texts (text or list of texts) | number
     data_params: tuple[str, ...]  # constructor arguments filled from the data (not settable in config)
-    build: Callable[[Any, list[list[Any]], dict[str, Any]], Any]
+    build: Callable[[Any, list[list[Any]], dict[str, Any], Sequence[str]], Any]  # see the builders below
     # (kwargs, the model's similarity function names, the cross-encoder's num_labels) -> the
     # metric names the evaluator returns, before its name prefix: see metric_names().
     metrics: Callable[[dict[str, Any], Sequence[str], Optional[int]], list[str]]
@@ -130,33 +130,37 @@ def reranking_samples(queries: Sequence[str], positives: Sequence[Any], negative
     return [{"query": q, **docs} for q, docs in grouped.items()]
 
 
-def _similarity(cls, c, kw):
-    return cls(sentences1=c[0], sentences2=c[1], scores=[float(s) for s in c[2]], **kw)
+# Each builder: (evaluator class, the checked data columns in role order, keyword arguments,
+# extra corpus passages) -> the evaluator.
 
 
-def _binary(cls, c, kw):
-    return cls(sentences1=c[0], sentences2=c[1], labels=[int(v) for v in c[2]], **kw)
+def _similarity(evaluator, columns, kwargs, extra_corpus):
+    return evaluator(sentences1=columns[0], sentences2=columns[1], scores=[float(s) for s in columns[2]], **kwargs)
 
 
-def _triplet(cls, c, kw):
-    return cls(anchors=c[0], positives=c[1], negatives=c[2], **kw)
+def _binary(evaluator, columns, kwargs, extra_corpus):
+    return evaluator(sentences1=columns[0], sentences2=columns[1], labels=[int(v) for v in columns[2]], **kwargs)
 
 
-def _reranking(cls, c, kw):
-    return cls(samples=reranking_samples(c[0], c[1], c[2]), **kw)
+def _triplet(evaluator, columns, kwargs, extra_corpus):
+    return evaluator(anchors=columns[0], positives=columns[1], negatives=columns[2], **kwargs)
 
 
-def _ir(cls, c, kw):
-    queries, corpus, relevant = ir_from_pairs(c[0], c[1], kw.pop("_extra_corpus", ()))
-    return cls(queries=queries, corpus=corpus, relevant_docs=relevant, **kw)
+def _reranking(evaluator, columns, kwargs, extra_corpus):
+    return evaluator(samples=reranking_samples(columns[0], columns[1], columns[2]), **kwargs)
 
 
-def _ce_classification(cls, c, kw):
-    return cls(sentence_pairs=[list(p) for p in zip(c[0], c[1])], labels=[int(v) for v in c[2]], **kw)
+def _ir(evaluator, columns, kwargs, extra_corpus):
+    queries, corpus, relevant = ir_from_pairs(columns[0], columns[1], extra_corpus)
+    return evaluator(queries=queries, corpus=corpus, relevant_docs=relevant, **kwargs)
 
 
-def _ce_correlation(cls, c, kw):
-    return cls(sentence_pairs=[list(p) for p in zip(c[0], c[1])], scores=[float(v) for v in c[2]], **kw)
+def _ce_classification(evaluator, columns, kwargs, extra_corpus):
+    return evaluator(sentence_pairs=[list(p) for p in zip(columns[0], columns[1])], labels=[int(v) for v in columns[2]], **kwargs)
+
+
+def _ce_correlation(evaluator, columns, kwargs, extra_corpus):
+    return evaluator(sentence_pairs=[list(p) for p in zip(columns[0], columns[1])], scores=[float(v) for v in columns[2]], **kwargs)
 
 
 # --- the metric names each evaluator returns (sentence-transformers 6.2's __call__) ---------
@@ -280,25 +284,42 @@ EVALUATORS: dict[str, EvaluatorKind] = {
 }
 
 
+@dataclass(frozen=True)
+class RoleType:
+    """What a column of one role type holds: in the data's metadata, and value by value."""
+
+    column_types: frozenset[str]  # the metadata types (data.sources' names) that can hold it
+    described: str  # what a column must hold, for messages
+    value: str  # what each value must be, for messages
+    accepts: Callable[[Any], bool]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+ROLE_TYPES: dict[str, RoleType] = {
+    "text": RoleType(frozenset({"string", "null"}), "text", "a string", lambda v: isinstance(v, str)),
+    "texts": RoleType(
+        frozenset({"string", "list<string>", "null"}), "text or lists of text", "a string or a list of strings",
+        lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v)),
+    ),
+    "number": RoleType(frozenset({"float", "int", "bool", "null"}), "numbers", "a number", _is_number),
+}
+
+
 def check_values(columns: Columns, kind: EvaluatorKind, where: str) -> list[list[Any]]:
     """The columns as lists in role order, after checking every value has its role's type."""
     names = list(columns)
     out = []
     for name, role, role_type in zip(names, kind.roles, kind.role_types):
         values = list(columns[name])
+        expected = ROLE_TYPES[role_type]
         for row, value in enumerate(values):
-            ok = {
-                "text": isinstance(value, str),
-                "texts": isinstance(value, str) or (
-                    isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-                ),
-                "number": isinstance(value, (int, float)) and not isinstance(value, bool) and value == value,
-            }[role_type]
-            if not ok:
+            if not expected.accepts(value):
                 what = "null" if value is None else f"{type(value).__name__} {value!r:.40}"
-                expected = {"text": "a string", "texts": "a string or a list of strings", "number": "a number"}[role_type]
                 raise DataError(
-                    f"{where}: column {name!r} ({role}) row {row} is {what}, expected {expected}; "
+                    f"{where}: column {name!r} ({role}) row {row} is {what}, expected {expected.value}; "
                     "drop or fix such rows in the data"
                 )
         out.append(values)
@@ -331,6 +352,4 @@ def build_evaluator(
     if not columns or not len(next(iter(columns.values()))):
         raise DataError(f"{where}: the data set is empty; point data at a file with rows")
     values = check_values(columns, kind, where)
-    if type_name == "InformationRetrievalEvaluator":
-        kwargs["_extra_corpus"] = list(extra_corpus)
-    return kind.build(cls, values, kwargs)
+    return kind.build(cls, values, kwargs, list(extra_corpus))

@@ -13,12 +13,11 @@ checks pass, before any work; a run that fails removes the directory it created.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from raytune_st.config.core import dump_yaml
 from raytune_st.config.resources import check_custom_resources_exist
-from raytune_st.data.sources import Source, read_source
-from raytune_st.evaluation.config import EvaluateConfig, EvaluatorSpec
+from raytune_st.evaluation.config import EvaluateConfig
+from raytune_st.evaluation.run import build_evaluators, run_evaluators
 from raytune_st.models.loading import check_model
 from raytune_st.outputs import OutputDir, removed_on_failure
 from raytune_st.runtime import cluster_gpus, ray_address, ray_session
@@ -27,44 +26,17 @@ from raytune_st.runtime import cluster_gpus, ray_address, ray_session
 RESULT_FILES = ("metrics.json", "config.yaml")
 
 
-def read_columns(source: Source) -> dict[str, list[Any]]:
-    """All rows of a (small) source as {column: values}, read through Ray Data."""
-    import pyarrow as pa
-
-    tables = [batch for batch in read_source(source).iter_batches(batch_format="pyarrow", batch_size=None)]
-    return pa.concat_tables(tables).to_pydict() if tables else {}
-
-
-def build_evaluators(specs: list[EvaluatorSpec]):
-    """sentence-transformers evaluators for `specs`, their data read on the calling worker."""
-    from raytune_st.evaluation.evaluators import build_evaluator
-
-    evaluators = []
-    for spec in specs:
-        if spec.beir:
-            beir = (read_columns(spec.corpus[0]), read_columns(spec.queries), read_columns(spec.qrels))
-            evaluators.append(build_evaluator(spec.type, spec.name, {}, spec.kwargs, beir=beir))
-            continue
-        extra = [text for source in spec.corpus for text in next(iter(read_columns(source).values()))]
-        evaluators.append(build_evaluator(spec.type, spec.name, read_columns(spec.data), spec.kwargs, extra_corpus=extra))
-    return evaluators
-
-
-def run_evaluators(config: EvaluateConfig) -> dict[str, float]:
+def evaluate_model(config: EvaluateConfig) -> dict[str, float]:
     """Load the model and run every evaluator in this process (a Ray worker, or a test)."""
     import torch
-    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
 
     evaluators = build_evaluators(config.evaluators)
     model = config.model.load(device="cuda" if torch.cuda.is_available() else "cpu")
-    results = SequentialEvaluator(evaluators)(model)
-    if len(evaluators) == 1:
-        results.pop("sequential_score", None)
-    return {key: float(value) for key, value in results.items()}
+    return run_evaluators(evaluators, model)
 
 
-def check(config: EvaluateConfig) -> OutputDir:
-    """Every check that needs no cluster: model, data, output directory."""
+def checked_output(config: EvaluateConfig) -> OutputDir:
+    """Every check that needs no cluster (model, data, output directory); returns the output directory."""
     check_model(config.model.name)
     for spec in config.evaluators:
         spec.check_data()
@@ -85,7 +57,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, float]:
     import ray
 
     with removed_on_failure(config.output.path):
-        output = check(config)
+        output = checked_output(config)
         # A rerun replaces the results: the old ones go before any work, so that a run killed
         # midway never leaves another run's metrics.json looking like its own.
         output.delete(*RESULT_FILES)
@@ -93,7 +65,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, float]:
             num_gpus = config.num_gpus if config.num_gpus is not None else (1 if cluster_gpus() >= 1 else 0)
             if ray_address(config.ray_address) is None:  # a remote cluster may autoscale
                 check_custom_resources_exist("resources", config.resources, ray.cluster_resources())
-            task = ray.remote(run_evaluators).options(num_gpus=num_gpus, num_cpus=1, resources=dict(config.resources))
+            task = ray.remote(evaluate_model).options(num_gpus=num_gpus, num_cpus=1, resources=dict(config.resources))
             metrics = ray.get(task.remote(config))
     print(format_metrics(metrics))
     # metrics.json last: its presence means a complete run, described by the config.yaml beside it.

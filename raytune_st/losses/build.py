@@ -123,7 +123,7 @@ def _distance_metric(cls: type, value: str) -> Any:
     raise ConfigError(f"distance_metric {value!r} is not one of {cls.__name__}'s metrics{suggest(value, choices)}: " + ", ".join(choices))
 
 
-def _convert(cls: type, key: str, value: Any, model: Any, model_type: str, world_size: int) -> Any:
+def _loss_argument(cls: type, key: str, value: Any, model: Any, model_type: str, world_size: int) -> Any:
     """One YAML value as the Python object the loss's argument expects (see the module docstring)."""
     import torch
 
@@ -182,7 +182,7 @@ def build_loss(
     check_loss_kwargs(name, kwargs, model_type, where=name)
     cls = resolve_loss_class(name, model_type)
     names, _ = _parameters(cls)
-    built = {key: _convert(cls, key, value, model, model_type, world_size) for key, value in kwargs.items()}
+    built = {key: _loss_argument(cls, key, value, model, model_type, world_size) for key, value in kwargs.items()}
     if name == "SoftmaxLoss" and "embedding_dimension" not in built:
         built["embedding_dimension"] = model.get_embedding_dimension()
     if (

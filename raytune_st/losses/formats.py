@@ -142,7 +142,7 @@ class LossFormat:
         return f"{columns} and a label column holding {kind}"
 
 
-def _f(name: str, model_type: ModelType, inputs: str, min_inputs: int, max_inputs: int | None, **kw) -> LossFormat:
+def _row(name: str, model_type: ModelType, inputs: str, min_inputs: int, max_inputs: int | None, **kw) -> LossFormat:
     """A table row, positional where every row has the field."""
     return LossFormat(
         name=name, model_type=model_type, inputs=inputs, min_inputs=min_inputs, max_inputs=max_inputs, **kw
@@ -164,14 +164,14 @@ _ONE_OUTPUT = (1, 1)
 
 _FORMATS: list[LossFormat] = [
     # --- bi-encoders: sentence_transformers.sentence_transformer.losses -------------------
-    _f("MultipleNegativesRankingLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
-    _f("CachedMultipleNegativesRankingLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
+    _row("MultipleNegativesRankingLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
+    _row("CachedMultipleNegativesRankingLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
     # The docstrings list (anchor, positive) pairs only, but both now subclass the MNRL losses
     # and use extra negative columns, so n-tuples are accepted as the code does.
-    _f("MultipleNegativesSymmetricRankingLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
-    _f("CachedMultipleNegativesSymmetricRankingLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
+    _row("MultipleNegativesSymmetricRankingLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
+    _row("CachedMultipleNegativesSymmetricRankingLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
     # forward raises for anything but 2 or 3 columns.
-    _f(
+    _row(
         "GISTEmbedLoss",
         "bi_encoder",
         "(anchor, positive) or (anchor, positive, negative)",
@@ -179,11 +179,11 @@ _FORMATS: list[LossFormat] = [
         3,
         in_batch_negatives=True,
     ),
-    _f("CachedGISTEmbedLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
-    _f("MegaBatchMarginLoss", "bi_encoder", "(anchor, positive)", 2, 2, in_batch_negatives=True),
-    _f("TripletLoss", "bi_encoder", "(anchor, positive, negative)", 3, 3),
-    _f("ContrastiveLoss", "bi_encoder", "(anchor, positive/negative)", 2, 2, label="required", label_kind="binary"),
-    _f(
+    _row("CachedGISTEmbedLoss", "bi_encoder", _NTUPLE, 2, None, in_batch_negatives=True),
+    _row("MegaBatchMarginLoss", "bi_encoder", "(anchor, positive)", 2, 2, in_batch_negatives=True),
+    _row("TripletLoss", "bi_encoder", "(anchor, positive, negative)", 3, 3),
+    _row("ContrastiveLoss", "bi_encoder", "(anchor, positive/negative)", 2, 2, label="required", label_kind="binary"),
+    _row(
         "OnlineContrastiveLoss",
         "bi_encoder",
         "(anchor, positive/negative)",
@@ -192,8 +192,8 @@ _FORMATS: list[LossFormat] = [
         label="required",
         label_kind="binary",
     ),
-    _f("CoSENTLoss", "bi_encoder", _PAIR, 2, 2, label="required", label_kind="score"),
-    _f(
+    _row("CoSENTLoss", "bi_encoder", _PAIR, 2, 2, label="required", label_kind="score"),
+    _row(
         "AnglELoss",
         "bi_encoder",
         f"{_PAIR} or (anchor, positive, negative_1, ..., negative_n)",
@@ -203,8 +203,8 @@ _FORMATS: list[LossFormat] = [
         label_kind="score",
         label_required_for_pairs=True,
     ),
-    _f("CosineSimilarityLoss", "bi_encoder", _PAIR, 2, 2, label="required", label_kind="unit_score"),
-    _f(
+    _row("CosineSimilarityLoss", "bi_encoder", _PAIR, 2, 2, label="required", label_kind="unit_score"),
+    _row(
         "SoftmaxLoss",
         "bi_encoder",
         _PAIR,
@@ -215,7 +215,7 @@ _FORMATS: list[LossFormat] = [
         needs_num_labels=True,
     ),
     *[
-        _f(
+        _row(
             name,
             "bi_encoder",
             "(text)",
@@ -234,7 +234,7 @@ _FORMATS: list[LossFormat] = [
     ],
     # The class docstring's prose says "single inputs", but its Inputs table and forward take
     # (input_A, input_B) pairs; the label is derived from whether the two texts are equal.
-    _f(
+    _row(
         "ContrastiveTensionLoss",
         "bi_encoder",
         "(input_A, input_B), identical texts for positive pairs",
@@ -244,9 +244,9 @@ _FORMATS: list[LossFormat] = [
         label_kind="binary",
     ),
     # forward only reads the first column (the loss overview page says "(anchor, anchor) pairs").
-    _f("ContrastiveTensionLossInBatchNegatives", "bi_encoder", "(text)", 1, 1, in_batch_negatives=True),
+    _row("ContrastiveTensionLossInBatchNegatives", "bi_encoder", "(text)", 1, 1, in_batch_negatives=True),
     # forward unpacks exactly two columns; the loss overview page also lists "single sentences".
-    _f(
+    _row(
         "DenoisingAutoEncoderLoss",
         "bi_encoder",
         "(damaged_text, original_text)",
@@ -257,7 +257,7 @@ _FORMATS: list[LossFormat] = [
             "DenoisingAutoEncoderLoss docstring example."
         ),
     ),
-    _f(
+    _row(
         "MarginMSELoss",
         "bi_encoder",
         "(query, positive, negative_1, ..., negative_n)",
@@ -266,7 +266,7 @@ _FORMATS: list[LossFormat] = [
         label="required",
         label_kind="margin",
     ),
-    _f(
+    _row(
         "DistillKLDivLoss",
         "bi_encoder",
         "(query, positive, negative_1, ..., negative_n)",
@@ -275,8 +275,8 @@ _FORMATS: list[LossFormat] = [
         label="required",
         label_kind="teacher_scores",
     ),
-    _f("MSELoss", "bi_encoder", "(text_1, ..., text_n)", 1, None, label="required", label_kind="teacher_embedding"),
-    _f(
+    _row("MSELoss", "bi_encoder", "(text_1, ..., text_n)", 1, None, label="required", label_kind="teacher_embedding"),
+    _row(
         "EmbedDistillLoss",
         "bi_encoder",
         "(text_1, ..., text_n)",
@@ -285,9 +285,9 @@ _FORMATS: list[LossFormat] = [
         label="required",
         label_kind="teacher_embedding",
     ),
-    _f("GlobalOrthogonalRegularizationLoss", "bi_encoder", "(text_1, ..., text_n)", 1, None),
-    _f("MatryoshkaLoss", "bi_encoder", "any", 0, None, label="optional", label_kind="any", wrapper=True),
-    _f(
+    _row("GlobalOrthogonalRegularizationLoss", "bi_encoder", "(text_1, ..., text_n)", 1, None),
+    _row("MatryoshkaLoss", "bi_encoder", "any", 0, None, label="optional", label_kind="any", wrapper=True),
+    _row(
         "Matryoshka2dLoss",
         "bi_encoder",
         "any",
@@ -298,7 +298,7 @@ _FORMATS: list[LossFormat] = [
         wrapper=True,
         incompatible_inner=_CACHED_INNER,
     ),
-    _f(
+    _row(
         "AdaptiveLayerLoss",
         "bi_encoder",
         "any",
@@ -310,7 +310,7 @@ _FORMATS: list[LossFormat] = [
         incompatible_inner=_CACHED_INNER | {"MegaBatchMarginLoss"},
     ),
     # --- cross-encoders: sentence_transformers.cross_encoder.losses ----------------------
-    _f(
+    _row(
         "BinaryCrossEntropyLoss",
         "cross_encoder",
         "(query, passage)",
@@ -320,7 +320,7 @@ _FORMATS: list[LossFormat] = [
         label_kind="unit_score",
         num_labels=_ONE_OUTPUT,
     ),
-    _f(
+    _row(
         "CrossEntropyLoss",
         "cross_encoder",
         _PAIR,
@@ -330,7 +330,7 @@ _FORMATS: list[LossFormat] = [
         label_kind="class",
         num_labels=(2, None),
     ),
-    _f(
+    _row(
         "MultipleNegativesRankingLoss",
         "cross_encoder",
         _NTUPLE,
@@ -339,7 +339,7 @@ _FORMATS: list[LossFormat] = [
         num_labels=_ONE_OUTPUT,
         in_batch_negatives=True,
     ),
-    _f(
+    _row(
         "CachedMultipleNegativesRankingLoss",
         "cross_encoder",
         _NTUPLE,
@@ -348,7 +348,7 @@ _FORMATS: list[LossFormat] = [
         num_labels=_ONE_OUTPUT,
         in_batch_negatives=True,
     ),
-    _f(
+    _row(
         "MarginMSELoss",
         "cross_encoder",
         "(query, positive, negative_1, ..., negative_n)",
@@ -358,9 +358,9 @@ _FORMATS: list[LossFormat] = [
         label_kind="margin",
         num_labels=_ONE_OUTPUT,
     ),
-    _f("MSELoss", "cross_encoder", _PAIR, 2, 2, label="required", label_kind="score", num_labels=_ONE_OUTPUT),
+    _row("MSELoss", "cross_encoder", _PAIR, 2, 2, label="required", label_kind="score", num_labels=_ONE_OUTPUT),
     *[
-        _f(name, "cross_encoder", "(query, [doc_1, ..., doc_n])", 2, 2, **_LISTWISE)
+        _row(name, "cross_encoder", "(query, [doc_1, ..., doc_n])", 2, 2, **_LISTWISE)
         for name in ("ADRMSELoss", "LambdaLoss", "ListMLELoss", "PListMLELoss", "ListNetLoss", "RankNetLoss")
     ],
 ]

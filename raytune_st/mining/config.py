@@ -15,7 +15,7 @@ from raytune_st.config.core import option
 from raytune_st.config.resources import check_custom_resources, check_resources
 from raytune_st.data.sources import Source
 from raytune_st.errors import ConfigError, DataError
-from raytune_st.mining.select import FAISS_GPU_MAX_K
+from raytune_st.mining.select import FAISS_GPU_MAX_K, range_problem
 from raytune_st.models.config import ModelConfig
 
 
@@ -65,23 +65,11 @@ class MineSection:
     seed: int = option(0, help="seed of sampling_strategy=random (sentence-transformers has none)")
 
     def __post_init__(self) -> None:
-        if self.num_negatives < 1:
-            raise ConfigError(f"num_negatives: must be at least 1, got {self.num_negatives}")
-        if self.range_min < 0:
-            raise ConfigError(f"range_min: must be non-negative, got {self.range_min}")
+        problem = range_problem(self.range_min, self.range_max, self.num_negatives)
+        if problem:
+            raise ConfigError(problem)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
-        if self.range_max is not None:
-            if self.range_min >= self.range_max:
-                raise ConfigError(
-                    f"range_min must be smaller than range_max, got range_min={self.range_min} and range_max={self.range_max}"
-                )
-            if self.num_negatives > self.range_max - self.range_min:
-                raise ConfigError(
-                    f"num_negatives: cannot mine {self.num_negatives} negatives per query from the "
-                    f"{self.range_max - self.range_min} candidates between range_min={self.range_min} and "
-                    f"range_max={self.range_max}; lower num_negatives or range_min, or raise range_max"
-                )
 
     @property
     def effective_output_format(self) -> str:

@@ -11,6 +11,7 @@ readers verify the seal (``store.load_vectors``) and drop a damaged file.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -19,6 +20,7 @@ import numpy as np
 
 from raytune_st.mining import store
 from raytune_st.models.config import ModelConfig
+from raytune_st.runtime import data_context, logger_level
 
 Kind = Literal["query", "corpus"]
 
@@ -80,18 +82,6 @@ class ChunkEmbedder:
         return {"rows": np.asarray(rows), "seconds": np.asarray(seconds)}
 
 
-def quiet_ray_data() -> None:
-    """One progress line per stage is ours to print: silence Ray Data's bars and start-up logs."""
-    import logging
-
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-
-
 def quiet_model_loading() -> None:
     """Hide transformers' per-actor 'Loading weights' progress bar."""
     from transformers.utils import logging
@@ -140,24 +130,25 @@ def embed_chunks(
         return done
     # Longest chunks first, so the last unit of work is a short one.
     items.sort(key=lambda item: -item["rows"])
-    quiet_ray_data()
     # Start at the largest pool the work can use: the model loads while the first chunks wait,
     # and Ray Data scales the pool down again as the queue drains.
     largest = min(actors[1], len(items))
     pool = ray.data.ActorPoolStrategy(min_size=min(actors[0], largest), max_size=largest, initial_size=largest)
-    results = (
-        ray.data.from_items(items, override_num_blocks=len(items))
-        .map_batches(
-            ChunkEmbedder,
-            fn_constructor_kwargs={"model": model, "batch_size": batch_size, "dtype": dtype},
-            batch_size=1,
-            compute=pool,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            resources=resources or None,
+    # One progress line per stage is ours to print: no Ray Data bars or start-up lines meanwhile.
+    with data_context(enable_progress_bars=False, print_on_execution_start=False), logger_level("ray.data", logging.ERROR):
+        results = (
+            ray.data.from_items(items, override_num_blocks=len(items))
+            .map_batches(
+                ChunkEmbedder,
+                fn_constructor_kwargs={"model": model, "batch_size": batch_size, "dtype": dtype},
+                batch_size=1,
+                compute=pool,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                resources=resources or None,
+            )
+            .take_all()
         )
-        .take_all()
-    )
     if sum(r["rows"] for r in results) != sum(item["rows"] for item in items):
         raise RuntimeError("the embedding stage returned fewer texts than it was given; rerun the job to embed the rest")
     for item in items:

@@ -90,24 +90,23 @@ def build_faiss_index(
     dim = vectors.shape[1]
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except Exception as exc:
+    except RuntimeError as exc:  # faiss reports a string it cannot parse or build this way
         raise ConfigError(f"index.factory: faiss cannot build {factory!r} for {dim}-dimensional embeddings ({exc})") from None
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample = vectors if len(vectors) <= train_sample_size else vectors[rng.choice(len(vectors), train_sample_size, replace=False)]
         try:
             index.train(np.ascontiguousarray(sample))
-        except Exception as exc:
+        except RuntimeError as exc:  # faiss's own error; running out of memory is not a config problem
             raise ConfigError(
-                f"index.factory: training {factory!r} on {len(sample)} vectors failed ({exc}); "
-                "use fewer IVF cells / PQ centroids, fewer shards or a larger index.train_sample_size"
+                f"index.factory: faiss could not train {factory!r} on {len(sample):,} vectors of dimension {dim}: {exc}"
             ) from None
     index.add(np.ascontiguousarray(vectors))
     settings = ([f"nprobe={nprobe}"] if nprobe is not None else []) + ([search_params] if search_params else [])
     if settings:
         try:
             faiss.ParameterSpace().set_index_parameters(index, ",".join(settings))
-        except Exception as exc:
+        except RuntimeError as exc:  # a parameter this index does not have, or a bad value
             raise ConfigError(f"index: faiss cannot apply {','.join(settings)!r} to {factory!r} ({exc})") from None
     return index
 

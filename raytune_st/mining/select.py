@@ -63,10 +63,9 @@ def resolve_range_max(
     at most 2048 neighbours, of which ``max_positives`` are reserved for the positives.
     Raises ConfigError for a range that cannot hold ``num_negatives`` candidates.
     """
-    if num_negatives < 1:
-        raise ConfigError(f"mine.num_negatives: must be at least 1, got {num_negatives}")
-    if range_min < 0:
-        raise ConfigError(f"mine.range_min: must be non-negative, got {range_min}")
+    problem = range_problem(range_min, None, num_negatives)
+    if problem:
+        raise ConfigError(f"mine.{problem}")
     lines: list[str] = []
     cap_note = ""
     if range_max is None:
@@ -94,17 +93,32 @@ def resolve_range_max(
             f"{range_max + max_positives} neighbours, but FAISS on GPU returns at most {FAISS_GPU_MAX_K}; "
             f"lower mine.range_max to {FAISS_GPU_MAX_K - max_positives} or set index.use_gpu=false"
         )
-    if range_min >= range_max:
-        raise ConfigError(
-            f"mine.range_min must be smaller than mine.range_max, got range_min={range_min} and range_max={range_max}.{cap_note}"
-        )
-    if num_negatives > range_max - range_min:
-        raise ConfigError(
-            f"cannot mine {num_negatives} negatives per query: only {range_max - range_min} candidates remain after "
-            f"skipping the first range_min={range_min} of range_max={range_max}; decrease mine.num_negatives or "
-            f"mine.range_min, or increase mine.range_max.{cap_note}"
-        )
+    problem = range_problem(range_min, range_max, num_negatives)
+    if problem:
+        raise ConfigError(f"mine.{problem}.{cap_note}")
     return range_max, lines
+
+
+def range_problem(range_min: int, range_max: Optional[int], num_negatives: int) -> Optional[str]:
+    """Why `num_negatives` cannot be mined from ranks [range_min, range_max) (None: they can).
+
+    The message names the keys of the `mine` section without its prefix.
+    """
+    if num_negatives < 1:
+        return f"num_negatives: must be at least 1, got {num_negatives}"
+    if range_min < 0:
+        return f"range_min: must be non-negative, got {range_min}"
+    if range_max is None:
+        return None
+    if range_min >= range_max:
+        return f"range_min must be smaller than range_max, got range_min={range_min} and range_max={range_max}"
+    if num_negatives > range_max - range_min:
+        return (
+            f"num_negatives: cannot mine {num_negatives} negatives per query from the {range_max - range_min} "
+            f"candidates between range_min={range_min} and range_max={range_max}; lower num_negatives or range_min, "
+            "or raise range_max"
+        )
+    return None
 
 
 def lowest_positive_scores(positive_scores: np.ndarray, n_positives: Sequence[int]) -> np.ndarray:

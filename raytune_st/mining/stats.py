@@ -128,14 +128,9 @@ def missing_line(
 
 def score_histogram_png(positive: np.ndarray, negative: np.ndarray, title: str) -> bytes:
     """A PNG histogram of positive vs negative scores."""
-    import io
+    from raytune_st.plots import figure, png_bytes
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig, (ax,) = figure((7, 4))
     values = [v for v in (positive, negative) if len(v)]
     low = min((float(np.min(v)) for v in values), default=0.0)
     high = max((float(np.max(v)) for v in values), default=1.0)
@@ -148,8 +143,4 @@ def score_histogram_png(positive: np.ndarray, negative: np.ndarray, title: str) 
     ax.set_ylabel("count")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import posixpath
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence

@@ -31,11 +31,16 @@ class ModelConfig:
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ConfigError(f"max_seq_length: must be at least 1 token, got {self.max_seq_length}")
 
-    def load(self, device: Optional[str] = None):
-        """Load the model (on a worker: imports sentence-transformers and torch)."""
-        from raytune_st.models.loading import load_bi_encoder, load_cross_encoder
+    def load(self, device: Optional[str] = None, path: Optional[str] = None):
+        """Load the model (on a worker: imports sentence-transformers and torch).
 
-        kwargs = {"device": device, "trust_remote_code": self.trust_remote_code}
+        `path`: load these settings from another copy instead of `name`, e.g. a checkpoint's.
+        """
+        from raytune_st.models.loading import load_model
+
+        kwargs: dict[str, Any] = {"device": device, "trust_remote_code": self.trust_remote_code}
         if self.type == "cross_encoder":
-            return load_cross_encoder(self.name, num_labels=self.num_labels, max_length=self.max_seq_length, **kwargs)
-        return load_bi_encoder(self.name, max_seq_length=self.max_seq_length, **kwargs)
+            kwargs.update(num_labels=self.num_labels, max_length=self.max_seq_length)
+        else:
+            kwargs.update(max_seq_length=self.max_seq_length)
+        return load_model(path or self.name, self.type or "bi_encoder", **kwargs)

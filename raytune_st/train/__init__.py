@@ -8,14 +8,18 @@
 Imports are lazy so that `from raytune_st.train import TrainConfig` stays light.
 """
 
-__all__ = ["TrainConfig", "build_trainer", "planned_steps", "preflight", "train", "train_loop_per_worker", "with_overrides"]
+__all__ = ["TrainConfig", "build_trainer", "planned_steps", "preflight", "train", "train_loop_per_worker"]
 
 
 def __getattr__(name):
-    if name in ("TrainConfig", "planned_steps", "preflight", "with_overrides"):
-        from raytune_st.train import config
+    if name == "TrainConfig":
+        from raytune_st.train.config import TrainConfig
 
-        return getattr(config, name)
+        return TrainConfig
+    if name in ("planned_steps", "preflight"):
+        from raytune_st.train import plan
+
+        return getattr(plan, name)
     if name in ("build_trainer", "train"):
         from raytune_st.train import job
 

@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any, Optional
 
 from raytune_st.config.core import dump_yaml
+from raytune_st.train.checkpointing import write_history
 
 
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -24,12 +24,6 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
     for record in history:
         out.update({k: v for k, v in record.items() if v is not None})
     return out
-
-
-def write_metrics_jsonl(path: str, history: list[dict[str, Any]]) -> None:
-    with open(path, "w") as handle:
-        for record in history:
-            handle.write(json.dumps(record) + "\n")
 
 
 def write_tensorboard(log_dir: str, history: list[dict[str, Any]]) -> None:
@@ -51,15 +45,12 @@ def write_tensorboard(log_dir: str, history: list[dict[str, Any]]) -> None:
 
 def plot_curves(path: str, history: list[dict[str, Any]]) -> None:
     """A PNG with the training loss and each eval metric against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from raytune_st.plots import figure, png_bytes
 
     eval_keys = sorted({k for r in history for k in r if k.startswith("eval_")})
     panels = [("loss", "training loss")] + [(k, k) for k in eval_keys]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), squeeze=False)
-    for ax, (key, title) in zip(axes[:, 0], panels):
+    fig, axes = figure((7, 2.6 * len(panels)), rows=len(panels))
+    for ax, (key, title) in zip(axes, panels):
         points = [(r["step"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
         if points:
             xs, ys = zip(*points)
@@ -67,9 +58,8 @@ def plot_curves(path: str, history: list[dict[str, Any]]) -> None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with open(path, "wb") as handle:
+        handle.write(png_bytes(fig))
 
 
 def card_section(config: Any, metrics: dict[str, Any], best_step: Optional[int]) -> str:
@@ -87,14 +77,11 @@ def card_section(config: Any, metrics: dict[str, Any], best_step: Optional[int])
 
 def write_final_model(model_dir: str, target: str, config: Any, metrics: dict[str, Any], best_step: Optional[int]) -> None:
     """Copy a checkpoint's model to `target` with a model card (sentence-transformers' own plus our section)."""
-    from raytune_st.models.loading import load_bi_encoder, load_cross_encoder
+    from raytune_st.models.loading import load_model
 
     if os.path.exists(target):
         shutil.rmtree(target)
-    if config.model.type == "cross_encoder":
-        model = load_cross_encoder(model_dir, device="cpu")
-    else:
-        model = load_bi_encoder(model_dir, device="cpu")
+    model = load_model(model_dir, config.model.type or "bi_encoder", device="cpu")
     card = config.model.card
     data = model.model_card_data
     if card.language:
@@ -125,7 +112,7 @@ def write_run_outputs(
     """Write every output file into the local directory `stage`."""
     os.makedirs(stage, exist_ok=True)
     write_final_model(model_dir, os.path.join(stage, "final"), config, metrics, best_step)
-    write_metrics_jsonl(os.path.join(stage, "metrics.jsonl"), history)
+    write_history(os.path.join(stage, "metrics.jsonl"), history)
     write_tensorboard(os.path.join(stage, "runs"), history)
     plot_curves(os.path.join(stage, "curves.png"), history)
     with open(os.path.join(stage, "config.yaml"), "w") as handle:

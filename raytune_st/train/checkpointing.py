@@ -62,7 +62,7 @@ class TrainingState:
     scheduler: Optional[dict] = None
     scaler: Optional[dict] = None
     losses: dict[str, dict] = field(default_factory=dict)  # loss-owned weights, e.g. SoftmaxLoss's classifier
-    best_metric: Optional[float] = None
+    best_value: Optional[float] = None  # the best value so far of args.best_metric (save_strategy: best)
     history: list[dict[str, Any]] = field(default_factory=list)
     position: DataPosition = field(default_factory=DataPosition)
     rng: list[dict[str, Any]] = field(default_factory=list)  # per worker rank: see capture_rng_state
@@ -143,7 +143,7 @@ def write_checkpoint(
         "scheduler": state.scheduler,
         "scaler": state.scaler,
         "losses": state.losses,
-        "best_metric": state.best_metric,
+        "best_value": state.best_value,
         "rng": state.rng,
     }
     torch.save(plain_state(raw, "training state"), os.path.join(path, STATE_FILE))
@@ -185,7 +185,7 @@ def read_checkpoint(path: str) -> TrainingState:
         scheduler=raw["scheduler"],
         scaler=raw["scaler"],
         losses=raw["losses"],
-        best_metric=raw["best_metric"],
+        best_value=raw.get("best_value", raw.get("best_metric")),  # "best_metric" in older checkpoints
         history=read_history(os.path.join(path, HISTORY_FILE)),
         position=DataPosition(epoch=position["epoch"], workers=position["workers"]),
         rng=raw.get("rng") or [],  # checkpoints written before RNG states were saved have none
@@ -193,6 +193,7 @@ def read_checkpoint(path: str) -> TrainingState:
 
 
 def write_history(path: str, history: list[dict[str, Any]]) -> None:
+    """Metrics records as JSON lines (a checkpoint's history.jsonl, an output's metrics.jsonl)."""
     with open(path, "w") as handle:
         for record in history:
             handle.write(json.dumps(record) + "\n")

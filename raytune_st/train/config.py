@@ -15,21 +15,20 @@ failures to survive) and `stream` (buffers of the streaming data path).
 
 Checks come in two stages. Building the config (``__post_init__``) checks what the config
 alone decides: loss names, loss arguments against the loss's signature, eval and
-checkpoint settings. :func:`preflight` then reads the data sets' metadata and checks
-columns against losses and batch sizes against the shards, still before any worker starts.
+checkpoint settings. :func:`raytune_st.train.plan.preflight` then reads the data sets'
+metadata and checks columns against losses and batch sizes against the shards, still
+before any worker starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 from raytune_st.config.core import option
 from raytune_st.config.resources import check_amount
-from raytune_st.data.sources import Source, inspect_source
-from raytune_st.errors import ConfigError, DataError
+from raytune_st.data.sources import Source
+from raytune_st.errors import ConfigError
 from raytune_st.evaluation.config import EvaluatorSpec
 from raytune_st.models.config import ModelConfig
 
@@ -388,127 +387,3 @@ class TrainConfig:
         if len(self.evaluators) > 1:
             produced.append("eval_sequential_score")
         return produced
-
-
-# --- pre-flight: read metadata, check data against losses and batch sizes -----------------
-
-
-@dataclass
-class DatasetPlan:
-    """What pre-flight learnt about one data set: its columns and row count."""
-
-    name: str
-    columns: list[str]
-    num_rows: Optional[int]
-
-
-@dataclass
-class Plan:
-    """The data sets as checked before any worker starts."""
-
-    train: dict[str, DatasetPlan] = dataclasses.field(default_factory=dict)
-    eval: dict[str, DatasetPlan] = dataclasses.field(default_factory=dict)
-
-    def train_rows(self) -> dict[str, int]:
-        return {name: plan.num_rows for name, plan in self.train.items()}
-
-
-def _loss_num_labels(config: TrainConfig, spec: LossSpec) -> Optional[int]:
-    """The num_labels the loss checker must see: SoftmaxLoss's own, else the cross-encoder's."""
-    if "num_labels" in spec.kwargs:
-        return spec.kwargs["num_labels"]
-    inner = spec.kwargs.get("loss")
-    if isinstance(inner, dict) and "num_labels" in inner:
-        return inner["num_labels"]
-    if config.model.type == "cross_encoder":
-        return config.model.num_labels if config.model.num_labels is not None else 1
-    return None
-
-
-def check_dataset(config: TrainConfig, section: str, name: str, count_rows: Any = None) -> DatasetPlan:
-    """Inspect one data set and check its columns against its loss; reads metadata only.
-
-    `count_rows(source)` counts rows of formats that do not store the count (JSONL, CSV);
-    without it such data sets keep ``num_rows=None``.
-    """
-    from raytune_st.losses.formats import check_dataset_for_loss
-
-    entry = (config.train_datasets if section == "train_datasets" else config.eval_datasets)[name]
-    spec = config.loss_for(section, name)
-    info = inspect_source(entry.data)
-    check_dataset_for_loss(
-        info.columns,
-        spec.name,
-        spec.model_type,
-        inner_loss=spec.inner_name,
-        num_labels=_loss_num_labels(config, spec),
-        column_types=info.types,
-        dataset=f"{section.split('_')[0]} {name!r} ({entry.data.describe()})",
-    )
-    num_rows = info.num_rows
-    if num_rows is None and count_rows is not None:
-        num_rows = count_rows(entry.data)
-    return DatasetPlan(name=name, columns=info.columns, num_rows=num_rows)
-
-
-def preflight(config: TrainConfig, count_rows: Any = None) -> Plan:
-    """Every check that needs the data's metadata but no worker: columns vs loss, batch size vs shard.
-
-    Raises DataError / ConfigError with the data set's name and the fix.
-    """
-    plan = Plan()
-    for name in config.train_datasets:
-        plan.train[name] = check_dataset(config, "train_datasets", name, count_rows)
-    for name in config.eval_datasets:
-        plan.eval[name] = check_dataset(config, "eval_datasets", name, count_rows)
-    for spec in config.evaluators:
-        spec.check_data()
-
-    workers = config.scaling.num_workers
-    batch = config.args.per_device_train_batch_size
-    for name, dataset in plan.train.items():
-        if dataset.num_rows is None:
-            raise DataError(
-                f"train {name!r}: the number of rows of {config.train_datasets[name].data.path!r} is unknown; "
-                "it is needed to plan the same number of steps on every worker"
-            )
-        shard = dataset.num_rows // workers
-        if shard < batch:
-            raise DataError(
-                f"train {name!r} has {dataset.num_rows} rows, {shard} per worker with {workers} workers, fewer than "
-                f"per_device_train_batch_size={batch}; lower the batch size or num_workers, or add data"
-            )
-    return plan
-
-
-def total_optimizer_steps(args: TrainingArgs, micro_batches_per_epoch: int) -> int:
-    """Optimizer steps of the whole run: max_steps, else epochs x steps per epoch (rounded up)."""
-    if args.max_steps > 0:
-        return args.max_steps
-    steps_per_epoch = max(math.ceil(micro_batches_per_epoch / args.gradient_accumulation_steps), 1)
-    return max(math.ceil(args.num_train_epochs * steps_per_epoch), 1)
-
-
-def planned_steps(config: TrainConfig, train_rows: dict[str, int]) -> int:
-    """Optimizer steps the run will take, as every worker computes them (e.g. for Tune's schedulers)."""
-    from raytune_st.train.batching import Schedule, batches_per_epoch
-
-    args = config.args
-    per_epoch = batches_per_epoch(train_rows, args.per_device_train_batch_size, config.scaling.num_workers)
-    return total_optimizer_steps(args, Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed).epoch_length)
-
-
-def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """A copy of `config` with dotted overrides {"args.learning_rate": 3e-5, ...}, checked like YAML.
-
-    This is how a Ray Tune trial's sample reaches the training loop.
-    """
-    if not overrides:
-        return config
-    import json
-
-    from raytune_st.config.core import apply_overrides, build, to_dict
-
-    # JSON is YAML, so every value (null, lists, strings) survives the dotted-override parser.
-    pairs = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    return build(TrainConfig, apply_overrides(to_dict(config), pairs, TrainConfig))

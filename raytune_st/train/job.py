@@ -12,23 +12,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any, Optional
+import warnings
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from raytune_st.config.resources import check_custom_resources_exist
 from raytune_st.data.sources import Source, read_source
-from raytune_st.errors import ClusterError
+from raytune_st.errors import ClusterWarning
 from raytune_st.evaluation.metrics import model_facts
 from raytune_st.models.loading import resolve_model
 from raytune_st.outputs import OutputDir, is_inside, join, removed_on_failure
 from raytune_st.runtime import ray_address, ray_session
 from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
-from raytune_st.train.config import Plan, TrainConfig, check_dataset, preflight
+from raytune_st.train.config import TrainConfig
 from raytune_st.train.loop import shard_name, train_loop_per_worker
+from raytune_st.train.plan import Plan, check_dataset, cluster_fit, preflight
 from raytune_st.train.rerun import check_rerun, data_files, latest_checkpoint_config
 from raytune_st.train.scan import check_values
+from raytune_st.train.steps import ranks_checkpoints
 
 if TYPE_CHECKING:
     import ray.data
@@ -80,7 +83,7 @@ def make_run_config(
     import ray.train
 
     args = config.args
-    scored = config.has_eval and (args.load_best_model_at_end or args.metric_for_best_model is not None)
+    scored = ranks_checkpoints(args, config.has_eval)
     return ray.train.RunConfig(
         name=name or config.run.name,
         storage_path=storage_path or default_storage_path(config),
@@ -107,13 +110,11 @@ def build_trainer(
     `dataset_config` (a ray.train.DataConfig) and `run_config` (see :func:`make_run_config`)
     replace the defaults. `initial_checkpoint` (a ray.train.Checkpoint of this loop, e.g. the
     one PBT clones into a trial) is where a run without checkpoints of its own starts from.
+    Fit it inside :func:`working_dir_kept` so that relative paths in the config still resolve.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    # Keep workers in the job's working directory (where `ray job submit --working-dir` puts
-    # the project), so relative data and model paths in the config mean the same everywhere.
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     scaling = ray.train.ScalingConfig(
         num_workers=config.scaling.num_workers,
         use_gpu=config.scaling.use_gpu,
@@ -138,15 +139,33 @@ def build_trainer(
     )
 
 
+@contextlib.contextmanager
+def working_dir_kept() -> Iterator[None]:
+    """For the body, Ray Train leaves its workers in the job's working directory (where `ray job
+    submit --working-dir` puts the project) instead of the run's, so that relative data and
+    model paths in a config mean the same in every process. Train reads the variable when a
+    trainer's fit starts; a value the user set is kept, and the process's environment is
+    restored afterwards."""
+    name = "RAY_CHDIR_TO_TRIAL_DIR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def count_rows(source: Source) -> int:
     """Rows of a source whose format stores no count (JSONL, CSV), counted by Ray Data."""
     return read_source(source).count()
 
 
-def check(config: TrainConfig) -> OutputDir:
+def checked_output(config: TrainConfig) -> OutputDir:
     """The checks that need no Ray: the model resolves, every data set's metadata fits its loss and
     its values too (one pyarrow pass over the loss's columns), the evaluators' data exists, the
-    output is writable. (Row counts and shard sizes: :func:`plan_run`.)"""
+    output is writable; returns the output directory. (Row counts and shard sizes: :func:`plan_run`.)"""
     # The model decides some metric names (its similarity function, a cross-encoder's outputs).
     config.check_metric_for_best_model(*model_facts(resolve_model(config.model.name)))
     for section, sets in (("train_datasets", config.train_datasets), ("eval_datasets", config.eval_datasets)):
@@ -167,22 +186,9 @@ def plan_run(config: TrainConfig) -> Plan:
     import ray
 
     plan = preflight(config, count_rows=count_rows)
-    resources = ray.cluster_resources()
-    if ray_address(config.ray_address) is None:  # a remote cluster may autoscale
-        check_custom_resources_exist("scaling.resources_per_worker", config.scaling.resources_per_worker, resources)
-    if config.scaling.use_gpu and resources.get("GPU", 0) < config.scaling.num_workers:
-        raise ClusterError(
-            f"scaling.use_gpu asks for {config.scaling.num_workers} GPU workers but the cluster has "
-            f"{resources.get('GPU', 0):g} GPUs; lower num_workers, add GPU nodes, or set use_gpu: false"
-        )
-    cpus_per_worker = config.scaling.resources_per_worker.get("CPU", 0 if config.scaling.use_gpu else 1)
-    if resources.get("CPU", 0) - cpus_per_worker * config.scaling.num_workers < 1:
-        # Ray Data's read tasks need a CPU of their own; without one the workers wait forever.
-        print(
-            f"warning: {config.scaling.num_workers} workers x {cpus_per_worker:g} CPU leave less than one of the "
-            f"cluster's {resources.get('CPU', 0):g} CPUs for reading data; unless the cluster autoscales, lower "
-            "scaling.resources_per_worker.CPU (e.g. 0.5) or num_workers"
-        )
+    warning = cluster_fit(config, ray.cluster_resources(), may_autoscale=ray_address(config.ray_address) is not None)
+    if warning:
+        warnings.warn(warning, ClusterWarning, stacklevel=2)
     return plan
 
 
@@ -200,7 +206,8 @@ def fit_and_write(
     trainer = build_trainer(
         config, plan, dataset_config=dataset_config, run_config=run_config, initial_checkpoint=initial_checkpoint
     )
-    result = trainer.fit()
+    with working_dir_kept():
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
@@ -246,7 +253,7 @@ def train(config: TrainConfig, *, dataset_config: Any = None) -> dict[str, Any]:
         return is_inside(run_dir, config.args.output_dir) and latest_checkpoint_config(run_dir) is not None
 
     with removed_on_failure(config.args.output_dir, worth_keeping=holds_checkpoints):
-        check(config)
+        checked_output(config)
         # A run already in the checkpoint storage is resumed only when it was made with this config.
         check_rerun(config, run_dir)
         with ray_session(config.ray_address):

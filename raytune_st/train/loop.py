@@ -1,13 +1,12 @@
 """The training loop that runs on every Ray Train worker, read top to bottom.
 
 :func:`train_loop_per_worker` is what TorchTrainer runs (the train job) and what a Ray Tune
-trial runs (through the same TorchTrainer). Its `config` is::
+trial runs (through the same TorchTrainer). Its `loop_config` is::
 
     {"train_config": TrainConfig,         # the resolved config
      "train_rows": {name: rows, ...},     # global row counts, from pre-flight
      "columns": {"train_<name>": [...], "eval_<name>": [...]},
      "data_files": {"train_datasets.<name>": [[file, bytes, digest], ...]},  # optional: kept in checkpoints
-     "overrides": {"args.learning_rate": 3e-5, ...},   # optional, e.g. a Tune trial's sample
      "initial_checkpoint": ray.train.Checkpoint}       # optional: where a new run starts (PBT)
 
 The data sets arrive as Ray Train dataset shards named ``train_<name>`` and ``eval_<name>``
@@ -21,9 +20,11 @@ import math
 import os
 import tempfile
 import time
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 from raytune_st.config.core import dump_yaml
+from raytune_st.evaluation.run import build_evaluators, run_evaluators
 from raytune_st.train.batching import (
     Schedule,
     ShardBatcher,
@@ -43,7 +44,9 @@ from raytune_st.train.checkpointing import (
     restore_rng_state,
     write_checkpoint,
 )
-from raytune_st.train.config import TrainConfig, total_optimizer_steps, with_overrides
+from raytune_st.train.config import TrainConfig
+from raytune_st.train.plan import total_optimizer_steps
+from raytune_st.train.steps import completes_epoch, improves, step_actions
 
 ROWS_PER_READ = 256  # rows fetched from a shard at a time; batching happens afterwards
 
@@ -53,86 +56,253 @@ def shard_name(section: str, name: str) -> str:
     return f"{section}_{name}"
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
-    import ray.train.torch
     import torch
-    import torch.distributed as dist
-    from transformers import get_scheduler, set_seed
+    from transformers import set_seed
 
-    # 1. Unpack the config; a Tune trial's sample arrives as dotted overrides.
-    cfg = with_overrides(config["train_config"], config.get("overrides") or {})
-    args = cfg.args
-    columns: dict[str, list[str]] = config["columns"]
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    is_cross = cfg.model.type == "cross_encoder"
+    # 1. Unpack: the typed config, this worker's place in the group.
+    config: TrainConfig = loop_config["train_config"]
+    args = config.args
+    worker = WorkerContext.current(config, loop_config["columns"])
     set_seed(args.seed)
 
     # 2. This worker's shards, opened before the model loads: a Ray Data stream takes seconds to
     #    start (tasks start, files are listed and read), and it starts reading now, meanwhile.
-    per_epoch = batches_per_epoch(config["train_rows"], args.per_device_train_batch_size, world_size)
-    schedule = Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed)
-    no_dup = args.batch_sampler == "no_duplicates"
-    inputs = {name: _inputs(columns[shard_name("train", name)], cfg.model.type) for name in cfg.train_datasets}
+    streams = TrainStreams(config, worker, loop_config["train_rows"])
 
-    def open_epoch(epoch: int, resume: dict[str, dict[str, Any]]) -> dict[str, tuple[ShardBatcher, int]]:
-        """A batcher per data set for `epoch`; on resume, skip what this worker already read."""
+    # 3. The model and where training starts: the last checkpoint when Ray restarted us, else the
+    #    checkpoint the run starts from (a PBT trial cloning a better one), else the config.
+    own_checkpoint = ray.train.get_checkpoint()
+    checkpoint = own_checkpoint or loop_config.get("initial_checkpoint")
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            state = read_checkpoint(path)
+            batchers = streams.open_at(state)
+            model = _load_model(config, os.path.join(path, MODEL_DIR))
+    else:
+        state = TrainingState()
+        batchers = streams.open_at(state)
+        model = config.model.load()
+
+    # 4. Losses, DDP, optimizer, scheduler and scaler, restored from the checkpoint; the collator
+    #    and (on rank 0) the evaluators.
+    run = setup(config, model, state, worker, streams.schedule.epoch_length)
+    data_files = loop_config.get("data_files")
+    if state.step >= run.total_steps:
+        _report_finished(run, state, config, worker, data_files, started_here=own_checkpoint is None)
+        return
+    if len(state.rng) == worker.world_size:
+        # Last, after everything that draws random numbers while setting up (a loss's new
+        # classifier, the model's head): dropout and the rest continue exactly where the
+        # checkpointed run was, so a resumed run repeats the uninterrupted one's losses.
+        restore_rng_state(state.rng[worker.rank])
+
+    # 5. The loop: gradient_accumulation_steps micro-batches per optimizer step, each from the
+    #    data set the shared schedule names, so every worker runs exactly the same steps.
+    schedule = streams.schedule
+    step, micro = state.step, state.micro_batches
+    history = state.history
+    resumed_from = step if checkpoint is not None else None
+    padded_earlier = 0  # batches padded on a short shard in earlier epochs of this process
+    epoch = schedule.epoch_of(micro)
+    running_loss = torch.zeros((), device=worker.device)
+    running_count = 0
+    grad_norm = None
+    start = time.perf_counter()
+    samples = 0
+    run.ddp_model.train()
+    while step < run.total_steps:
+        micro_before = micro
+        for k in range(args.gradient_accumulation_steps):
+            if schedule.epoch_of(micro) != epoch:
+                epoch = schedule.epoch_of(micro)
+                padded_earlier += sum(batcher.padded_batches for batcher, _ in batchers.values())
+                batchers = streams.open_epoch(epoch, {})
+            name = schedule.dataset_at(micro)
+            rows = batchers[name][0].next_batch()
+            last = k == args.gradient_accumulation_steps - 1
+            sync = contextlib.nullcontext() if last or worker.world_size == 1 else run.ddp_model.no_sync()
+            with sync:
+                loss = worker.loss_step(run.losses[name], rows, streams.inputs[name], name) / args.gradient_accumulation_steps
+                run.scaler.scale(loss).backward()
+            running_loss += loss.detach()
+            micro += 1
+            samples += len(rows)
+        running_count += 1
+        grad_norm = _optimizer_step(run, args, worker)
+        step += 1
+
+        # 6. Log, evaluate, checkpoint: the same decisions on every worker (they share step and schedule).
+        actions = step_actions(
+            step,
+            total_steps=run.total_steps,
+            epoch_done=completes_epoch(micro_before, micro, schedule.epoch_length),
+            args=args,
+            has_eval=config.has_eval,
+        )
+        save = actions.save
+        metrics: dict[str, Any] = {}
+        if actions.log:
+            metrics.update(_train_metrics(run, worker, running_loss, running_count, micro / schedule.epoch_length, grad_norm))
+            elapsed = time.perf_counter() - start
+            metrics["train_samples_per_second"] = round(samples * worker.world_size / elapsed, 3) if elapsed > 0 else None
+            running_loss.zero_()
+            running_count = 0
+        if actions.evaluate:
+            metrics.update(_evaluate(worker, run))
+            run.ddp_model.train()
+            if args.save_strategy == "best" and args.best_metric in metrics:
+                if improves(metrics[args.best_metric], state.best_value, args.higher_is_better):
+                    state.best_value = metrics[args.best_metric]
+                    save = True
+        if resumed_from is not None and metrics:
+            metrics["resumed_from_step"], resumed_from = resumed_from, None
+        if step == run.total_steps:
+            metrics.update(_worker_agreement(step, padded_earlier, batchers, worker))
+        if not metrics and not save:
+            continue
+        metrics.update(step=step)
+        if worker.rank == 0:
+            history.append(dict(metrics))
+        report_checkpoint = None
+        if save:
+            state.step, state.micro_batches, state.history = step, micro, history
+            report_checkpoint = _save(run, state, batchers, epoch, worker, data_files)
+        ray.train.report(
+            metrics,
+            checkpoint=report_checkpoint,
+            checkpoint_dir_name=f"checkpoint-{step:06d}" if save else None,
+            delete_local_checkpoint_after_upload=report_checkpoint is not None,
+        )
+
+
+# --- setup: the worker's place, its data streams, and what it trains ------------------------
+
+
+@dataclass
+class WorkerContext:
+    """This worker's place in the group, and how it turns rows into a loss value."""
+
+    config: TrainConfig
+    columns: dict[str, list[str]]  # per Ray Train dataset name (see shard_name)
+    rank: int
+    world_size: int
+    device: Any
+    amp_dtype: Any  # torch.float16 / torch.bfloat16 under fp16 / bf16, else None
+    collator: Any = None  # set by setup(), once the model exists
+    with_name: bool = False  # the prompts are keyed by data set name
+
+    @classmethod
+    def current(cls, config: TrainConfig, columns: dict[str, list[str]]) -> "WorkerContext":
+        import ray.train
+        import ray.train.torch
+        import torch
+
+        context = ray.train.get_context()
+        args = config.args
+        amp_dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
+        return cls(config, columns, context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device(), amp_dtype)
+
+    def inputs(self, section: str, name: str) -> list[str]:
+        """The text columns of a data set, in the order its loss takes them."""
+        from raytune_st.losses.formats import split_columns
+
+        return split_columns(self.columns[shard_name(section, name)], self.config.model.type)[0]
+
+    def loss_step(self, loss_fn: Any, rows: list[dict[str, Any]], inputs: list[str], name: str) -> Any:
+        """One loss value of a batch of rows: collate (tokenise), move to the device, run the loss
+        under autocast. Training and evaluation both go through here."""
+        import torch
+
+        batch, features = collate(rows, inputs, self.collator, name if self.with_name else None)
+        labels = batch.get("label")
+        if self.config.model.type != "cross_encoder":
+            features = [_to_device(f, self.device) for f in features]
+        labels = labels.to(self.device) if isinstance(labels, torch.Tensor) else labels
+        with _autocast(self.device, self.amp_dtype):
+            return _call_loss(loss_fn, features, labels, batch)
+
+
+class TrainStreams:
+    """This worker's training shards, batch by batch, epoch by epoch, resumable mid-epoch."""
+
+    def __init__(self, config: TrainConfig, worker: WorkerContext, train_rows: dict[str, int]):
+        args = config.args
+        self.config, self.worker = config, worker
+        per_epoch = batches_per_epoch(train_rows, args.per_device_train_batch_size, worker.world_size)
+        self.schedule = Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed)
+        self.inputs = {name: worker.inputs("train", name) for name in config.train_datasets}
+
+    def open_epoch(self, epoch: int, resume: dict[str, dict[str, Any]]) -> dict[str, tuple[ShardBatcher, int]]:
+        """A batcher per data set for `epoch`; on resume, each first skips what this worker already read."""
+        import ray.train
+
+        args, stream = self.config.args, self.config.stream
         batchers = {}
-        for name in cfg.train_datasets:
+        for name in self.config.train_datasets:
             shard = ray.train.get_dataset_shard(shard_name("train", name))
-            rows = _iter_rows(shard, cfg.stream.shuffle_buffer_size, seed=args.seed + 1000 * epoch + rank)
+            rows = _iter_rows(shard, stream.shuffle_buffer_size, seed=args.seed + 1000 * epoch + self.worker.rank)
             done = resume.get(name, {})
             batcher = ShardBatcher(
                 read_ahead(skip(rows, done.get("rows_read", 0))),
                 args.per_device_train_batch_size,
-                no_duplicates=inputs[name] if no_dup else None,
-                buffer_size=cfg.stream.no_duplicates_buffer_size,
+                no_duplicates=self.inputs[name] if args.batch_sampler == "no_duplicates" else None,
+                buffer_size=stream.no_duplicates_buffer_size,
                 pending=done.get("pending", ()),
             )
             batchers[name] = (batcher, done.get("rows_read", 0))
         return batchers
 
-    def open_data(state: TrainingState) -> dict[str, tuple[ShardBatcher, int]]:
+    def open_at(self, state: TrainingState) -> dict[str, tuple[ShardBatcher, int]]:
         """The batchers of the epoch that `state` is in, where this worker left it."""
-        epoch = schedule.epoch_of(state.micro_batches)
-        resume = state.position.for_rank(rank, world_size) if state.position.epoch == epoch else {}
-        return open_epoch(epoch, resume)
+        epoch = self.schedule.epoch_of(state.micro_batches)
+        resume = state.position.for_rank(self.worker.rank, self.worker.world_size) if state.position.epoch == epoch else {}
+        return self.open_epoch(epoch, resume)
 
-    # 3. The model and where training starts: the last checkpoint when Ray restarted us, else the
-    #    checkpoint the run starts from (a PBT trial cloning a better one), else the config.
-    own_checkpoint = ray.train.get_checkpoint()
-    checkpoint = own_checkpoint or config.get("initial_checkpoint")
-    if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            state = read_checkpoint(path)
-            batchers = open_data(state)
-            model = _load_model(cfg, os.path.join(path, MODEL_DIR))
-    else:
-        state = TrainingState()
-        batchers = open_data(state)
-        model = cfg.model.load()
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.to(device)
 
-    # 4. Losses, one per data set, built on the unwrapped model; then DDP (gloo on CPU, NCCL on GPU)
-    #    and the losses pointed at the DDP model so that gradients are averaged across workers.
+@dataclass
+class Trainables:
+    """What a worker trains with, set up by :func:`setup`."""
+
+    model: Any
+    ddp_model: Any
+    losses: dict[str, Any]  # per training set, calling ddp_model
+    eval_losses: dict[str, Any]  # per eval set
+    loss_params: list[Any]  # trainable weights the losses own (outside DDP)
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    total_steps: int
+    evaluators: list[Any]  # on rank 0 only
+
+
+def setup(config: TrainConfig, model: Any, state: TrainingState, worker: WorkerContext, epoch_length: int) -> Trainables:
+    """Losses (one per data set, built on the unwrapped model), DDP (gloo on CPU, NCCL on GPU) with the
+    losses pointed at it so gradients are averaged across workers, HF's AdamW groups, the transformers
+    scheduler and the gradient scaler (all restored from `state`), the collator and the evaluators."""
+    import ray.train.torch
+    import torch
+    from transformers import get_scheduler
+
     from raytune_st.losses.build import build_loss
 
+    args = config.args
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.to(worker.device)
     losses = {}
-    for name in cfg.train_datasets:
-        spec = cfg.loss_for("train_datasets", name)
-        losses[name] = build_loss(spec.name, spec.kwargs, model, spec.model_type, world_size=world_size).to(device)
+    for name in config.train_datasets:
+        spec = config.loss_for("train_datasets", name)
+        losses[name] = build_loss(spec.name, spec.kwargs, model, spec.model_type, world_size=worker.world_size).to(worker.device)
     eval_losses = {}
-    for name in cfg.eval_datasets:
-        spec = cfg.loss_for("eval_datasets", name)
+    for name in config.eval_datasets:
+        spec = config.loss_for("eval_datasets", name)
         # Evaluate with the training loss of the same name (it may own trained weights, e.g. SoftmaxLoss).
         if name in losses:
             eval_losses[name] = losses[name]
         else:
-            eval_losses[name] = build_loss(spec.name, spec.kwargs, model, spec.model_type).to(device)
+            eval_losses[name] = build_loss(spec.name, spec.kwargs, model, spec.model_type).to(worker.device)
     for name, loss_state in state.losses.items():
         losses[name].load_state_dict(loss_state, strict=False)
 
@@ -142,7 +312,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for loss in losses.values():
         _point_loss_at(loss, ddp_model, model)
 
-    # 5. Optimizer with HF's weight-decay groups, the transformers scheduler, mixed precision.
     model_ids = {id(p) for p in model.parameters()}
     loss_params = _unique(p for loss in losses.values() for p in loss.parameters() if id(p) not in model_ids and p.requires_grad)
     optimizer = torch.optim.AdamW(
@@ -152,195 +321,131 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         eps=1e-8,
         fused=args.optim == "adamw_torch_fused",
     )
-    total_steps = total_optimizer_steps(args, schedule.epoch_length)
+    total_steps = total_optimizer_steps(args, epoch_length)
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.fp16)
-    amp_dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
+    scaler = torch.amp.GradScaler(worker.device.type, enabled=args.fp16)
     if state.optimizer is not None:
-        decay = [group["weight_decay"] for group in optimizer.param_groups]
-        optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
-        scaler.load_state_dict(state.scaler)
-        # This run's hyperparameters, not the checkpoint's: a PBT trial resumes a cloned
-        # checkpoint with a perturbed learning rate or weight decay (a plain resume changes nothing).
-        scheduler.base_lrs = [args.learning_rate] * len(optimizer.param_groups)
-        for group, weight_decay, lr_lambda in zip(optimizer.param_groups, decay, scheduler.lr_lambdas):
-            group["weight_decay"], group["initial_lr"] = weight_decay, args.learning_rate
-            group["lr"] = args.learning_rate * lr_lambda(scheduler.last_epoch)
+        _restore_optimization(state, optimizer, scheduler, scaler, args.learning_rate)
 
-    # 6. Batches are tokenised on the worker with sentence-transformers' collator; evaluators on rank 0.
-    collator = _collator(model, args.prompts, is_cross)
-    with_name = wants_dataset_name(args.prompts, list(cfg.train_datasets) + list(cfg.eval_datasets))
-    evaluators = _build_evaluators(cfg) if rank == 0 else []
+    # Batches are tokenised on the worker with sentence-transformers' collator; evaluators run on rank 0.
+    worker.collator = _collator(model, args.prompts, config.model.type == "cross_encoder")
+    worker.with_name = wants_dataset_name(args.prompts, list(config.train_datasets) + list(config.eval_datasets))
+    evaluators = build_evaluators(config.evaluators) if worker.rank == 0 and config.evaluators else []
+    return Trainables(model, ddp_model, losses, eval_losses, loss_params, optimizer, scheduler, scaler, total_steps, evaluators)
 
-    def evaluate() -> dict[str, float]:
-        return _evaluate(cfg, model, eval_losses, evaluators, columns, collator, with_name, rank, world_size, device, amp_dtype)
 
-    # 7. The loop: gradient_accumulation_steps micro-batches per optimizer step, each from the
-    #    data set the shared schedule names, so every worker runs exactly the same steps.
-    step, micro = state.step, state.micro_batches
-    history = state.history
-    resumed_from = step if checkpoint is not None else None
-    padded_earlier = 0  # batches padded on a short shard in earlier epochs of this process
-    epoch = schedule.epoch_of(micro)
-    running_loss = torch.zeros((), device=device)
-    running_count = 0
-    grad_norm = None
-    start = time.perf_counter()
-    samples = 0
-    ddp_model.train()
-    if step >= total_steps:
-        # Started at the last step: nothing is left to train. A run restored from its own last
-        # checkpoint already ends with it; a run started from another's (PBT cloned a trial that
-        # had finished) gets that checkpoint as its own.
-        if own_checkpoint is not None:
-            return
-        ray.train.report(
-            {**(history[-1] if history else {}), "step": step},
-            checkpoint=_checkpoint(model, state, cfg, config.get("data_files")) if rank == 0 else None,
-            checkpoint_dir_name=f"checkpoint-{step:06d}",
-            delete_local_checkpoint_after_upload=rank == 0,
-        )
+def _restore_optimization(state: TrainingState, optimizer: Any, scheduler: Any, scaler: Any, learning_rate: float) -> None:
+    """Load the checkpoint's optimizer, scheduler and scaler states, under this run's hyperparameters.
+
+    A PBT trial resumes a cloned checkpoint with a perturbed learning rate or weight decay, so the
+    restored groups take this run's values (a plain resume changes nothing).
+    """
+    decay = [group["weight_decay"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(state.optimizer)
+    scheduler.load_state_dict(state.scheduler)
+    scaler.load_state_dict(state.scaler)
+    scheduler.base_lrs = [learning_rate] * len(optimizer.param_groups)
+    for group, weight_decay, lr_lambda in zip(optimizer.param_groups, decay, scheduler.lr_lambdas):
+        group["weight_decay"], group["initial_lr"] = weight_decay, learning_rate
+        group["lr"] = learning_rate * lr_lambda(scheduler.last_epoch)
+
+
+def _report_finished(
+    run: Trainables, state: TrainingState, config: TrainConfig, worker: WorkerContext, data_files: Any, *, started_here: bool
+) -> None:
+    """A run that starts at its last step has nothing left to train.
+
+    Restored from its own last checkpoint, it already ends with it. Started from another run's
+    (PBT cloned a trial that had finished), it reports that checkpoint as its own.
+    """
+    import ray.train
+
+    if not started_here:
         return
-    if len(state.rng) == world_size:
-        # Last, after everything that draws random numbers while setting up (a loss's new
-        # classifier, the model's head): dropout and the rest continue exactly where the
-        # checkpointed run was, so a resumed run repeats the uninterrupted one's losses.
-        restore_rng_state(state.rng[rank])
-    while step < total_steps:
-        epoch_before = epoch
-        for k in range(args.gradient_accumulation_steps):
-            if schedule.epoch_of(micro) != epoch:
-                epoch = schedule.epoch_of(micro)
-                padded_earlier += sum(batcher.padded_batches for batcher, _ in batchers.values())
-                batchers = open_epoch(epoch, {})
-            name = schedule.dataset_at(micro)
-            rows = batchers[name][0].next_batch()
-            batch, features = collate(rows, inputs[name], collator, name if with_name else None)
-            labels = batch.get("label")
-            if not is_cross:
-                features = [_to_device(f, device) for f in features]
-            labels = labels.to(device) if isinstance(labels, torch.Tensor) else labels
-            last = k == args.gradient_accumulation_steps - 1
-            sync = contextlib.nullcontext() if last or world_size == 1 else ddp_model.no_sync()
-            with sync:
-                with _autocast(device, amp_dtype):
-                    loss = _call_loss(losses[name], features, labels, batch) / args.gradient_accumulation_steps
-                scaler.scale(loss).backward()
-            running_loss += loss.detach()
-            micro += 1
-            samples += len(rows)
-        running_count += 1
-        if world_size > 1:
-            # Loss-owned weights (SoftmaxLoss's classifier, ...) are outside DDP: average by hand.
-            for p in loss_params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world_size
-        scaler.unscale_(optimizer)
-        if args.max_grad_norm > 0:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm))
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+    ray.train.report(
+        {**(state.history[-1] if state.history else {}), "step": state.step},
+        checkpoint=_checkpoint(run.model, state, config, data_files) if worker.rank == 0 else None,
+        checkpoint_dir_name=f"checkpoint-{state.step:06d}",
+        delete_local_checkpoint_after_upload=worker.rank == 0,
+    )
 
-        # 8. Log, evaluate, checkpoint: the same decisions on every worker (they share step and schedule).
-        metrics: dict[str, Any] = {}
-        epoch_done = schedule.epoch_of(micro) > epoch_before or micro % schedule.epoch_length == 0
-        final = step == total_steps
-        if step % args.logging_steps == 0 or final:
-            mean_loss = running_loss / max(running_count, 1)
-            if world_size > 1:
-                dist.all_reduce(mean_loss)
-                mean_loss /= world_size
-            elapsed = time.perf_counter() - start
-            metrics.update(
-                loss=round(float(mean_loss), 6),
-                learning_rate=scheduler.get_last_lr()[0],
-                epoch=round(micro / schedule.epoch_length, 4),
-                train_samples_per_second=round(samples * world_size / elapsed, 3) if elapsed > 0 else None,
-            )
-            if grad_norm is not None:
-                metrics["grad_norm"] = round(grad_norm, 6)
-            running_loss.zero_()
-            running_count = 0
-        scored = cfg.has_eval and (args.load_best_model_at_end or args.metric_for_best_model is not None)
-        evaluate_now = cfg.has_eval and args.eval_strategy != "no" and (
-            (args.eval_strategy == "steps" and step % args.steps_between_evals == 0)
-            or (args.eval_strategy == "epoch" and epoch_done)
-            or final
-        )
-        save_now = final or (
-            (args.save_strategy == "steps" and step % args.save_steps == 0)
-            or (args.save_strategy == "epoch" and epoch_done)
-        )
-        if scored and save_now and not evaluate_now and args.eval_strategy != "no":
-            evaluate_now = True  # a checkpoint ranked by a metric needs that metric
-        if evaluate_now:
-            metrics.update(evaluate())
-            ddp_model.train()
-            if args.save_strategy == "best" and args.best_metric in metrics:
-                value = metrics[args.best_metric]
-                better = state.best_metric is None or (
-                    value > state.best_metric if args.higher_is_better else value < state.best_metric
-                )
-                if better:
-                    state.best_metric = value
-                    save_now = True
-        if resumed_from is not None and metrics:
-            metrics["resumed_from_step"], resumed_from = resumed_from, None
-        if final:
-            metrics.update(_worker_agreement(step, padded_earlier, batchers, world_size, device))
-        if not metrics and not save_now:
-            continue
-        metrics.update(step=step)
-        if rank == 0:
-            history.append(dict(metrics))
-        report_checkpoint = None
-        if save_now:
-            position, rng = _gather_worker_state(batchers, epoch, rank, world_size)
-            if rank == 0:
-                state.step, state.micro_batches, state.history, state.position = step, micro, history, position
-                state.rng = rng
-                state.optimizer, state.scheduler, state.scaler = optimizer.state_dict(), scheduler.state_dict(), scaler.state_dict()
-                state.losses = {n: _loss_owned_state(loss, loss_params) for n, loss in losses.items()}
-                report_checkpoint = _checkpoint(model, state, cfg, config.get("data_files"))
-        ray.train.report(
-            metrics,
-            checkpoint=report_checkpoint,
-            checkpoint_dir_name=f"checkpoint-{step:06d}" if save_now else None,
-            delete_local_checkpoint_after_upload=report_checkpoint is not None,
-        )
+
+# --- the step: optimizer update, metrics, evaluation -----------------------------------------
+
+
+def _optimizer_step(run: Trainables, args: Any, worker: WorkerContext) -> Optional[float]:
+    """Average the loss-owned gradients, unscale, clip, step; returns the gradient norm (None unclipped)."""
+    import torch
+    import torch.distributed as dist
+
+    if worker.world_size > 1:
+        # Loss-owned weights (SoftmaxLoss's classifier, ...) are outside DDP: average by hand.
+        for p in run.loss_params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= worker.world_size
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = None
+    if args.max_grad_norm > 0:
+        params = [p for group in run.optimizer.param_groups for p in group["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def _save(
+    run: Trainables, state: TrainingState, batchers: dict[str, tuple[ShardBatcher, int]], epoch: int, worker: WorkerContext,
+    data_files: Any,
+) -> Any:
+    """Every worker's data position and RNG states gathered into `state` with the optimizer, scheduler,
+    scaler and loss-owned weights; on rank 0, the checkpoint to report (None on the others)."""
+    state.position, state.rng = _gather_worker_state(batchers, epoch, worker)
+    if worker.rank != 0:
+        return None
+    state.optimizer, state.scheduler, state.scaler = run.optimizer.state_dict(), run.scheduler.state_dict(), run.scaler.state_dict()
+    state.losses = {name: _loss_owned_state(loss, run.loss_params) for name, loss in run.losses.items()}
+    return _checkpoint(run.model, state, worker.config, data_files)
+
+
+def _train_metrics(
+    run: Trainables, worker: WorkerContext, running_loss: Any, running_count: int, epoch: float, grad_norm: Optional[float]
+) -> dict[str, Any]:
+    """The logging step's loss (averaged over its steps and the workers), learning rate, epoch and gradient norm."""
+    import torch.distributed as dist
+
+    mean_loss = running_loss / max(running_count, 1)
+    if worker.world_size > 1:
+        dist.all_reduce(mean_loss)
+        mean_loss /= worker.world_size
+    metrics: dict[str, Any] = {
+        "loss": round(float(mean_loss), 6),
+        "learning_rate": run.scheduler.get_last_lr()[0],
+        "epoch": round(epoch, 4),
+    }
+    if grad_norm is not None:
+        metrics["grad_norm"] = round(grad_norm, 6)
+    return metrics
 
 
 # --- helpers: small, each does one thing the loop above names ------------------------------
 
 
-def _checkpoint(model: Any, state: TrainingState, cfg: TrainConfig, data_files: Any) -> Any:
+def _checkpoint(model: Any, state: TrainingState, config: TrainConfig, data_files: Any) -> Any:
     """`state` and the model written to a fresh local directory, as a ray.train.Checkpoint."""
     import ray.train
 
     directory = tempfile.mkdtemp(prefix="raytune-st-ckpt-")
-    write_checkpoint(directory, model, state, dump_yaml(cfg), data_files)
+    write_checkpoint(directory, model, state, dump_yaml(config), data_files)
     return ray.train.Checkpoint.from_directory(directory)
 
 
-def _load_model(cfg: TrainConfig, path: str):
-    from raytune_st.models.loading import load_bi_encoder, load_cross_encoder
-
-    if cfg.model.type == "cross_encoder":
-        return load_cross_encoder(path, max_length=cfg.model.max_seq_length)
-    return load_bi_encoder(path, max_seq_length=cfg.model.max_seq_length)
-
-
-def _inputs(columns: list[str], model_type: str) -> list[str]:
-    from raytune_st.losses.formats import split_columns
-
-    return split_columns(columns, model_type)[0]
+def _load_model(config: TrainConfig, path: str):
+    """The model saved in a checkpoint, with the config's type and sequence length."""
+    return config.model.load(path=path)
 
 
 def _collator(model: Any, prompts: Any, is_cross: bool):
@@ -432,50 +537,37 @@ def _evaluation_view(loss: Any, model: Any) -> Iterator[None]:
             setattr(module, attr, value)
 
 
-def _evaluate(cfg, model, eval_losses, evaluators, columns, collator, with_name, rank, world_size, device, amp_dtype) -> dict[str, float]:
+def _evaluate(worker: WorkerContext, run: Trainables) -> dict[str, float]:
     """Eval loss over every worker's eval shard (averaged with all_reduce) and the evaluators on rank 0."""
     import ray.train
     import torch
     import torch.distributed as dist
 
     metrics: dict[str, float] = {}
-    model.eval()
-    is_cross = cfg.model.type == "cross_encoder"
-    batch_size = cfg.args.per_device_eval_batch_size
+    run.model.eval()
     per_set = []
     with torch.no_grad():
-        for name, loss_fn in eval_losses.items():
-            inputs = _inputs(columns[shard_name("eval", name)], cfg.model.type)
-            totals = torch.zeros(2, dtype=torch.float64, device=device)  # sum of batch losses x rows, rows
+        for name, loss_fn in run.eval_losses.items():
+            inputs = worker.inputs("eval", name)
+            totals = torch.zeros(2, dtype=torch.float64, device=worker.device)  # sum of batch losses x rows, rows
             shard = ray.train.get_dataset_shard(shard_name("eval", name))
-            with _evaluation_view(loss_fn, model):
-                for raw in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            with _evaluation_view(loss_fn, run.model):
+                for raw in shard.iter_batches(batch_size=worker.config.args.per_device_eval_batch_size, batch_format="numpy"):
                     rows = columns_to_rows(raw)
-                    batch, features = collate(rows, inputs, collator, name if with_name else None)
-                    labels = batch.get("label")
-                    if not is_cross:
-                        features = [_to_device(f, device) for f in features]
-                    labels = labels.to(device) if isinstance(labels, torch.Tensor) else labels
-                    with _autocast(device, amp_dtype):
-                        value = _call_loss(loss_fn, features, labels, batch)
-                    totals += torch.tensor([float(value) * len(rows), len(rows)], dtype=torch.float64, device=device)
-            if world_size > 1:
+                    value = worker.loss_step(loss_fn, rows, inputs, name)
+                    totals += torch.tensor([float(value) * len(rows), len(rows)], dtype=torch.float64, device=worker.device)
+            if worker.world_size > 1:
                 dist.all_reduce(totals)
             mean = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
             per_set.append(mean)
-            if len(eval_losses) > 1:
+            if len(run.eval_losses) > 1:
                 metrics[f"eval_{name}_loss"] = round(mean, 6)
         if per_set:
             metrics["eval_loss"] = round(sum(per_set) / len(per_set), 6)
         results: dict[str, float] = {}
-        if evaluators:
-            from sentence_transformers.evaluation import SequentialEvaluator
-
-            found = SequentialEvaluator(evaluators)(model)
-            if len(evaluators) == 1:
-                found.pop("sequential_score", None)
-            results = {f"eval_{k}": float(v) for k, v in found.items()}
-        if cfg.evaluators and world_size > 1:
+        if run.evaluators:
+            results = {f"eval_{k}": v for k, v in run_evaluators(run.evaluators, run.model).items()}
+        if worker.config.evaluators and worker.world_size > 1:
             box = [results]
             dist.broadcast_object_list(box, src=0)
             results = box[0]
@@ -483,16 +575,8 @@ def _evaluate(cfg, model, eval_losses, evaluators, columns, collator, with_name,
     return metrics
 
 
-def _build_evaluators(cfg: TrainConfig) -> list[Any]:
-    if not cfg.evaluators:
-        return []
-    from raytune_st.evaluation.job import build_evaluators
-
-    return build_evaluators(cfg.evaluators)
-
-
 def _gather_worker_state(
-    batchers: dict[str, tuple[ShardBatcher, int]], epoch: int, rank: int, world_size: int
+    batchers: dict[str, tuple[ShardBatcher, int]], epoch: int, worker: WorkerContext
 ) -> tuple[DataPosition, list[dict[str, Any]]]:
     """Every worker's rows read, still-buffered rows and generator states, collected for the checkpoint."""
     import torch.distributed as dist
@@ -502,16 +586,16 @@ def _gather_worker_state(
         for name, (batcher, skipped) in batchers.items()
     }
     mine = (position, capture_rng_state())
-    if world_size == 1:
+    if worker.world_size == 1:
         gathered: list[Any] = [mine]
     else:
-        gathered = [None] * world_size
+        gathered = [None] * worker.world_size
         dist.all_gather_object(gathered, mine)
     return DataPosition(epoch=epoch, workers=[p for p, _ in gathered]), [r for _, r in gathered]
 
 
 def _worker_agreement(
-    step: int, padded_earlier: int, batchers: dict[str, tuple[ShardBatcher, int]], world_size: int, device: Any
+    step: int, padded_earlier: int, batchers: dict[str, tuple[ShardBatcher, int]], worker: WorkerContext
 ) -> dict[str, int]:
     """At the end: the fewest and most steps any worker ran (equal, or DDP would have hung) and the
     batches padded on short shards, summed over workers."""
@@ -519,10 +603,10 @@ def _worker_agreement(
     import torch.distributed as dist
 
     padded = padded_earlier + sum(batcher.padded_batches for batcher, _ in batchers.values())
-    low = torch.tensor([step], device=device)
-    high = torch.tensor([step], device=device)
-    total = torch.tensor([padded], device=device)
-    if world_size > 1:
+    low = torch.tensor([step], device=worker.device)
+    high = torch.tensor([step], device=worker.device)
+    total = torch.tensor([padded], device=worker.device)
+    if worker.world_size > 1:
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         dist.all_reduce(total)

@@ -32,7 +32,7 @@ from typing import Any, Optional
 import yaml
 
 from raytune_st.config.core import dump_yaml
-from raytune_st.errors import ConfigError
+from raytune_st.errors import ConfigError, RaytuneWarning
 
 _MISSING = "(not set)"
 
@@ -64,7 +64,7 @@ EVALUATION_KEYS = (
 WARNED_KEYS = ("scaling.num_workers", "scaling.use_gpu")
 
 
-class RerunWarning(UserWarning):
+class RerunWarning(RaytuneWarning):
     """A resumed run whose checkpoint was written with another number of workers or devices."""
 
 

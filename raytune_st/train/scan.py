@@ -29,7 +29,7 @@ def check_values(config: Any, section: str, name: str) -> None:
     from raytune_st.data.sources import inspect_source
     from raytune_st.losses.formats import resolve_format, split_columns
     from raytune_st.losses.values import first_bad_label, first_null, label_rule
-    from raytune_st.train.config import _loss_num_labels
+    from raytune_st.train.plan import _loss_num_labels
 
     entry = (config.train_datasets if section == "train_datasets" else config.eval_datasets)[name]
     spec = config.loss_for(section, name)

@@ -17,35 +17,25 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import posixpath
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
-from raytune_st.config.core import dump_yaml
+from raytune_st.config.core import dump_yaml, to_dict
 from raytune_st.errors import ConfigError, RaytuneError
 from raytune_st.outputs import OutputDir, is_inside, join, removed_on_failure
 from raytune_st.runtime import ray_session
-from raytune_st.train.config import TrainConfig, check_dataset, planned_steps
-from raytune_st.train.job import check as check_train, default_storage_path, fit_and_write, make_run_config, plan_run
-from raytune_st.train.rerun import check_rerun
+from raytune_st.train.config import TrainConfig
+from raytune_st.train.job import checked_output as checked_train_output, default_storage_path, plan_run
+from raytune_st.train.plan import check_dataset, planned_steps
 from raytune_st.train.scan import check_values
 from raytune_st.tune.config import TuneConfig
 from raytune_st.tune.rerun import check_sweep_rerun, save_sweep_config, sweep_exists
+from raytune_st.tune.results import best_row, collect_rows, format_table, metric_plot, results_csv
+from raytune_st.tune.trial import TRIAL_DRIVER_RESOURCES, TRIALS_DIR, run_trial
 
 if TYPE_CHECKING:
-    import ray.train
     import ray.tune
-
-logger = logging.getLogger(__name__)
-
-TRIALS_DIR = "trials"
-PBT_START_DIR = "pbt-start"  # in a cloned trial's Train run: its copy of the checkpoint it started from
-# A trial's driver function only builds the TorchTrainer and waits. It takes no CPU, so that
-# the trials' workers and Ray Data's read tasks (one whole CPU each) share the CPUs; Tune
-# refuses an empty resource request, so it asks for a little logical memory instead.
-TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 2**20}
 
 
 def sweep_storage(config: TuneConfig) -> str:
@@ -56,12 +46,14 @@ def sweep_storage(config: TuneConfig) -> str:
 def _dataset_check_key(trial: TrainConfig, section: str, name: str) -> str:
     """What decides whether a data set fits: its source, its loss and the model's type and labels."""
     entry = (trial.train_datasets if section == "train_datasets" else trial.eval_datasets)[name]
-    return repr((section, name, entry.data, trial.loss_for(section, name), trial.model.type, trial.model.num_labels))
+    what = [section, name, to_dict(entry.data), to_dict(trial.loss_for(section, name)), trial.model.type, trial.model.num_labels]
+    return json.dumps(what, sort_keys=True, default=str)
 
 
-def check(config: TuneConfig) -> OutputDir:
-    """Pre-flight of the whole sweep: every option's data sets against its loss; model; output."""
-    output = check_train(config)  # the base config's data sets
+def checked_output(config: TuneConfig) -> OutputDir:
+    """Pre-flight of the whole sweep (every option's data sets against its loss; model; output);
+    returns the output directory, proven writable."""
+    output = checked_train_output(config)  # the base config's data sets
     OutputDir(sweep_storage(config)).check_writable("search.storage_path")
     checked = {
         _dataset_check_key(config, section, name)
@@ -108,137 +100,6 @@ def default_concurrency(config: TrainConfig, cluster: dict[str, float]) -> int:
     return max(min(fits) if fits else 1, 1)
 
 
-def _report_callback(metric: Optional[str]):
-    """TuneReportCallback that hands Tune only the reports carrying the sweep's metric.
-
-    The training loop also reports plain logging steps; Tune refuses results without the
-    metric that its scheduler and search algorithm compare.
-    """
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    class MetricReportCallback(TuneReportCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            if metric is None or metric in metrics[0]:
-                super().after_report(run_context, metrics, checkpoint)
-
-    return MetricReportCallback()
-
-
-def _queue_callback(queue: Any, metric: Optional[str]):
-    """A Train callback that hands each report carrying `metric`, with its checkpoint, to `queue`."""
-    from ray.train.v2.api.callback import UserCallback
-
-    class QueueReportCallback(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            if metric is None or metric in metrics[0]:
-                queue.put((dict(metrics[0]), checkpoint))
-
-    return QueueReportCallback()
-
-
-def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, storage: str) -> None:
-    """One trial (a Tune driver function): build and fit this trial's TorchTrainer."""
-    import ray.tune
-
-    trial_id = ray.tune.get_context().get_trial_id()
-    trial = config.trial_config(params)
-    trial.args.output_dir = join(sweep_dir, TRIALS_DIR, trial_id)
-    plan = plan_run(trial)
-    name = f"{config.search.name}-{trial_id}"
-    if config.search.scheduler.type == "pbt":
-        _run_pbt_trial(trial, plan, name=name, storage=storage, metric=config.search.metric)
-        return
-    check_rerun(trial, join(storage, name))
-    run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_report_callback(config.search.metric)])
-    fit_and_write(trial, plan, run_config=run_config)
-
-
-def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, metric: Optional[str]) -> None:
-    """A PBT trial: its reports reach Tune with their checkpoints, so that PBT can clone it.
-
-    TuneReportCallback hands Tune metrics only. Here the Train run's reports come back through
-    a queue and this driver reports each with its checkpoint (`ray.tune.report`), while the run
-    fits in a thread. A trial that PBT restarts from another trial's checkpoint (with perturbed
-    values) starts a new Train run from its own copy of that checkpoint
-    (:func:`pin_start_checkpoint`); the run is named after it, so an interrupted sweep resumes
-    it rather than the trial's first run.
-    """
-    import hashlib
-    import threading
-
-    import ray.tune
-    from ray.util.queue import Queue
-
-    start = ray.tune.get_checkpoint()
-    if start is not None:
-        name = f"{name}-from-{hashlib.sha1(start.path.encode()).hexdigest()[:8]}"
-        start = pin_start_checkpoint(start, join(storage, name, PBT_START_DIR))
-    check_rerun(trial, join(storage, name))
-    reports = Queue(actor_options={"num_cpus": 0})
-    run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_queue_callback(reports, metric)])
-    outcome: dict[str, BaseException] = {}
-
-    def fit() -> None:
-        try:
-            fit_and_write(trial, plan, run_config=run_config, initial_checkpoint=start)
-        except BaseException as exc:  # re-raised in the trial's own thread below
-            outcome["error"] = exc
-        finally:
-            reports.put(None)  # every report was put (synchronously) before fit returned
-
-    runner = threading.Thread(target=fit, name="pbt-trial-fit", daemon=True)
-    runner.start()
-    while (item := reports.get()) is not None:
-        metrics, checkpoint = item
-        ray.tune.report(metrics, checkpoint=checkpoint)
-    runner.join()
-    if "error" in outcome:
-        raise outcome["error"]
-
-
-def pin_start_checkpoint(start: "ray.train.Checkpoint", target: str) -> "ray.train.Checkpoint":
-    """This trial's own copy (at `target`, a path or URI) of the checkpoint PBT cloned it from.
-
-    Tune may delete the better trial's checkpoint soon after handing it over (when that trial
-    reports more, or is itself cloned), while the new Train run reads it only once its workers
-    are up. So the trial's driver copies it at once. If it is gone already, the better trial's
-    newest checkpoint is copied instead: a later state of the same better trial. A copy made
-    before (an interrupted sweep, resumed) is reused.
-    """
-    import pyarrow.fs
-    import ray.train
-
-    from raytune_st.outputs import filesystem
-
-    target_fs, target_root = filesystem(target)
-    complete = posixpath.join(target_root, ".copy-complete")
-    if target_fs.get_file_info(complete).type == pyarrow.fs.FileType.File:
-        return ray.train.Checkpoint(target_root, filesystem=target_fs)
-    target_fs.delete_dir_contents(target_root, missing_dir_ok=True)  # what a cut-short copy left
-    source_fs, parent = start.filesystem, posixpath.dirname(start.path.rstrip("/"))
-    candidates = [start.path]
-    for _ in range(3):
-        for source in candidates:
-            if source_fs.get_file_info(source).type != pyarrow.fs.FileType.Directory:
-                continue
-            try:
-                pyarrow.fs.copy_files(source, target_root, source_filesystem=source_fs, destination_filesystem=target_fs)
-            except OSError:  # deleted while copying: try the next one
-                target_fs.delete_dir_contents(target_root, missing_dir_ok=True)
-                continue
-            target_fs.open_output_stream(complete).close()
-            if source != start.path:
-                logger.warning("PBT's checkpoint %s was deleted before this trial copied it; starting from %s", start.path, source)
-            return ray.train.Checkpoint(target_root, filesystem=target_fs)
-        siblings = [i.path for i in source_fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))]
-        candidates = sorted((p for p in siblings if posixpath.basename(p).startswith("checkpoint_")), reverse=True)
-    raise RaytuneError(
-        f"Tune deleted the checkpoint PBT cloned this trial from ({start.path}), and every other checkpoint "
-        "of that trial, before this trial could copy one; raise search.scheduler.perturbation_interval "
-        "so that trials report checkpoints less often"
-    )
-
-
 def _search_alg(config: TuneConfig, concurrency: int):
     """The search algorithm, limited to `concurrency` trials at once."""
     search = config.search
@@ -283,7 +144,7 @@ def _scheduler(config: TuneConfig, max_t: int):
     return FIFOScheduler()
 
 
-def build_tuner(config: TuneConfig, output: OutputDir) -> "ray.tune.Tuner":
+def build_tuner(config: TuneConfig) -> "ray.tune.Tuner":
     """A new Tuner for the sweep, or the interrupted one restored from its storage."""
     import ray
     from ray import tune
@@ -327,117 +188,6 @@ def build_tuner(config: TuneConfig, output: OutputDir) -> "ray.tune.Tuner":
     )
 
 
-@dataclass
-class TrialRow:
-    trial_id: str
-    params: dict[str, Any]  # searched key -> value as a person reads it
-    metric: Optional[float]  # last reported value of the sweep's metric
-    steps: Optional[int]  # optimizer steps run
-    stop_reason: str
-    history: list[tuple[int, float]]  # (step, metric) over the run
-
-    def flat(self, metric_name: Optional[str]) -> dict[str, Any]:
-        return {
-            "trial_id": self.trial_id,
-            **self.params,
-            (metric_name or "metric"): self.metric,
-            "steps": self.steps,
-            "stop_reason": self.stop_reason,
-        }
-
-
-def collect_rows(config: TuneConfig, grid: Any, output: OutputDir) -> list[TrialRow]:
-    """One row per trial from Tune's ResultGrid."""
-    search = config.search
-    rows = []
-    for result in grid:
-        trial_id = posixpath.basename(result.path.rstrip("/"))
-        # A trial that failed before its first report (e.g. its process could not start) has
-        # neither a config nor metrics.
-        trial_config, reported = result.config or {}, result.metrics or {}
-        params = {d.key: d.label(trial_config[d.key]) for d in search.domains if d.key in trial_config}
-        history: list[tuple[int, float]] = []
-        frame = result.metrics_dataframe
-        if search.metric and frame is not None and search.metric in frame and "step" in frame:
-            history = [(int(s), float(m)) for s, m in zip(frame["step"], frame[search.metric]) if m == m]
-        metric = reported.get(search.metric) if search.metric else None
-        steps = reported.get("step")
-        trial_dir = posixpath.join(TRIALS_DIR, trial_id)
-        if result.error is not None:
-            reason = f"error: {type(result.error).__name__}"
-        elif output.exists(posixpath.join(trial_dir, "final")):
-            reason = "completed"
-            # The trial's own log is complete even when Tune's record of it lags (a trial
-            # interrupted after its last step and finished on resume reports nothing new).
-            logged = [json.loads(line) for line in output.read(posixpath.join(trial_dir, "metrics.jsonl")).decode().splitlines()]
-            steps = logged[-1]["step"]
-            if search.metric:
-                history = [(r["step"], r[search.metric]) for r in logged if search.metric in r]
-                metric = history[-1][1] if history else None
-        elif search.scheduler.type == "asha":
-            reason = "stopped early by asha"
-        else:
-            reason = "stopped by the time budget"
-        rows.append(TrialRow(trial_id, params, metric, steps, reason, history))
-    return sorted(rows, key=lambda r: r.trial_id)
-
-
-def best_row(rows: list[TrialRow], mode: Optional[str]) -> Optional[TrialRow]:
-    """The completed trial with the best last metric (the only ones with a final model)."""
-    done = [r for r in rows if r.stop_reason == "completed" and r.metric is not None]
-    if not done:
-        return None
-    return (max if mode == "max" else min)(done, key=lambda r: r.metric)
-
-
-def format_table(rows: list[TrialRow], metric: Optional[str]) -> str:
-    flat = [r.flat(metric) for r in rows]
-    if not flat:
-        return "no trials ran"
-    columns = list(flat[0])
-    cells = [[("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()] for row in flat]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _csv(rows: list[TrialRow], metric: Optional[str]) -> str:
-    import csv
-    import io
-
-    flat = [r.flat(metric) for r in rows]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(flat[0]) if flat else ["trial_id"])
-    writer.writeheader()
-    writer.writerows(flat)
-    return buffer.getvalue()
-
-
-def _plot(rows: list[TrialRow], metric: str) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for row in rows:
-        if row.history:
-            steps, values = zip(*row.history)
-            ax.plot(steps, values, marker="o", label=f"{row.trial_id} ({row.stop_reason})")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(metric)
-    ax.set_title("metric per trial")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def tune(config: TuneConfig) -> dict[str, Any]:
     """Run the sweep; returns {"best": row of the best trial or None, "trials": [rows]}."""
     import pyarrow.fs
@@ -449,20 +199,20 @@ def tune(config: TuneConfig) -> dict[str, Any]:
         return is_inside(experiment, config.args.output_dir) and sweep_exists(experiment)
 
     with removed_on_failure(config.args.output_dir, worth_keeping=holds_sweep):
-        output = check(config)
+        output = checked_output(config)
         check_sweep_rerun(config, experiment)
         with ray_session(config.ray_address):
-            tuner = build_tuner(config, output)
+            tuner = build_tuner(config)
             grid = tuner.fit()
     rows = collect_rows(config, grid, output)
     print(format_table(rows, search.metric))
     best = best_row(rows, search.mode) if search.metric else None
 
-    output.write("results.csv", _csv(rows, search.metric))
+    output.write("results.csv", results_csv(rows, search.metric))
     output.write("results.json", json.dumps([r.flat(search.metric) for r in rows], indent=2, default=str) + "\n")
     output.write("config.yaml", dump_yaml(config))
     if search.metric and any(r.history for r in rows):
-        output.write("metric-per-trial.png", _plot(rows, search.metric))
+        output.write("metric-per-trial.png", metric_plot(rows, search.metric))
     if best is not None:
         best_config = _best_config(config, grid, best.trial_id)
         best_config.args.output_dir = join(config.args.output_dir, "best-run")

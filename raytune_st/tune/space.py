@@ -13,7 +13,8 @@ Written in YAML as one domain per key::
 
 A `choice` is searched as the index of the option, so every search algorithm (Optuna
 included) can take options that are mappings; :func:`apply_params` turns sampled values back
-into training-config overrides. Nothing here imports Ray.
+into training-config overrides. Only :func:`to_tune_domain` imports Ray (Tune's search
+spaces); the rest is pure.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from raytune_st.config.core import suggest
+from raytune_st.config.core import missing_part, set_path, suggest
 from raytune_st.errors import ConfigError
 
 # domain name -> number of arguments (None: a non-empty list of options)
@@ -109,15 +110,13 @@ def check_key(train_data: Mapping[str, Any], key: str) -> None:
     `train_data` is the resolved training config as plain data (every field present, see
     :func:`raytune_st.config.to_dict`), so a key exists exactly when its path exists there.
     """
-    node: Any = train_data
     parts = key.split(".")
-    for i, part in enumerate(parts):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-            continue
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-            continue
+    i = missing_part(train_data, parts)
+    if i is not None:
+        node: Any = train_data
+        for part in parts[:i]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        part = parts[i]
         parent = ".".join(parts[:i]) or "the training config"
         choices = [str(c) for c in node] if isinstance(node, Mapping) else []
         raise ConfigError(
@@ -145,24 +144,14 @@ def apply_params(train_data: Mapping[str, Any], domains: list[Domain], params: M
                 raise ConfigError(
                     f"search.space.{domain.key}: a loss option is a name or {{loss: Name, loss_kwargs: {{...}}}}, got {dict(value)!r}"
                 )
-            _set(data, parts, value["loss"])
-            _set(data, parts[:-1] + ["loss_kwargs"], dict(value.get("loss_kwargs") or {}))
+            set_path(data, parts, value["loss"])
+            set_path(data, parts[:-1] + ["loss_kwargs"], dict(value.get("loss_kwargs") or {}))
         else:
             if parts[-1] == "loss":
                 # A bare loss name starts from no kwargs: the other options' kwargs do not fit it.
-                _set(data, parts[:-1] + ["loss_kwargs"], {})
-            _set(data, parts, copy.deepcopy(value))
+                set_path(data, parts[:-1] + ["loss_kwargs"], {})
+            set_path(data, parts, copy.deepcopy(value))
     return data
-
-
-def _set(data: dict, parts: list[str], value: Any) -> None:
-    node: Any = data
-    for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-    if isinstance(node, list):
-        node[int(parts[-1])] = value
-    else:
-        node[parts[-1]] = value
 
 
 def to_tune_domain(domain: Domain, search_alg: str) -> Any:

@@ -168,7 +168,14 @@ VALID = [
 
 @pytest.mark.parametrize(("model_type", "loss", "columns", "types", "kwargs"), VALID)
 def test_valid_columns_pass(model_type, loss, columns, types, kwargs):
-    check_dataset_for_loss(columns, loss, model_type, column_types=types or None, **kwargs)
+    from raytune_st.losses.formats import resolve_format, split_columns
+
+    assert check_dataset_for_loss(columns, loss, model_type, column_types=types or None, **kwargs) is None
+    # What was accepted: the inputs fit the resolved format's count, and a label only where it takes one.
+    fmt = resolve_format(loss, model_type, kwargs.get("inner_loss"))
+    inputs, label = split_columns(columns, model_type)
+    assert fmt.min_inputs <= len(inputs) <= (fmt.max_inputs or len(inputs))
+    assert (label is None) if fmt.label == "none" else (label is not None or fmt.label == "optional")
 
 
 INVALID = [
@@ -328,8 +335,13 @@ def test_wrapper_misuse_is_a_config_error(loss, inner, expected):
 
 
 def test_matryoshka_may_wrap_cached_losses():
+    from raytune_st.losses.formats import resolve_format
+
     # MatryoshkaLoss decorates the cached losses itself; only the layer-dropping wrappers refuse them.
     check_dataset_for_loss(["a", "p"], "MatryoshkaLoss", "bi_encoder", inner_loss="CachedMultipleNegativesRankingLoss")
+    assert resolve_format("MatryoshkaLoss", "bi_encoder", "CachedMultipleNegativesRankingLoss").name == "CachedMultipleNegativesRankingLoss"
+    with pytest.raises(ConfigError):
+        resolve_format("AdaptiveLayerLoss", "bi_encoder", "CachedMultipleNegativesRankingLoss")
 
 
 # --- in-batch negatives --------------------------------------------------------------------

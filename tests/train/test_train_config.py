@@ -10,7 +10,8 @@ import pytest
 from train_fixtures import DEBIAN_TRAIN, REPO, STSB_TRAIN
 from raytune_st.config.core import build, load_config
 from raytune_st.errors import ConfigError, DataError
-from raytune_st.train.config import TrainConfig, preflight, total_optimizer_steps
+from raytune_st.train.config import TrainConfig
+from raytune_st.train.plan import preflight, total_optimizer_steps
 
 
 def make(**sections):
@@ -316,7 +317,7 @@ def test_metric_for_best_model_is_checked_against_the_models_own_similarity(tmp_
     import json
     import shutil
 
-    from raytune_st.train.job import check
+    from raytune_st.train.job import checked_output as check
 
     model = tmp_path / "dot-model"
     shutil.copytree(tiny_bi_encoder, model)

@@ -48,13 +48,13 @@ def test_checkpoint_round_trip(tmp_path, tiny_bi_encoder):
         scheduler={"last_epoch": 4},
         scaler={},
         losses={"nli": {"classifier.weight": torch.ones(2, 3)}},
-        best_metric=0.5,
+        best_value=0.5,
         history=HISTORY,
         position=DataPosition(epoch=1, workers=[{"pairs": {"rows_read": 40, "pending": [{"query": "a", "passage": "b"}]}}]),
     )
     write_checkpoint(str(tmp_path / "ckpt"), model, state, "args: {}\n")
     back = read_checkpoint(str(tmp_path / "ckpt"))
-    assert (back.step, back.micro_batches, back.best_metric, back.history) == (4, 8, 0.5, HISTORY)
+    assert (back.step, back.micro_batches, back.best_value, back.history) == (4, 8, 0.5, HISTORY)
     assert torch.equal(back.losses["nli"]["classifier.weight"], torch.ones(2, 3))
     assert back.position.for_rank(0, 1) == {"pairs": {"rows_read": 40, "pending": [{"query": "a", "passage": "b"}]}}
     assert back.position.for_rank(0, 2) == {}  # another number of workers restarts the epoch
@@ -109,18 +109,6 @@ def test_loss_is_pointed_at_the_wrapped_model_and_back_for_evaluation(tiny_bi_en
     assert loss.model is wrapped and loss.loss.gather_across_devices is True
 
 
-def test_overrides_from_a_tune_trial_are_type_checked(tiny_bi_encoder):
-    from raytune_st.errors import ConfigError
-    from raytune_st.train.config import with_overrides
-
-    config = config_for(tiny_bi_encoder, "out")
-    trial = with_overrides(config, {"args.learning_rate": 3e-5, "loss_kwargs": {"scale": 10}, "args.prompts": None})
-    assert trial.args.learning_rate == 3e-5 and trial.loss_kwargs == {"scale": 10}
-    assert config.args.learning_rate == 5e-5  # the original is untouched
-    with pytest.raises(ConfigError, match="'scal' is not an argument"):
-        with_overrides(config, {"loss_kwargs": {"scal": 10}})
-
-
 def test_a_checkpoint_keeps_every_random_generator_state(tmp_path, tiny_bi_encoder):
     import random
 
@@ -172,3 +160,22 @@ def test_a_scheduler_state_holding_an_object_is_refused_when_written():
     }
     with pytest.raises(TypeError, match=r"s.lr_lambdas\[0\].fn holds a function"):
         plain_state({"lr_lambdas": [{"fn": lambda step: 1.0}]}, "s")
+
+
+def test_weight_decay_skips_biases_and_norms_as_transformers_trainer_does(tiny_bi_encoder):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from raytune_st.train.loop import _decay_groups
+
+    model = SentenceTransformer(tiny_bi_encoder, device="cpu")
+    classifier = torch.nn.Linear(4, 3)  # a loss's own weights (e.g. SoftmaxLoss): its matrix decays, its bias not
+    decay, no_decay = _decay_groups(model, list(classifier.parameters()), weight_decay=0.01)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names.get(id(p), "classifier") for p in decay["params"]}
+    spared = {names.get(id(p), "classifier") for p in no_decay["params"]}
+    assert any(n.endswith("attention.self.query.weight") for n in decayed) and "classifier" in decayed
+    assert all(n.endswith("bias") or "LayerNorm" in n for n in spared - {"classifier"}) and "classifier" in spared
+    assert any("LayerNorm" in n for n in spared) and any(n.endswith("bias") for n in spared)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters())) + 2

@@ -115,7 +115,7 @@ def test_a_metric_needs_evaluation_in_the_trials(pairs, tmp_path):
 
 
 def test_every_loss_option_is_checked_against_its_data_before_any_trial(pairs, tmp_path):
-    from raytune_st.tune.job import check
+    from raytune_st.tune.job import checked_output as check
 
     config = sweep(pairs, tmp_path, space={"train_datasets.pairs.loss": {"choice": ["MultipleNegativesRankingLoss", "CoSENTLoss"]}})
     with pytest.raises(DataError, match=r"search.space.train_datasets.pairs.loss = 'CoSENTLoss': .*CoSENTLoss"):
@@ -123,7 +123,7 @@ def test_every_loss_option_is_checked_against_its_data_before_any_trial(pairs, t
 
 
 def test_default_concurrency_follows_the_cluster_and_the_trials_workers(pairs, tmp_path):
-    from raytune_st.train.config import planned_steps
+    from raytune_st.train.plan import planned_steps
     from raytune_st.tune.job import default_concurrency
 
     config = sweep(pairs, tmp_path)

@@ -6,7 +6,7 @@ import pytest
 import ray.train
 
 from raytune_st.errors import RaytuneError
-from raytune_st.tune.job import pin_start_checkpoint
+from raytune_st.tune.trial import pin_start_checkpoint
 
 
 def make_trial_checkpoints(trial_dir, steps):

@@ -11,7 +11,8 @@ import pytest
 from raytune_st.config import build
 from raytune_st.outputs import OutputDir
 from raytune_st.tune.config import TuneConfig
-from raytune_st.tune.job import TRIALS_DIR, best_row, collect_rows
+from raytune_st.tune.results import best_row, collect_rows
+from raytune_st.tune.trial import TRIALS_DIR
 
 
 @pytest.fixture
@@ -59,3 +60,22 @@ def test_rows_for_completed_stopped_and_failed_trials(config, tmp_path):
     assert [r.params for r in rows] == [{"args.learning_rate": 1e-5}, {"args.learning_rate": 1e-3}, {}]
     assert best_row(rows, "min").trial_id == "t1"  # only completed trials have a final model
     assert best_row(rows[1:], "min") is None
+
+
+def test_the_table_and_csv_show_one_row_per_trial_with_the_metric_named():
+    from raytune_st.tune.results import TrialRow, format_table, results_csv
+
+    rows = [
+        TrialRow("t1", {"args.learning_rate": 1e-5}, 0.53125, 4, "completed", [(4, 0.53125)]),
+        TrialRow("t2", {"args.learning_rate": 1e-3}, None, None, "error: RuntimeError", []),
+    ]
+    lines = format_table(rows, "eval_loss").splitlines()
+    assert lines[0].split() == ["trial_id", "args.learning_rate", "eval_loss", "steps", "stop_reason"]
+    assert lines[1].split() == ["t1", "1e-05", "0.5312", "4", "completed"]
+    assert lines[2].split() == ["t2", "0.001", "error:", "RuntimeError"]  # empty cells for what it never reported
+    assert results_csv(rows, "eval_loss").splitlines() == [
+        "trial_id,args.learning_rate,eval_loss,steps,stop_reason",
+        "t1,1e-05,0.53125,4,completed",
+        "t2,0.001,,,error: RuntimeError",
+    ]
+    assert format_table([], "eval_loss") == "no trials ran"

@@ -1,0 +1,45 @@
+"""Running evaluators in a worker: read their data, build them, run them as one SequentialEvaluator.
+
+Shared by the evaluate job's worker and the training loop's rank 0, so that both read the
+same data the same way and report the evaluators' metrics under the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raytune_st.data.sources import Source, read_source
+from raytune_st.evaluation.config import EvaluatorSpec
+
+
+def read_columns(source: Source) -> dict[str, list[Any]]:
+    """All rows of a (small) source as {column: values}, read through Ray Data."""
+    import pyarrow as pa
+
+    tables = [batch for batch in read_source(source).iter_batches(batch_format="pyarrow", batch_size=None)]
+    return pa.concat_tables(tables).to_pydict() if tables else {}
+
+
+def build_evaluators(specs: list[EvaluatorSpec]) -> list[Any]:
+    """sentence-transformers evaluators for `specs`, their data read on the calling worker."""
+    from raytune_st.evaluation.evaluators import build_evaluator
+
+    evaluators = []
+    for spec in specs:
+        if spec.beir:
+            beir = (read_columns(spec.corpus[0]), read_columns(spec.queries), read_columns(spec.qrels))
+            evaluators.append(build_evaluator(spec.type, spec.name, {}, spec.kwargs, beir=beir))
+            continue
+        extra = [text for source in spec.corpus for text in next(iter(read_columns(source).values()))]
+        evaluators.append(build_evaluator(spec.type, spec.name, read_columns(spec.data), spec.kwargs, extra_corpus=extra))
+    return evaluators
+
+
+def run_evaluators(evaluators: list[Any], model: Any) -> dict[str, float]:
+    """The evaluators' metrics on `model`, by the names they give them (one evaluator: no sequential_score)."""
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+
+    results = SequentialEvaluator(evaluators)(model)
+    if len(evaluators) == 1:
+        results.pop("sequential_score", None)
+    return {key: float(value) for key, value in results.items()}

@@ -1,0 +1,152 @@
+"""Planning a training run before any worker starts: what the data holds, how many steps, whether it fits.
+
+1. :func:`preflight` reads each data set's metadata (columns, row counts), checks them against
+   its loss and the batch size against each worker's shard, and returns a :class:`Plan`;
+2. :func:`total_optimizer_steps` / :func:`planned_steps` turn rows into the optimizer steps
+   every worker will run (the same number on each);
+3. :func:`cluster_fit` checks workers against a cluster's resource totals (Ray supplies the
+   numbers; nothing here imports Ray).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from raytune_st.config.resources import check_custom_resources_exist
+from raytune_st.data.sources import inspect_source
+from raytune_st.errors import ClusterError, DataError
+from raytune_st.train.batching import Schedule, batches_per_epoch
+from raytune_st.train.config import LossSpec, TrainConfig, TrainingArgs
+
+
+@dataclass
+class DatasetPlan:
+    """What pre-flight learnt about one data set: its columns and row count."""
+
+    name: str
+    columns: list[str]
+    num_rows: Optional[int]
+
+
+@dataclass
+class Plan:
+    """The data sets as checked before any worker starts."""
+
+    train: dict[str, DatasetPlan] = dataclasses.field(default_factory=dict)
+    eval: dict[str, DatasetPlan] = dataclasses.field(default_factory=dict)
+
+    def train_rows(self) -> dict[str, int]:
+        return {name: plan.num_rows for name, plan in self.train.items()}
+
+
+def _loss_num_labels(config: TrainConfig, spec: LossSpec) -> Optional[int]:
+    """The num_labels the loss checker must see: SoftmaxLoss's own, else the cross-encoder's."""
+    if "num_labels" in spec.kwargs:
+        return spec.kwargs["num_labels"]
+    inner = spec.kwargs.get("loss")
+    if isinstance(inner, dict) and "num_labels" in inner:
+        return inner["num_labels"]
+    if config.model.type == "cross_encoder":
+        return config.model.num_labels if config.model.num_labels is not None else 1
+    return None
+
+
+def check_dataset(config: TrainConfig, section: str, name: str, count_rows: Any = None) -> DatasetPlan:
+    """Inspect one data set and check its columns against its loss; reads metadata only.
+
+    `count_rows(source)` counts rows of formats that do not store the count (JSONL, CSV);
+    without it such data sets keep ``num_rows=None``.
+    """
+    from raytune_st.losses.formats import check_dataset_for_loss
+
+    entry = (config.train_datasets if section == "train_datasets" else config.eval_datasets)[name]
+    spec = config.loss_for(section, name)
+    info = inspect_source(entry.data)
+    check_dataset_for_loss(
+        info.columns,
+        spec.name,
+        spec.model_type,
+        inner_loss=spec.inner_name,
+        num_labels=_loss_num_labels(config, spec),
+        column_types=info.types,
+        dataset=f"{section.split('_')[0]} {name!r} ({entry.data.describe()})",
+    )
+    num_rows = info.num_rows
+    if num_rows is None and count_rows is not None:
+        num_rows = count_rows(entry.data)
+    return DatasetPlan(name=name, columns=info.columns, num_rows=num_rows)
+
+
+def preflight(config: TrainConfig, count_rows: Any = None) -> Plan:
+    """Every check that needs the data's metadata but no worker: columns vs loss, batch size vs shard.
+
+    Raises DataError / ConfigError with the data set's name and the fix.
+    """
+    plan = Plan()
+    for name in config.train_datasets:
+        plan.train[name] = check_dataset(config, "train_datasets", name, count_rows)
+    for name in config.eval_datasets:
+        plan.eval[name] = check_dataset(config, "eval_datasets", name, count_rows)
+    for spec in config.evaluators:
+        spec.check_data()
+
+    workers = config.scaling.num_workers
+    batch = config.args.per_device_train_batch_size
+    for name, dataset in plan.train.items():
+        if dataset.num_rows is None:
+            raise DataError(
+                f"train {name!r}: the number of rows of {config.train_datasets[name].data.path!r} is unknown; "
+                "it is needed to plan the same number of steps on every worker"
+            )
+        shard = dataset.num_rows // workers
+        if shard < batch:
+            raise DataError(
+                f"train {name!r} has {dataset.num_rows} rows, {shard} per worker with {workers} workers, fewer than "
+                f"per_device_train_batch_size={batch}; lower the batch size or num_workers, or add data"
+            )
+    return plan
+
+
+def total_optimizer_steps(args: TrainingArgs, micro_batches_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: max_steps, else epochs x steps per epoch (rounded up)."""
+    if args.max_steps > 0:
+        return args.max_steps
+    steps_per_epoch = max(math.ceil(micro_batches_per_epoch / args.gradient_accumulation_steps), 1)
+    return max(math.ceil(args.num_train_epochs * steps_per_epoch), 1)
+
+
+def planned_steps(config: TrainConfig, train_rows: dict[str, int]) -> int:
+    """Optimizer steps the run will take, as every worker computes them (e.g. for Tune's schedulers)."""
+    args = config.args
+    per_epoch = batches_per_epoch(train_rows, args.per_device_train_batch_size, config.scaling.num_workers)
+    return total_optimizer_steps(args, Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed).epoch_length)
+
+
+def cluster_fit(config: TrainConfig, cluster: dict[str, float], *, may_autoscale: bool) -> Optional[str]:
+    """Refuse workers that `cluster` (Ray's resource totals) could never hold; returns a warning or None.
+
+    With `may_autoscale` (a remote cluster) a missing custom resource may still arrive and is
+    not refused. A warning says when the workers leave Ray Data no CPU to read with.
+    """
+    scaling = config.scaling
+    gpus = cluster.get("GPU", 0)
+    if scaling.use_gpu and gpus < scaling.num_workers:
+        raise ClusterError(
+            f"scaling.use_gpu asks for {scaling.num_workers} GPU workers but the cluster has {gpus:g} GPUs; "
+            "lower num_workers, add GPU nodes, or set use_gpu: false"
+        )
+    if not may_autoscale:
+        check_custom_resources_exist("scaling.resources_per_worker", scaling.resources_per_worker, cluster)
+    cpus_per_worker = scaling.resources_per_worker.get("CPU", 0 if scaling.use_gpu else 1)
+    cpus = cluster.get("CPU", 0)
+    if cpus - cpus_per_worker * scaling.num_workers < 1:
+        # Ray Data's read tasks need a CPU of their own; without one the workers wait forever.
+        return (
+            f"{scaling.num_workers} workers x {cpus_per_worker:g} CPU leave less than one of the cluster's {cpus:g} "
+            "CPUs for reading data; unless the cluster autoscales, lower scaling.resources_per_worker.CPU (e.g. 0.5) "
+            "or num_workers"
+        )
+    return None

@@ -1,0 +1,44 @@
+"""raytune_st.train.plan's cluster arithmetic, from Ray's resource totals given as plain dicts (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from train_fixtures import DEBIAN_TRAIN
+from raytune_st.config.core import build
+from raytune_st.errors import ClusterError
+from raytune_st.train.config import TrainConfig
+from raytune_st.train.plan import cluster_fit
+
+
+def config(**scaling) -> TrainConfig:
+    return build(TrainConfig, {
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "train_datasets": {"pairs": {"data": {"path": DEBIAN_TRAIN, "columns": ["query", "passage"]}}},
+        "loss": "MultipleNegativesRankingLoss",
+        "args": {"output_dir": "out"},
+        "scaling": scaling,
+    })
+
+
+def test_workers_that_leave_a_cpu_for_reading_fit_quietly():
+    assert cluster_fit(config(num_workers=2, resources_per_worker={"CPU": 0.5}), {"CPU": 2.0}, may_autoscale=False) is None
+
+
+def test_workers_that_take_every_cpu_get_a_warning_naming_the_fix():
+    warning = cluster_fit(config(num_workers=2), {"CPU": 2.0}, may_autoscale=False)
+    assert warning.startswith("2 workers x 1 CPU leave less than one of the cluster's 2 CPUs") and "(e.g. 0.5)" in warning
+
+
+def test_gpu_workers_need_a_gpu_each():
+    with pytest.raises(ClusterError, match=r"asks for 2 GPU workers but the cluster has 1 GPUs"):
+        cluster_fit(config(num_workers=2, use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, may_autoscale=True)
+    assert cluster_fit(config(num_workers=2, use_gpu=True), {"CPU": 8.0, "GPU": 2.0}, may_autoscale=False) is None
+
+
+def test_a_custom_resource_is_refused_on_a_local_ray_that_lacks_it_but_not_where_nodes_may_come():
+    pinned = config(num_workers=1, resources_per_worker={"CPU": 1, "worker_node": 1})
+    with pytest.raises(ClusterError, match="scaling.resources_per_worker asks for 'worker_node'"):
+        cluster_fit(pinned, {"CPU": 4.0}, may_autoscale=False)
+    assert cluster_fit(pinned, {"CPU": 4.0}, may_autoscale=True) is None
+    assert cluster_fit(pinned, {"CPU": 4.0, "worker_node": 2.0}, may_autoscale=False) is None
