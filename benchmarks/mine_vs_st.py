@@ -7,9 +7,16 @@ Runs three things, each in its own process so their memory is measured apart:
 3. the floor: a plain ``model.encode`` of the same deduplicated passages and queries.
 
 and prints wall time, peak memory (the process itself, and for raytune_st the largest Ray
-worker), rows out and the row-level agreement of the two outputs.
+worker), rows out and the row-level agreement of the two outputs (rows that differ only by a
+negative of exactly the same score as sentence-transformers' are counted apart, as ties).
 
-    python benchmarks/mine_vs_st.py --pairs 5000
+``--repeats N`` alternates the runs (st, raytune_st, encode, st, raytune_st, ...) and reports
+medians with their ranges. Ray runs its workers at nice 15, so anything else on the machine
+slows raytune_st far more than a plain process: before each run the benchmark waits (up to
+``--settle`` seconds) for the 1-minute load average to fall below 0.5, prints it, and marks
+every figure taken above it.
+
+    python benchmarks/mine_vs_st.py --pairs 3000 --num-negatives 5 --range-max 40 --relative-margin 0.05 --batch-size 64 --repeats 2
     python benchmarks/mine_vs_st.py --pairs 1000 --shards 2 --index-num-cpus 0.5
 
 ``--driver-memory-at 5000,50000`` runs only raytune_st, once per size, and prints how the
@@ -24,9 +31,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import children
@@ -58,9 +66,12 @@ def run_st(args: dict) -> dict:
         datasets.Dataset.from_parquet(args["pairs"]),
         model,
         num_negatives=args["num_negatives"],
+        range_min=args["range_min"],
         range_max=args["range_max"],
+        relative_margin=args["relative_margin"],
         sampling_strategy="top",
         output_format="triplet",
+        output_scores=True,
         batch_size=args["batch_size"],
         use_faiss=True,
     )
@@ -106,7 +117,10 @@ def run_raytune(args: dict) -> dict:
             f"dataset.path={args['pairs']}",
             f"output.path={args['out']}",
             f"mine.num_negatives={args['num_negatives']}",
+            f"mine.range_min={args['range_min']}",
             f"mine.range_max={args['range_max']}",
+            f"mine.relative_margin={'null' if args['relative_margin'] is None else args['relative_margin']}",
+            "mine.output_scores=true",
             f"mine.batch_size={args['batch_size']}",
             f"index.shards={args['shards']}",
             f"index.num_cpus={args['index_num_cpus']}",
@@ -126,6 +140,7 @@ def run_raytune(args: dict) -> dict:
         "largest_worker_mib": largest[0],
         "largest_worker": largest[1],
         "rows": summary["rows"],
+        "texts": summary["corpus_size"] + summary["unique_queries"],
         "stage_s": summary["seconds"],
     }
 
@@ -140,9 +155,11 @@ def run_encode(args: dict) -> dict:
     queries = list(dict.fromkeys(pairs.iloc[:, 0]))
     began = time.perf_counter()
     model = load_bi_encoder(args["model"], device="cpu")
+    loaded = time.perf_counter()
     model.encode_document(corpus, batch_size=args["batch_size"], normalize_embeddings=True)
     model.encode_query(queries, batch_size=args["batch_size"], normalize_embeddings=True)
-    return {"wall_s": time.perf_counter() - began, "peak_rss_mib": _peak_rss_mib(), "texts": len(corpus) + len(queries)}
+    done = time.perf_counter()
+    return {"wall_s": done - began, "encode_s": done - loaded, "peak_rss_mib": _peak_rss_mib(), "texts": len(corpus) + len(queries)}
 
 
 def setup(args: dict) -> dict:
@@ -175,31 +192,77 @@ def child(name: str, args: dict) -> dict:
 
 
 def agreement(st_path: str, ours_dir: str) -> dict:
+    """Rows of both outputs compared as (query, positive, negative) multisets.
+
+    A row of ours that differs only by its negative, where sentence-transformers' differing row
+    for the same (query, positive) has a negative of the same score (to 1e-6), is a tie: FAISS
+    orders equal scores as it finds them, so either negative is right.
+    """
     import glob
 
     import pandas as pd
 
     st = pd.read_parquet(st_path)
     ours = pd.concat([pd.read_parquet(p) for p in sorted(glob.glob(os.path.join(ours_dir, "part-*.parquet")))], ignore_index=True)
-    st_rows = Counter(map(tuple, st.itertuples(index=False)))
-    our_rows = Counter(map(tuple, ours.itertuples(index=False)))
+
+    def rows(frame) -> tuple[Counter, dict]:
+        keys = list(zip(frame.iloc[:, 0], frame.iloc[:, 1], frame.iloc[:, 2]))
+        scores = {key: float(s[-1]) for key, s in zip(keys, frame["scores"])}
+        return Counter(keys), scores
+
+    (st_rows, st_scores), (our_rows, our_scores) = rows(st), rows(ours)
     shared = sum((st_rows & our_rows).values())
-    same_order = len(st) == len(ours) and bool((st.values == ours.values).all())
-    return {"shared_rows": shared, "agreement": shared / max(len(st), 1), "identical_in_order": same_order}
+    st_left = defaultdict(list)
+    for (query, positive, negative), count in (st_rows - our_rows).items():
+        st_left[(query, positive)] += [st_scores[(query, positive, negative)]] * count
+    ties = 0
+    for (query, positive, negative), count in (our_rows - st_rows).items():
+        for _ in range(count):
+            left = st_left[(query, positive)]
+            match = next((i for i, score in enumerate(left) if abs(score - our_scores[(query, positive, negative)]) <= 1e-6), None)
+            if match is not None:
+                left.pop(match)
+                ties += 1
+    n = max(len(st), 1)
+    return {"rows": len(st), "shared_rows": shared, "ties": ties, "agreement": shared / n, "agreement_with_ties": (shared + ties) / n}
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def settled_child(name: str, args: dict, settle_s: float) -> dict:
+    """Run `name` once the 1-minute load average is below 0.5 (or `settle_s` has passed); records the load."""
+    deadline = time.monotonic() + settle_s
+    while load_average() >= 0.5 and time.monotonic() < deadline:
+        time.sleep(5)
+    load = load_average()
+    print(f"  {name}: 1-minute load average {load:.2f} before the run{'  (above 0.5: marked)' if load >= 0.5 else ''}", flush=True)
+    return {**child(name, args), "load": load}
+
+
+def spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    """The median and, with several values, the range."""
+    median = fmt.format(statistics.median(values))
+    return median if len(values) == 1 else f"{median} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=5000, help="first N (query, passage) pairs of --data")
+    parser.add_argument("--pairs", type=int, default=3000, help="first N (query, passage) pairs of --data")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="parquet with (query, passage) as its first two columns")
     parser.add_argument("--num-negatives", type=int, default=5)
+    parser.add_argument("--range-min", type=int, default=0)
     parser.add_argument("--range-max", type=int, default=50)
+    parser.add_argument("--relative-margin", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--index-num-cpus", type=float, default=1.0)
     parser.add_argument("--embed-actors", type=int, default=2, help="most embedding actors")
     parser.add_argument("--chunk-rows", type=int, default=512, help="texts per embedding chunk (compute.embed_chunk_rows)")
     parser.add_argument("--model", default=MINILM, help="embedding model; 'tiny' for a random 2-layer BERT")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the runs this many times; figures are medians (ranges)")
+    parser.add_argument("--settle", type=float, default=240, help="most seconds to wait for the load average to fall below 0.5")
     parser.add_argument(
         "--driver-memory-at", metavar="N,N,...", help="run only raytune_st, at each of these pair counts, and compare peak memory"
     )
@@ -218,7 +281,9 @@ def main() -> None:
         args = {
             "model": inputs["model"],
             "num_negatives": cli.num_negatives,
+            "range_min": cli.range_min,
             "range_max": cli.range_max,
+            "relative_margin": cli.relative_margin,
             "batch_size": cli.batch_size,
             "shards": cli.shards,
             "index_num_cpus": cli.index_num_cpus,
@@ -230,23 +295,50 @@ def main() -> None:
             print_driver_memory(cli, runs)
             return
         args["pairs"] = inputs["pairs"][str(cli.pairs)]
-        st = child("st", {**args, "out": os.path.join(tmp, "st.parquet")})
-        ours = child("raytune", {**args, "out": os.path.join(tmp, "ours")})
-        floor = None if cli.skip_encode else child("encode", args)
-        agree = agreement(os.path.join(tmp, "st.parquet"), os.path.join(tmp, "ours"))
+        st_runs, our_runs, floors, agreements = [], [], [], []
+        for repeat in range(cli.repeats):
+            print(f"repeat {repeat + 1} of {cli.repeats}", flush=True)
+            st_out, our_out = os.path.join(tmp, f"st-{repeat}.parquet"), os.path.join(tmp, f"ours-{repeat}")
+            st_runs.append(settled_child("st", {**args, "out": st_out}, cli.settle))
+            our_runs.append(settled_child("raytune", {**args, "out": our_out}, cli.settle))
+            if not cli.skip_encode:
+                floors.append(settled_child("encode", args, cli.settle))
+            agreements.append(agreement(st_out, our_out))
+    print_comparison(cli, st_runs, our_runs, floors, agreements)
 
-    print(f"pairs: {cli.pairs:,}  num_negatives={cli.num_negatives} range_max={cli.range_max} top triplet  shards={cli.shards}")
-    print(f"{'run':<34} {'wall s':>8} {'peak MiB':>9} {'rows out':>9}")
-    print(f"{'sentence-transformers (use_faiss)':<34} {st['wall_s']:>8.1f} {st['peak_rss_mib']:>9.0f} {st['rows']:>9,}")
-    print(f"{'raytune_st (driver)':<34} {ours['wall_s']:>8.1f} {ours['peak_rss_mib']:>9.0f} {ours['rows']:>9,}")
-    print(f"{'raytune_st (largest Ray worker)':<34} {'':>8} {ours['largest_worker_mib']:>9.0f}   {ours['largest_worker']}")
-    if floor:
-        print(f"{'plain model.encode (floor)':<34} {floor['wall_s']:>8.1f} {floor['peak_rss_mib']:>9.0f} {floor['texts']:>9,} texts")
-        print(f"raytune_st throughput vs the encode floor: {floor['wall_s'] / ours['wall_s']:.0%}")
-    print(f"raytune_st stages (s): {ours['stage_s']}")
+
+def print_comparison(cli: argparse.Namespace, st_runs: list[dict], our_runs: list[dict], floors: list[dict], agreements: list[dict]) -> None:
+    loaded = [run["load"] for run in st_runs + our_runs + floors if run["load"] >= 0.5]
+    print()
     print(
-        f"row-level agreement: {agree['shared_rows']:,} of {st['rows']:,} rows ({agree['agreement']:.2%}); "
-        f"identical in order: {agree['identical_in_order']}"
+        f"pairs: {cli.pairs:,}  num_negatives={cli.num_negatives} range_min={cli.range_min} range_max={cli.range_max} "
+        f"relative_margin={cli.relative_margin} top triplet  batch_size={cli.batch_size}  shards={cli.shards}  "
+        f"runs: {cli.repeats} each, alternated; medians (ranges)"
+    )
+    loads = [run["load"] for run in st_runs + our_runs + floors]
+    print(f"1-minute load average before the runs: {spread(loads, '{:.2f}')}" + (
+        f"; {len(loaded)} run(s) started above 0.5: THESE FIGURES ARE MARKED AS TAKEN ON A LOADED MACHINE" if loaded else ""))
+    print(f"{'run':<36} {'wall s':>18} {'peak MiB':>9} {'rows out':>9}")
+    print(f"{'sentence-transformers (use_faiss)':<36} {spread([r['wall_s'] for r in st_runs]):>18} "
+          f"{max(r['peak_rss_mib'] for r in st_runs):>9.0f} {st_runs[0]['rows']:>9,}")
+    print(f"{'raytune_st (driver)':<36} {spread([r['wall_s'] for r in our_runs]):>18} "
+          f"{max(r['peak_rss_mib'] for r in our_runs):>9.0f} {our_runs[0]['rows']:>9,}")
+    print(f"{'raytune_st (largest Ray worker)':<36} {'':>18} {max(r['largest_worker_mib'] for r in our_runs):>9.0f}")
+    ratios = [ours["wall_s"] / st["wall_s"] for st, ours in zip(st_runs, our_runs)]
+    print(f"raytune_st wall / sentence-transformers wall: {spread(ratios, '{:.2f}')}x  (target <= 1.00)")
+    for name in our_runs[0]["stage_s"]:
+        print(f"  raytune_st stage {name:<8} {spread([r['stage_s'].get(name, 0.0) for r in our_runs])} s")
+    if floors:
+        print(f"{'plain model.encode (load + encode)':<36} {spread([r['wall_s'] for r in floors]):>18} "
+              f"{max(r['peak_rss_mib'] for r in floors):>9.0f} {floors[0]['texts']:>9,} texts")
+        floor_rate = [r["texts"] / r["encode_s"] for r in floors]
+        embed_rate = [r["texts"] / r["stage_s"]["embed"] for r in our_runs if r["stage_s"].get("embed")]
+        print(f"embedding throughput, texts/s: plain encode {spread(floor_rate)}, raytune_st embed stage {spread(embed_rate)}; "
+              f"ratio {spread([e / f for e, f in zip(embed_rate, floor_rate)], '{:.2f}')}  (target >= 0.95)")
+    a = agreements[-1]
+    print(
+        f"row-level agreement: {a['shared_rows']:,} of {a['rows']:,} rows identical ({a['agreement']:.2%}); "
+        f"{a['ties']:,} more differ only by a negative of equal score (ties); with ties {a['agreement_with_ties']:.2%}  (target >= 99.5%)"
     )
 
 

@@ -1,8 +1,10 @@
-"""Mining one batch of unique queries: search every shard, merge, rescore, filter, sample, write.
+"""Mining one batch of unique queries on the cluster: read it, mine it, write its part.
 
-:func:`mine_batch` runs as a Ray task per batch. It holds only its batch: the query
-embeddings, a ``[batch, range_max + max_positives]`` candidate matrix and the texts of the
-rows it writes. The output part and its statistics sidecar are written atomically, then a
+:func:`mine_batch` runs as a Ray task per batch: it reads its queries, their embeddings and
+positives, hands them to :func:`raytune_st.mining.batch.mine_queries` (the arithmetic) with
+the ways to the IndexShard and cross-encoder actors, and writes the part. It holds only its
+batch: the query embeddings, a ``[batch, range_max + max_positives]`` candidate matrix and
+the texts of the rows it writes. The output part and its statistics sidecar are written atomically, then a
 manifest with their sizes and sha256 digests; a rerun skips a part only when its manifest
 exists and both files still match it (see raytune_st.mining.resume).
 """
@@ -10,17 +12,14 @@ exists and both files still match it (see raytune_st.mining.resume).
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from raytune_st.mining import store
+from raytune_st.mining.batch import BatchSources, MineSettings, mine_queries
 from raytune_st.mining.prepare import read_positives
-from raytune_st.mining.rows import arrow_schema, build_rows, output_columns
-from raytune_st.mining.select import FilterParams, filter_candidates, select_negatives
-from raytune_st.mining.topk import merge_topk
 from raytune_st.models.config import ModelConfig
 
 
@@ -40,26 +39,13 @@ def manifest_name(batch: int) -> str:
 class MinePlan:
     """Everything a mining task needs besides the actor handles (small; sent with every task)."""
 
-    filters: FilterParams
-    range_min: int
-    range_max: int
-    k: int  # candidates retrieved per query: range_max + max_positives
-    num_negatives: int
-    sampling_strategy: str
-    seed: int
-    output_format: str
-    output_scores: bool
-    anchor_column: str
-    positive_column: str
+    settings: MineSettings
     queries: store.Chunked
     query_embeddings: store.Chunked
     positives: store.Chunked
-    shard_starts: tuple[int, ...]
     batch_rows: int
     output_dir: str
     parts_dir: str
-    rescore: bool
-    batch_size: int
 
     def batch_range(self, batch: int) -> tuple[int, int]:
         return batch * self.batch_rows, min((batch + 1) * self.batch_rows, self.queries.num_rows)
@@ -106,7 +92,6 @@ def _by_shard(ids: np.ndarray, starts: Sequence[int]) -> dict[int, np.ndarray]:
 def _fetch_texts(shards: list, starts: Sequence[int], ids: np.ndarray) -> dict[int, str]:
     import ray
 
-    ids = np.unique(ids[ids >= 0])
     groups = _by_shard(ids, starts)
     replies = ray.get([shards[s].texts_of.remote(group.tolist()) for s, group in groups.items()])
     return {int(i): t for group, texts in zip(groups.values(), replies) for i, t in zip(group, texts)}
@@ -122,89 +107,45 @@ def _fetch_vectors(shards: list, starts: Sequence[int], ids: np.ndarray) -> np.n
     return vectors[inverse]
 
 
-def mine_batch(plan: MinePlan, batch: int, shards: list, scorer: Optional[Any]) -> dict:
-    """Mine batch `batch` of unique queries and write its part; returns its counters."""
-    import pyarrow as pa
+def shard_sources(shards: list, starts: Sequence[int], scorer: Optional[Any]) -> BatchSources:
+    """A batch's ways to the IndexShard actors (and the CrossEncoderScorer actor)."""
     import ray
 
+    def search(vectors: np.ndarray, k: int) -> list:
+        shared = ray.put(vectors)  # one copy in the object store for all the shards
+        return ray.get([shard.search.remote(shared, k) for shard in shards])
+
+    return BatchSources(
+        search=search,
+        vectors_of=lambda ids: _fetch_vectors(shards, starts, ids),
+        texts_of=lambda ids: _fetch_texts(shards, starts, ids),
+        rescore=(lambda groups: ray.get(scorer.predict.remote(groups))) if scorer is not None else None,
+    )
+
+
+def mine_batch(plan: MinePlan, batch: int, shards: list, scorer: Optional[Any]) -> dict:
+    """Mine batch `batch` of unique queries and write its part; returns its counters (a Ray task)."""
     start, end = plan.batch_range(batch)
-    queries = store.read_texts(plan.queries, start, end)
-    query_vectors = store.read_vectors(plan.query_embeddings, start, end)
-    positive_ids = read_positives(plan.positives, start, end)
-
-    # 1. Search every shard and merge their top-k (exact for Flat).
-    shared = ray.put(query_vectors)  # one copy in the object store for all the shards
-    results = ray.get([shard.search.remote(shared, plan.k) for shard in shards])
-    scores, ids = merge_topk(results, plan.k, offsets=plan.shard_starts)
-
-    # 2. Score each (query, positive) pair with the same embeddings.
-    pair_query = np.repeat(np.arange(len(queries)), [len(p) for p in positive_ids])
-    flat_positives = np.asarray([i for p in positive_ids for i in p], dtype=np.int64)
-    positive_vectors = _fetch_vectors(shards, plan.shard_starts, flat_positives)
-    positive_scores = np.einsum("ij,ij->i", query_vectors[pair_query], positive_vectors).astype(np.float32)
-
-    texts: dict[int, str] = {}
-    if plan.rescore:
-        # 3. sentence-transformers rescores every candidate and every positive with the cross-encoder.
-        texts = _fetch_texts(shards, plan.shard_starts, np.concatenate([ids.ravel(), flat_positives]))
-        groups = [[(query, texts[int(i)]) for i in row[row >= 0]] for query, row in zip(queries, ids)]
-        groups.append([(queries[q], texts[int(p)]) for q, p in zip(pair_query, flat_positives)])
-        rescored = ray.get(scorer.predict.remote(groups))
-        scores = np.full_like(scores, -np.inf)  # padding (id -1) stays -inf
-        for row, row_scores in enumerate(rescored[:-1]):
-            scores[row, : len(row_scores)] = row_scores  # valid ids come first: padding is at the tail
-        positive_scores = rescored[-1]
-
-    # 4. Filter and pick the negatives.
-    filtered, skipped = filter_candidates(scores, ids, positive_ids, positive_scores, plan.filters)
-    negative_ids, negative_scores = select_negatives(
-        filtered,
-        ids,
-        range_min=plan.range_min,
-        range_max=plan.range_max,
-        num_negatives=plan.num_negatives,
-        sampling_strategy=plan.sampling_strategy,
-        # Seeded per batch: a rerun of a batch samples the same negatives.
-        rng=random.Random(f"{plan.seed}:{batch}"),
+    mined = mine_queries(
+        plan.settings,
+        batch,
+        store.read_texts(plan.queries, start, end),
+        store.read_vectors(plan.query_embeddings, start, end),
+        read_positives(plan.positives, start, end),
+        shard_sources(shards, plan.settings.shard_starts, scorer),
     )
-
-    # 5. Build the rows and write the part with its statistics.
-    missing = np.setdiff1d(np.concatenate([negative_ids.ravel(), flat_positives]), np.fromiter(texts, np.int64, len(texts)))
-    texts.update(_fetch_texts(shards, plan.shard_starts, missing))
-    built = build_rows(
-        output_format=plan.output_format,
-        output_scores=plan.output_scores,
-        anchor_column=plan.anchor_column,
-        positive_column=plan.positive_column,
-        queries=queries,
-        positive_ids=positive_ids,
-        positive_scores=positive_scores,
-        negative_ids=negative_ids,
-        negative_scores=negative_scores,
-        texts=texts,
-    )
-    schema = arrow_schema(
-        output_columns(plan.output_format, plan.output_scores, plan.anchor_column, plan.positive_column, plan.num_negatives)
-    )
-    table = pa.table({name: pa.array(built.columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema)
-    counters = {
-        "queries": end - start,
-        "rows": built.num_rows,
-        "max_possible": built.max_possible,
-        "num_candidates": int(scores.size),
-        **{f"skipped_{name}": count for name, count in skipped.items()},
-    }
+    rows = mined.rows
     write_part(
         plan.output_dir,
         plan.parts_dir,
         batch,
-        table,
-        counters,
-        positive=built.positive_scores,
-        negative=built.negative_scores,
-        difference=built.difference_scores,
+        mined.table(plan.settings),
+        mined.counters,
+        positive=rows.positive_scores,
+        negative=rows.negative_scores,
+        difference=rows.difference_scores,
     )
-    return counters
+    return mined.counters
 
 
 def write_part(output_dir: str, parts_dir: str, batch: int, table, counters: dict[str, int], **scores: np.ndarray) -> None:

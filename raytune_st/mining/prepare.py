@@ -76,6 +76,25 @@ class ChunkWriter:
         return store.Chunked(tuple(self.paths), self.chunk_rows, self.num_rows)
 
 
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    """What the prepare stage found and wrote: counts, the text chunks and the data's digest."""
+
+    num_rows: int  # input (anchor, positive) rows
+    num_queries: int  # unique queries
+    num_pairs: int  # distinct (query, positive) pairs
+    corpus_size: int  # unique passages: positives, then the extra corpus's new ones
+    max_positives: int  # most input rows of one query (duplicates count, as in sentence-transformers)
+    mean_positives: float
+    corpus: store.Chunked  # the passages' text chunks
+    queries: store.Chunked  # the queries' text chunks
+    corpus_digests: tuple[str, ...]  # per corpus chunk: the embedding cache's key
+    query_digests: tuple[str, ...]
+    positives: store.Chunked  # per query, the corpus ids of its positives
+    digest: str  # of everything above that decides the output (a rerun on other data is refused)
+
+
 @dataclass
 class Prepared:
     """The deduplicated inputs of a mining run (see the module docstring)."""
@@ -121,7 +140,7 @@ class Prepared:
             self.raw_counts[query] += 1
             self.num_rows += 1
 
-    def finish(self) -> dict:
+    def finish(self) -> "PrepareSummary":
         """Flush the chunks, write the positives per query chunk; return the run's summary."""
         if self.num_rows == 0:
             raise DataError("the dataset is empty; give mining a source with at least one (anchor, positive) row")
@@ -139,20 +158,20 @@ class Prepared:
         digest = store.text_digest(
             self.corpus.digests, self.queries.digests, [p for ps in self.positives for p in (*ps, -1)], counts.tolist()
         )
-        return {
-            "num_rows": self.num_rows,
-            "num_queries": len(self.query_ids),
-            "num_pairs": int(sum(len(p) for p in self.positives)),
-            "corpus_size": len(self.corpus_ids),
-            "max_positives": int(counts.max()),
-            "mean_positives": float(np.mean(counts)),
-            "corpus": self.corpus.chunked(),
-            "queries": self.queries.chunked(),
-            "corpus_digests": list(self.corpus.digests),
-            "query_digests": list(self.queries.digests),
-            "positives": store.Chunked(tuple(positive_paths), self.chunk_rows, len(self.positives)),
-            "digest": digest,
-        }
+        return PrepareSummary(
+            num_rows=self.num_rows,
+            num_queries=len(self.query_ids),
+            num_pairs=int(sum(len(p) for p in self.positives)),
+            corpus_size=len(self.corpus_ids),
+            max_positives=int(counts.max()),
+            mean_positives=float(np.mean(counts)),
+            corpus=self.corpus.chunked(),
+            queries=self.queries.chunked(),
+            corpus_digests=tuple(self.corpus.digests),
+            query_digests=tuple(self.queries.digests),
+            positives=store.Chunked(tuple(positive_paths), self.chunk_rows, len(self.positives)),
+            digest=digest,
+        )
 
 
 def positive_offsets(positives: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +195,7 @@ def read_positives(chunks: store.Chunked, start: int, end: int) -> list[list[int
 
 def prepare_inputs(
     dataset, anchor: str, positive: str, corpus, corpus_column: Optional[str], directory: str, chunk_rows: int
-) -> dict:
+) -> PrepareSummary:
     """Read the sources (in order, streaming) into deduplicated chunks under `directory`.
 
     Runs inside a Ray task: the texts pass through it once and are not all kept. They are

@@ -8,6 +8,7 @@ lines and :func:`missing_line` the "Could not find enough negatives ..." line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -144,3 +145,46 @@ def score_histogram_png(positive: np.ndarray, negative: np.ndarray, title: str) 
     ax.set_title(title)
     ax.legend()
     return png_bytes(fig)
+
+
+@dataclass
+class RunSummary:
+    """What the whole run's parts add up to, as sentence-transformers reports it."""
+
+    lines: list[str]  # its statistics table, skipped and could-not-find lines
+    rows: int
+    missing: int  # rows short of the most possible (0 or more)
+    ratios: dict[str, tuple[int, float]]  # filter -> (candidates skipped, ratio)
+
+
+def summarize(
+    totals: dict[str, int],
+    scores: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    output_format: str,
+    range_min: int,
+    duplicate_rows: int,
+    filter_values: dict[str, Optional[float]],
+) -> RunSummary:
+    """The summary of a run from its batches' summed counters and concatenated (positive, negative, difference) scores.
+
+    `duplicate_rows`: input rows that deduplication dropped (labeled-pair counts them as possible rows).
+    """
+    from raytune_st.mining.select import skip_ratios
+
+    max_possible = totals.get("max_possible", 0)
+    if output_format == "labeled-pair":
+        # sentence-transformers counts every input row as a possible positive row, duplicates included.
+        max_possible += duplicate_rows
+    ratios = skip_ratios({name: totals.get(f"skipped_{name}", 0) for name in FILTERS}, totals.get("num_candidates", 0))
+    rows = totals.get("rows", 0)
+    lines = stats_table(*scores) + skipped_lines(ratios, filter_values)
+    line = missing_line(
+        max_possible - rows,
+        max_possible,
+        range_min=range_min,
+        absolute_margin=filter_values["absolute_margin"],
+        relative_margin=filter_values["relative_margin"],
+        max_score=filter_values["max_score"],
+    )
+    return RunSummary(lines + ([line] if line else []), rows, max(max_possible - rows, 0), ratios)

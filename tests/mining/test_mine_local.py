@@ -1,14 +1,14 @@
-"""The pure mining pieces, chained in one process, against sentence-transformers' mine_hard_negatives.
+"""The mining arithmetic in one process, against sentence-transformers' mine_hard_negatives.
 
-No Ray here: deduplication (Prepared), a 2-shard Flat search (merge_topk), filtering and
-selection, the output rows and the printed statistics must reproduce what
+No Ray here: deduplication (Prepared), two Flat index shards in memory, and per batch the
+job's own :func:`~raytune_st.mining.batch.mine_queries` (merge, positive scores, filters,
+sampling, rows); the rows and the printed statistics must reproduce what
 ``mine_hard_negatives`` returns and prints for the same pairs, on a tiny random model.
-The same chain runs distributed in raytune_st.mining.miner; test_mine_ray.py checks that.
+The Ray task (raytune_st.mining.miner) calls the same function; test_mine_ray.py checks it
+end to end.
 """
 
 from __future__ import annotations
-
-import random
 
 import datasets
 import numpy as np
@@ -16,12 +16,11 @@ import pandas as pd
 import pytest
 
 from mining_fixtures import DEV_SAMPLE, sample_pairs
+from raytune_st.mining.batch import BatchSources, MineSettings, mine_queries
 from raytune_st.mining.index import build_faiss_index, shard_bounds
 from raytune_st.mining.prepare import Prepared
-from raytune_st.mining.rows import build_rows
-from raytune_st.mining.select import FILTERS, FilterParams, filter_candidates, resolve_range_max, select_negatives, skip_ratios
-from raytune_st.mining.stats import missing_line, skipped_lines, stats_table
-from raytune_st.mining.topk import merge_topk
+from raytune_st.mining.select import FILTERS, FilterParams, resolve_range_max
+from raytune_st.mining.stats import summarize
 
 BATCH_ROWS = 37  # several batches, so per-batch results must add up to the global ones
 
@@ -44,52 +43,42 @@ def mine_in_process(pairs: pd.DataFrame, model, corpus=None, cross_encoder=None,
     corpus_vectors = model.encode_document(corpus_texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     query_vectors = model.encode_query(queries, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     range_max, lines = resolve_range_max(
-        p["range_max"], range_min=p["range_min"], num_negatives=p["num_negatives"], max_positives=info["max_positives"],
+        p["range_max"], range_min=p["range_min"], num_negatives=p["num_negatives"], max_positives=info.max_positives,
         params=filters, has_cross_encoder=cross_encoder is not None,
     )
-    k = range_max + info["max_positives"]
     bounds = shard_bounds(len(corpus_texts), 2)
     shards = [build_faiss_index(corpus_vectors[lo:hi], "Flat", train_sample_size=1) for lo, hi in bounds]
+    settings = MineSettings(
+        filters=filters, range_min=p["range_min"], range_max=range_max, k=range_max + info.max_positives,
+        num_negatives=p["num_negatives"], sampling_strategy=p["sampling_strategy"], seed=p["seed"],
+        output_format=output_format, output_scores=p["output_scores"], anchor_column=pairs.columns[0],
+        positive_column=pairs.columns[1], shard_starts=tuple(lo for lo, _ in bounds), rescore=False,
+    )
+    # The shards in memory where the job has IndexShard actors; the rest is the job's own function.
+    sources = BatchSources(
+        search=lambda vectors, k: [shard.search(vectors, min(k, shard.ntotal)) for shard in shards],
+        vectors_of=lambda ids: corpus_vectors[ids],
+        texts_of=lambda ids: {int(i): corpus_texts[i] for i in ids},
+    )
 
     frames, positive, negative, difference = [], [], [], []
-    skipped = {name: 0 for name in FILTERS}
-    max_possible = num_candidates = 0
+    totals: dict[str, int] = {}
     for batch, start in enumerate(range(0, len(queries), BATCH_ROWS)):
         end = min(start + BATCH_ROWS, len(queries))
-        vectors = query_vectors[start:end]
-        results = [shard.search(vectors, min(k, shard.ntotal)) for shard in shards]
-        scores, ids = merge_topk(results, k, offsets=[lo for lo, _ in bounds])
-        positive_ids = prepared.positives[start:end]
-        pair_query = np.repeat(np.arange(end - start), [len(x) for x in positive_ids])
-        flat = [i for x in positive_ids for i in x]
-        positive_scores = np.einsum("ij,ij->i", vectors[pair_query], corpus_vectors[flat]).astype(np.float32)
-        filtered, counts = filter_candidates(scores, ids, positive_ids, positive_scores, filters)
-        neg_ids, neg_scores = select_negatives(
-            filtered, ids, range_min=p["range_min"], range_max=range_max, num_negatives=p["num_negatives"],
-            sampling_strategy=p["sampling_strategy"], rng=random.Random(f"{p['seed']}:{batch}"),
-        )
-        built = build_rows(
-            output_format=output_format, output_scores=p["output_scores"], anchor_column=pairs.columns[0],
-            positive_column=pairs.columns[1], queries=queries[start:end], positive_ids=positive_ids,
-            positive_scores=positive_scores, negative_ids=neg_ids, negative_scores=neg_scores,
-            texts=dict(enumerate(corpus_texts)),
-        )
-        frames.append(pd.DataFrame(built.columns))
-        positive.append(built.positive_scores)
-        negative.append(built.negative_scores)
-        difference.append(built.difference_scores)
-        for name in FILTERS:
-            skipped[name] += counts[name]
-        max_possible += built.max_possible
-        num_candidates += scores.size
+        mined = mine_queries(settings, batch, queries[start:end], query_vectors[start:end], prepared.positives[start:end], sources)
+        frames.append(mined.table(settings).to_pandas())
+        positive.append(mined.rows.positive_scores)
+        negative.append(mined.rows.negative_scores)
+        difference.append(mined.rows.difference_scores)
+        for name, count in mined.counters.items():
+            totals[name] = totals.get(name, 0) + count
     rows = pd.concat(frames, ignore_index=True)
-    if output_format == "labeled-pair":
-        max_possible += info["num_rows"] - info["num_pairs"]
-    lines += stats_table(*(np.concatenate(x) for x in (positive, negative, difference)))
-    lines += skipped_lines(skip_ratios(skipped, num_candidates), {name: p[name] for name in FILTERS})
-    line = missing_line(max_possible - len(rows), max_possible, range_min=p["range_min"], absolute_margin=p["absolute_margin"],
-                        relative_margin=p["relative_margin"], max_score=p["max_score"])
-    return rows, lines + ([line] if line else [])
+    summary = summarize(
+        totals, tuple(np.concatenate(x) for x in (positive, negative, difference)), output_format=output_format,
+        range_min=p["range_min"], duplicate_rows=info.num_rows - info.num_pairs, filter_values={name: p[name] for name in FILTERS},
+    )
+    assert summary.rows == len(rows)
+    return rows, lines + summary.lines
 
 
 def printed_summary(text: str) -> list[str]:

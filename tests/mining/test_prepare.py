@@ -18,16 +18,16 @@ def test_corpus_first_then_positives_in_order_of_first_appearance():
     assert prepared.queries.in_memory == ["q1", "q2", "q3"]
     # distinct positives per query, in order; duplicate rows still count for max_positives
     assert prepared.positives == [[2, 3], [1], [0]]
-    assert (info["num_rows"], info["num_queries"], info["num_pairs"], info["corpus_size"]) == (5, 3, 4, 4)
-    assert info["max_positives"] == 3 and info["mean_positives"] == pytest.approx(5 / 3)
-    assert info["corpus"].num_rows == 4 and len(info["corpus"].paths) == 2
+    assert (info.num_rows, info.num_queries, info.num_pairs, info.corpus_size) == (5, 3, 4, 4)
+    assert info.max_positives == 3 and info.mean_positives == pytest.approx(5 / 3)
+    assert info.corpus.num_rows == 4 and len(info.corpus.paths) == 2
 
 
 def test_digest_changes_with_the_data():
     def digest(positives):
         prepared = Prepared(chunk_rows=8)
         prepared.add_pairs(["q1", "q2"], positives)
-        return prepared.finish()["digest"]
+        return prepared.finish().digest
 
     assert digest(["a", "b"]) == digest(["a", "b"])
     assert digest(["a", "b"]) != digest(["b", "a"])
@@ -46,7 +46,7 @@ def test_chunks_round_trip_through_the_work_directory(tmp_path):
     prepared = Prepared(chunk_rows=2, directory=str(tmp_path))
     prepared.add_pairs(["q1", "q2", "q3", "q1", "q4"], ["p1", "p2", "p3", "p2", "p1"])
     info = prepared.finish()
-    assert store.read_texts(info["queries"], 1, 4) == ["q2", "q3", "q4"]
-    assert store.read_texts(info["corpus"], 0, 3) == ["p1", "p2", "p3"]
-    assert read_positives(info["positives"], 0, 4) == [[0, 1], [1], [2], [0]]
-    assert read_positives(info["positives"], 3, 4) == [[0]]
+    assert store.read_texts(info.queries, 1, 4) == ["q2", "q3", "q4"]
+    assert store.read_texts(info.corpus, 0, 3) == ["p1", "p2", "p3"]
+    assert read_positives(info.positives, 0, 4) == [[0, 1], [1], [2], [0]]
+    assert read_positives(info.positives, 3, 4) == [[0]]
