@@ -23,6 +23,7 @@ from raytune_st.models.config import ModelConfig
 from raytune_st.runtime import data_context, logger_level
 
 Kind = Literal["query", "corpus"]
+CACHE_FORMAT = "sealed-npz-1"  # see store.sealed_npz_bytes
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ class EmbedSpec:
     prompt: Optional[str]
 
     def cache_name(self, model: ModelConfig, dtype: str, chunk_digest: str) -> str:
+        # The file format is part of the key: files of an older format (no seal) are never looked at.
         key = store.text_digest(
-            model.name, model.max_seq_length, self.kind, self.prompt_name, self.prompt, dtype, chunk_digest
+            CACHE_FORMAT, model.name, model.max_seq_length, self.kind, self.prompt_name, self.prompt, dtype, chunk_digest
         )
         return f"{self.kind}-{key[:32]}.npz"
 

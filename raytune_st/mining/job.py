@@ -89,13 +89,13 @@ def _mine(config: MineConfig) -> dict[str, Any]:
         # 1. Prepare: deduplicate queries and corpus into text chunks.
         with _timed(timings, "prepare"):
             prep = _prepare(config, anchor, positive, corpus_column, store.join(work, "prep"))
+        range_max, range_lines = _resolve_range(config, prep, filters)
         _progress(
             "prepare",
             f"{prep.num_rows:,} pairs -> {prep.num_queries:,} unique queries, {prep.corpus_size:,} passages",
             prep.num_rows,
             timings["prepare"],
         )
-        range_max, range_lines = _resolve_range(config, prep, filters)
         bounds = shard_bounds(prep.corpus_size, config.index.shards)
         # Now that the corpus size is known, and before anything is embedded.
         check_index_fits(config.index.factory, [hi - lo for lo, hi in bounds], config.index.train_sample_size)

@@ -8,7 +8,7 @@
 Imports are lazy so that `from raytune_st.train import TrainConfig` stays light.
 """
 
-__all__ = ["TrainConfig", "build_trainer", "planned_steps", "preflight", "train", "train_loop_per_worker"]
+__all__ = ["TrainConfig", "build_trainer", "planned_steps", "preflight", "train", "train_loop_per_worker", "working_dir_kept"]
 
 
 def __getattr__(name):
@@ -20,7 +20,7 @@ def __getattr__(name):
         from raytune_st.train import plan
 
         return getattr(plan, name)
-    if name in ("build_trainer", "train"):
+    if name in ("build_trainer", "train", "working_dir_kept"):
         from raytune_st.train import job
 
         return getattr(job, name)

@@ -115,31 +115,31 @@ def describe(differences: list[tuple[str, Any, Any]]) -> str:
     return "; ".join(f"{key}: {_shown(old)} -> {_shown(new)}" for key, old, new in differences)
 
 
-# Text files up to this size are digested whole; larger ones by their first and last MiB.
-WHOLE_FILE_DIGEST_BYTES = 16 * 2**20
-_EDGE_BYTES = 2**20
+# A text file is digested by its first and last bytes, this many each (whole when it is smaller):
+# pre-flight reads at most twice this much per file, however large the data set.
+EDGE_BYTES = 64 * 2**10
 
 
 def content_digest(fs: Any, path: str, size: int) -> str:
-    """A short digest of what a data file holds, cheap enough for pre-flight.
+    """A short digest of what a data file holds, cheap enough for every pre-flight.
 
     A Parquet file: its footer (schema, row groups, every column chunk's statistics, offsets
-    and sizes), which a rewrite of the same size changes. Another file: its bytes, or its
-    first and last MiB when it is larger than :data:`WHOLE_FILE_DIGEST_BYTES`.
+    and sizes), which most rewrites change even at the same size. Another file: its first and
+    last :data:`EDGE_BYTES`. A rewrite that keeps all of that is not seen.
     """
     import hashlib
 
     digest = hashlib.sha256()
     with fs.open_input_file(path) as handle:
         tail = handle.read_at(8, size - 8) if size >= 12 else b""
-        if tail[4:] == b"PAR1":
-            footer = int.from_bytes(tail[:4], "little")
+        footer = int.from_bytes(tail[:4], "little") if tail[4:] == b"PAR1" else -1
+        if 0 <= footer <= size - 12:
             digest.update(handle.read_at(footer, size - 8 - footer))
-        elif size <= WHOLE_FILE_DIGEST_BYTES:
+        elif size <= 2 * EDGE_BYTES:
             digest.update(handle.read_at(size, 0) if size else b"")
         else:
-            digest.update(handle.read_at(_EDGE_BYTES, 0))
-            digest.update(handle.read_at(_EDGE_BYTES, size - _EDGE_BYTES))
+            digest.update(handle.read_at(EDGE_BYTES, 0))
+            digest.update(handle.read_at(EDGE_BYTES, size - EDGE_BYTES))
     return digest.hexdigest()[:16]
 
 

@@ -45,9 +45,15 @@ def save_sweep_config(config: Any, experiment: str) -> None:
 
 
 def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """The differences between two plain sweep configs that would change the sweep's results (pure)."""
-    refused = refused_differences(config_differences(old, new), evaluation_picks_model=True)
-    return [d for d in refused if d[0] not in SWEEP_LOCATION_KEYS]
+    """The differences between two plain sweep configs that would change the sweep's results (pure).
+
+    The train job's rules, plus two of its own: evaluation settings count (the sweep's metric
+    comes from them), and so does `args.output_dir` (the finished trials' outputs are there).
+    """
+    differences = config_differences(old, new)
+    refused = refused_differences(differences, evaluation_picks_model=True)
+    refused += [d for d in differences if d[0] == "args.output_dir"]
+    return sorted((d for d in refused if d[0] not in SWEEP_LOCATION_KEYS), key=lambda d: d[0])
 
 
 def check_sweep_rerun(config: Any, experiment: str) -> None:

@@ -176,3 +176,27 @@ def test_records_of_an_older_version_are_compared_by_size():
     new = {"train_datasets.pairs": [["a.parquet", 10, "d1"], ["b.parquet", 21, "d2"]]}
     assert file_differences(old, new, []) == [("train_datasets.pairs.data files", "2 file(s)", "1 of another size (b.parquet)")]
     assert file_differences(old, {"train_datasets.pairs": [["a.parquet", 10, "x"], ["b.parquet", 20, "y"]]}, []) == []
+
+
+def test_a_text_file_is_digested_by_its_ends_and_a_parquet_file_by_its_footer(tmp_path):
+    import pyarrow.fs
+
+    from raytune_st.train.rerun import EDGE_BYTES, content_digest
+
+    fs = pyarrow.fs.LocalFileSystem()
+    path = tmp_path / "big.jsonl"
+
+    def digest(data: bytes) -> str:
+        path.write_bytes(data)
+        return content_digest(fs, str(path), len(data))
+
+    body = bytearray(b"x" * (3 * EDGE_BYTES))
+    first = digest(bytes(body))
+    body[-1:] = b"y"
+    assert digest(bytes(body)) != first  # the last bytes changed
+    body[EDGE_BYTES + 10] = ord("z")
+    changed_inside = digest(bytes(body))
+    body[EDGE_BYTES + 10] = ord("x")
+    assert changed_inside == digest(bytes(body))  # the middle of a large text file is not read: the limit, stated
+    # A Parquet tail with an impossible footer length: digested as bytes, not an error.
+    assert digest(b"PAR1\xff\xff\xff\x7fPAR1") != digest(b"PAR2\xff\xff\xff\x7fPAR1")

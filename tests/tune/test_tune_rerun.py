@@ -18,6 +18,8 @@ def test_evaluation_settings_count_in_a_sweep_and_its_location_does_not():
     # A train rerun allows another eval_steps; a sweep's metric comes from its evaluations.
     assert sweep_differences(old, new) == [("args.eval_steps", 2, 4)]
     assert sweep_differences(old, {**old, "run": {"max_failures": 3}}) == []
+    # Unlike a train rerun, a sweep's output_dir holds its finished trials: moving it is refused.
+    assert sweep_differences({"args": {"output_dir": "a"}}, {"args": {"output_dir": "b"}}) == [("args.output_dir", "a", "b")]
 
 
 @pytest.fixture
