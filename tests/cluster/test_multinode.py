@@ -55,12 +55,13 @@ class TwoNodes:
         self.workers.append(node)
         return node
 
-    def replace_dead_worker(self) -> float:
+    def replace_dead_worker(self, node_id: str | None = None) -> float:
         """Kill the newest worker node as its machine would die, wait until Ray has declared it
         dead (as an autoscaler does before it replaces a node), and start a new one.
+        `node_id` is the victim's id when the caller read it ahead of a timed kill.
         Returns the time of the kill."""
         victim = self.workers[-1]
-        node_id = victim.node_id()
+        node_id = node_id or victim.node_id()
         victim.kill()
         killed_at = time.monotonic()
         wait_for(lambda: any(n["node_id"] == node_id and n["state"] == "DEAD" for n in self.head.list_state("nodes")),
@@ -225,18 +226,33 @@ def test_mining_survives_the_loss_of_its_worker_node(nodes, store, mined):
 
 
 def test_training_resumes_from_its_checkpoint_when_its_worker_node_dies(nodes, store, mined):
+    """The worker node dies after Ray Train has registered a checkpoint and well before the last
+    step; the new worker group on the replacement node resumes from that checkpoint.
+
+    The kill waits for the second checkpoint in the bucket: the first was reported four steps
+    earlier, so Ray Train knows it (a checkpoint only in storage is not resumed from). 40 steps with
+    a checkpoint every 4 leave the kill about 30 steps before the end; with 8 steps the run could
+    finish between the first checkpoint and the kill."""
     cluster = nodes.cluster
     sid = f"train-fault-{uuid.uuid4().hex[:8]}"
-    job = cluster.submit_in_background(*train_args("model-fault", run__max_failures="1"), submission_id=sid)
-    wait_for(lambda: any("/checkpoint-" in n for n in objects(store, "model-fault-ray")), 400, "the first checkpoint")
+    victim = nodes.workers[-1].node_id()
+    job = cluster.submit_in_background(
+        *train_args("model-fault", run__max_failures="1", args__max_steps="40", args__save_steps="4", args__logging_steps="4"),
+        submission_id=sid,
+    )
+
+    def checkpoints() -> set[str]:
+        return {part for name in objects(store, "model-fault-ray") for part in name.split("/") if part.startswith("checkpoint-")}
+
+    wait_for(lambda: len(checkpoints()) >= 2, 400, "the second checkpoint")
     assert job.poll() is None, "the job ended before the fault"
-    killed_at = nodes.replace_dead_worker()
+    killed_at = nodes.replace_dead_worker(victim)
     output, _ = job.communicate(timeout=600)
     assert job.returncode == 0, output[-4000:]
     history = [json.loads(line) for line in store.open_input_stream(f"{BUCKET}/model-fault/metrics.jsonl").read().decode().splitlines()]
     steps = [r["step"] for r in history if "loss" in r]
-    assert max(steps) == 8 and steps == sorted(set(steps)), steps
+    assert max(steps) == 40 and steps == sorted(set(steps)), steps
     resumed = [r["resumed_from_step"] for r in history if "resumed_from_step" in r]
-    assert len(resumed) == 1 and resumed[0] % 2 == 0 and 2 <= resumed[0] < 8, history
-    print(f"training, worker node killed after a checkpoint: resumed on the new node, final step {max(steps)}, "
+    assert len(resumed) == 1 and resumed[0] % 4 == 0 and 4 <= resumed[0] < 40, (resumed, output[-4000:])
+    print(f"training, worker node killed after a checkpoint: resumed from step {resumed[0]} on the new node, final step {max(steps)}, "
           f"recovered in {time.monotonic() - killed_at:.0f} s")
