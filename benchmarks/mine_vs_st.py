@@ -25,6 +25,13 @@ in a random 2-layer BERT (``raytune_st.testing``) so that the 50,000-pair run me
 pipeline's memory rather than hours of MiniLM encoding on a CPU:
 
     python benchmarks/mine_vs_st.py --driver-memory-at 5000,50000 --model tiny
+
+Sizes beyond the data's rows are synthesised: copy k of the data has " (k)" appended to every
+query and passage, so each copy keeps the data's own duplicates and adds none across copies.
+Each size prints its stages' seconds and rows/s, so the next bottleneck shows:
+
+    python benchmarks/mine_vs_st.py --driver-memory-at 5000,200000 --model tiny
+    python benchmarks/mine_vs_st.py --driver-memory-at 5000,1000000 --model tiny --index-factory IVF1024,Flat --nprobe 16
 """
 
 from __future__ import annotations
@@ -126,6 +133,8 @@ def run_raytune(args: dict) -> dict:
             f"index.num_cpus={args['index_num_cpus']}",
             f"compute.embed_actors_max={args['embed_actors']}",
             f"compute.embed_chunk_rows={args['chunk_rows']}",
+            f"index.factory={args['index_factory']}",
+            *([f"index.nprobe={args['nprobe']}"] if args["nprobe"] else []),
         ],
     )
     summary = mine(config)
@@ -142,6 +151,8 @@ def run_raytune(args: dict) -> dict:
         "rows": summary["rows"],
         "texts": summary["corpus_size"] + summary["unique_queries"],
         "stage_s": summary["seconds"],
+        "stage_rows": {"prepare": summary["input_rows"], "embed": summary["corpus_size"] + summary["unique_queries"],
+                       "index": summary["corpus_size"], "mine": summary["unique_queries"]},
     }
 
 
@@ -167,12 +178,11 @@ def setup(args: dict) -> dict:
     import pandas as pd
 
     data = pd.read_parquet(args["data"], columns=["query", "passage"])
-    if max(args["sizes"]) > len(data):
-        raise SystemExit(f"{max(args['sizes']):,} pairs asked for but {args['data']} has {len(data):,}")
     pairs = {}
     for n in args["sizes"]:
         pairs[str(n)] = os.path.join(args["dir"], f"pairs-{n}.parquet")
-        data.iloc[:n].to_parquet(pairs[str(n)], index=False)
+        copies = [data if k == 0 else data.apply(lambda column: column + f" ({k})") for k in range(-(-n // len(data)))]
+        pd.concat(copies, ignore_index=True).iloc[:n].to_parquet(pairs[str(n)], index=False)
     model = args["model"]
     if model == "tiny":
         from raytune_st.testing import save_tiny_bi_encoder
@@ -260,6 +270,8 @@ def main() -> None:
     parser.add_argument("--relative-margin", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--index-factory", default="Flat", help="index.factory, e.g. IVF1024,Flat")
+    parser.add_argument("--nprobe", type=int, help="index.nprobe (IVF factories only)")
     parser.add_argument("--index-num-cpus", type=float, default=1.0)
     parser.add_argument("--embed-actors", type=int, default=2, help="most embedding actors")
     parser.add_argument("--chunk-rows", type=int, default=512, help="texts per embedding chunk (compute.embed_chunk_rows)")
@@ -292,9 +304,11 @@ def main() -> None:
             "index_num_cpus": cli.index_num_cpus,
             "embed_actors": cli.embed_actors,
             "chunk_rows": cli.chunk_rows,
+            "index_factory": cli.index_factory,
+            "nprobe": cli.nprobe,
         }
         if cli.driver_memory_at:
-            runs = [(n, child("raytune", {**args, "pairs": inputs["pairs"][str(n)], "out": os.path.join(tmp, f"out-{n}")})) for n in sizes]
+            runs = [(n, settled_child("raytune", {**args, "pairs": inputs["pairs"][str(n)], "out": os.path.join(tmp, f"out-{n}")}, cli.settle)) for n in sizes]
             print_driver_memory(cli, runs)
             return
         args["pairs"] = inputs["pairs"][str(cli.pairs)]
@@ -348,10 +362,17 @@ def print_comparison(cli: argparse.Namespace, st_runs: list[dict], our_runs: lis
 
 def print_driver_memory(cli: argparse.Namespace, runs: list[tuple[int, dict]]) -> None:
     """raytune_st alone at each size of --driver-memory-at: wall time and peak memory side by side."""
-    print(f"model: {cli.model}  num_negatives={cli.num_negatives} range_max={cli.range_max} shards={cli.shards}")
-    print(f"{'pairs':>8} {'wall s':>8} {'driver peak MiB':>16} {'largest worker MiB':>19} {'rows out':>9}")
+    print(f"model: {cli.model}  num_negatives={cli.num_negatives} range_max={cli.range_max} shards={cli.shards} index={cli.index_factory}")
+    loads = ", ".join(f"{run['load']:.2f}" for _, run in runs)
+    print(f"1-minute load average before the runs: {loads}")
+    print(f"{'pairs':>9} {'wall s':>8} {'driver peak MiB':>16} {'largest worker MiB':>19} {'rows out':>10}  largest worker")
     for n, run in runs:
-        print(f"{n:>8,} {run['wall_s']:>8.1f} {run['peak_rss_mib']:>16.0f} {run['largest_worker_mib']:>19.0f} {run['rows']:>9,}")
+        print(f"{n:>9,} {run['wall_s']:>8.1f} {run['peak_rss_mib']:>16.0f} {run['largest_worker_mib']:>19.0f} {run['rows']:>10,}  {run['largest_worker']}")
+    for n, run in runs:
+        stages = ", ".join(
+            f"{stage} {seconds:.1f} s ({run['stage_rows'][stage] / seconds:,.0f} rows/s)" for stage, seconds in run["stage_s"].items() if seconds > 0
+        )
+        print(f"{n:>9,} pairs: {stages}")
     (small, first), (large, last) = runs[0], runs[-1]
     print(
         f"driver peak at {large:,} pairs is {last['peak_rss_mib'] / first['peak_rss_mib']:.2f}x "

@@ -91,12 +91,24 @@ class IndexSection:
     train_sample_size: int = option(100_000, help="vectors each shard trains a trainable index (IVF, PQ) on")
     num_cpus: float = option(1.0, help="CPUs reserved by each shard actor")
     num_gpus: float = option(0.0, help="GPUs reserved by each shard actor")
+    threads: Optional[int] = option(
+        None,
+        help="FAISS threads per shard; default: its num_cpus plus its share of the mining tasks' CPUs (they wait on its search), rounded down",
+    )
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: must be at least 1, got {self.threads}")
         if self.shards < 1:
             raise ConfigError(f"shards: must be at least 1, got {self.shards}")
         if self.nprobe is not None and self.nprobe < 1:
             raise ConfigError(f"nprobe: must be at least 1, got {self.nprobe}")
+        if self.nprobe is not None and not any(kind in self.factory.upper() for kind in ("IVF", "IMI")):
+            # Caught here, not by faiss after the whole corpus was embedded.
+            raise ConfigError(
+                f"nprobe: {self.factory!r} has no inverted-list cells to probe; remove index.nprobe "
+                "or use an IVF factory such as IVF1024,Flat"
+            )
         if self.train_sample_size < 1:
             raise ConfigError(f"train_sample_size: must be positive, got {self.train_sample_size}")
         check_resources("index.", num_cpus=self.num_cpus, num_gpus=self.num_gpus)
@@ -113,12 +125,12 @@ class IndexSection:
 class ComputeSection:
     """How the embedding, rescoring and mining work is spread over the cluster."""
 
-    embed_actors_min: int = option(1, help="embedding actors to start with (Ray Data autoscales between min and max)")
-    embed_actors_max: int = option(2, help="most embedding actors")
+    embed_actors_min: int = option(1, help="embedding actors started while prepare runs, so their model load overlaps it")
+    embed_actors_max: int = option(2, help="most embedding actors (the pool grows to this once the work is known)")
     embed_num_cpus: float = option(1.0, help="CPUs per embedding actor")
     embed_num_gpus: float = option(0.0, help="GPUs per embedding actor")
     embed_chunk_rows: int = option(
-        512, help="texts per embedding shard (one unit of work for an actor, length-sorted, cached); small enough to spread over the actors"
+        512, help="texts per embedding-cache file; an actor embeds several at once (one length sort) as the work allows"
     )
     embedding_dtype: Literal["float32", "float16"] = option("float32", help="storage of the embedding shards")
     mine_batch_rows: int = option(2048, help="unique queries per mining batch (one output part file)")

@@ -10,6 +10,7 @@ training vectors than a shard will hold.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Optional, Sequence
 
@@ -111,6 +112,16 @@ def build_faiss_index(
     return index
 
 
+def search_threads(index_num_cpus: float, shards: int, mine_cpus_in_flight: float, threads: Optional[int] = None) -> int:
+    """FAISS threads of each shard: `threads` when given, else the CPUs the shard reserved plus
+    its share of the CPUs the mining tasks in flight reserved (they wait on the shards' search
+    for most of their time), rounded down. A Flat search gives the same neighbours with any
+    number of threads (they split the queries, not the corpus)."""
+    if threads is not None:
+        return threads
+    return max(1, math.floor(index_num_cpus + mine_cpus_in_flight / shards + 1e-9))
+
+
 class IndexShard:
     """Ray actor holding the index, vectors and texts of corpus ids [start, end)."""
 
@@ -125,9 +136,11 @@ class IndexShard:
         nprobe: Optional[int],
         search_params: Optional[str],
         use_gpu: Optional[bool],
+        threads: int,
     ):
         self.start, self.end = start, end
         self.args = (embeddings, texts, factory, train_sample_size, nprobe, search_params, use_gpu)
+        self.threads = threads
         self.index = None
 
     def build(self) -> dict:
@@ -135,6 +148,7 @@ class IndexShard:
         import faiss
 
         embeddings, texts, factory, train_sample_size, nprobe, search_params, use_gpu = self.args
+        faiss.omp_set_num_threads(self.threads)
         began = time.perf_counter()
         vectors = store.read_vectors(embeddings, self.start, self.end)
         self.texts = store.read_texts(texts, self.start, self.end)

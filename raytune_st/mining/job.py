@@ -6,7 +6,8 @@ Read top to bottom, :func:`mine` is the whole recipe:
 1. prepare: one task streams the pairs (and the extra corpus) into deduplicated text chunks,
    then the index is checked against the corpus size and the parts already written are
    checked against their manifests;
-2. embed: an autoscaling Ray Data actor pool embeds the chunks missing from the cache;
+2. embed: a pool of actors embeds the chunks missing from the cache (the first actors start
+   while prepare runs, so their model load is off the critical path);
 3. index: ``index.shards`` actors each build a FAISS index over their slice of the corpus;
 4. mine: one task per batch of queries searches every shard, merges, (rescores), filters,
    samples and writes its part file, a few batches at a time;
@@ -31,9 +32,9 @@ from raytune_st.config.resources import check_custom_resources_exist
 from raytune_st.errors import ClusterError
 from raytune_st.mining import resume, store
 from raytune_st.mining.config import MineConfig
-from raytune_st.mining.embed import EmbedSpec, embed_chunks
+from raytune_st.mining.embed import EmbedPool, EmbedSpec, embed_chunks, pending_chunks
 from raytune_st.mining.batch import MineSettings
-from raytune_st.mining.index import IndexShard, check_index_fits, shard_bounds
+from raytune_st.mining.index import IndexShard, check_index_fits, search_threads, shard_bounds
 from raytune_st.mining.miner import CrossEncoderScorer, MinePlan, mine_batch, part_name, read_counters, sidecar_name
 from raytune_st.mining.prepare import PrepareSummary, prepare_inputs
 from raytune_st.mining.select import FILTERS, FilterParams, rescoring_needed, resolve_range_max
@@ -83,12 +84,16 @@ def _mine(config: MineConfig) -> dict[str, Any]:
     parts_dir = store.join(work, "parts")
     timings: dict[str, float] = {}
 
-    with ray_session(config.ray_address):
+    with ray_session(config.ray_address), contextlib.closing(_embed_pool(config)) as pool:
         _check_resources(config, rescore)
 
-        # 1. Prepare: deduplicate queries and corpus into text chunks.
+        # 1. Prepare: deduplicate queries and corpus into text chunks, while the first
+        #    embedding actors start and load the model.
         with _timed(timings, "prepare"):
-            prep = _prepare(config, anchor, positive, corpus_column, store.join(work, "prep"))
+            prep = _prepare(
+                config, anchor, positive, corpus_column, store.join(work, "prep"),
+                started=lambda: pool.start(config.compute.embed_actors_min),
+            )
         range_max, range_lines = _resolve_range(config, prep, filters)
         _progress(
             "prepare",
@@ -124,7 +129,7 @@ def _mine(config: MineConfig) -> dict[str, Any]:
         if pending:
             # 2. Embed the corpus and the queries (chunks already in the cache are skipped).
             with _timed(timings, "embed"):
-                embeddings = _embed(config, prep)
+                embeddings = _embed(config, prep, pool)
             shards: list = []
             try:
                 # 3. Build the index shards, each from its own slice of the corpus.
@@ -158,6 +163,7 @@ def _mine(config: MineConfig) -> dict[str, Any]:
             finally:
                 _kill(shards)
         else:
+            pool.close()
             print(f"[mine] all {num_batches} part(s) in {config.output.path} are complete; nothing to mine")
 
         # 5. Statistics of the whole output, as sentence-transformers prints them.
@@ -195,10 +201,26 @@ def _mine(config: MineConfig) -> dict[str, Any]:
 # --- the stages ------------------------------------------------------------------------------
 
 
-def _prepare(config: MineConfig, anchor: str, positive: str, corpus_column: Optional[str], directory: str) -> PrepareSummary:
-    """One task streams the pairs (and the extra corpus) into deduplicated text chunks under `directory`."""
-    prepare = _remote(config, prepare_inputs, num_cpus=0.5)
-    return _get(prepare.remote(config.dataset, anchor, positive, config.corpus, corpus_column, directory, config.compute.embed_chunk_rows))
+def _prepare(
+    config: MineConfig, anchor: str, positive: str, corpus_column: Optional[str], directory: str, started: Callable[[], None]
+) -> PrepareSummary:
+    """One task streams the pairs (and the extra corpus) into deduplicated text chunks under `directory`.
+
+    `started()` is called once the task runs: actors started then cannot take the CPU it
+    needs (on a small cluster they would, and wait for work that never comes).
+    """
+    import ray
+
+    prepare = _remote(config, _prepare_streamed, num_cpus=0.5, num_returns="streaming", name="prepare_inputs")
+    stream = prepare.remote(config.dataset, anchor, positive, config.corpus, corpus_column, directory, config.compute.embed_chunk_rows)
+    ray.get(next(stream))
+    started()
+    return ray.get(next(stream))
+
+
+def _prepare_streamed(*args: Any) -> Iterator[Optional[PrepareSummary]]:
+    yield None  # running, with its resources held
+    yield prepare_inputs(*args)
 
 
 def _resolve_range(config: MineConfig, prep: PrepareSummary, filters: FilterParams) -> tuple[int, list[str]]:
@@ -221,8 +243,13 @@ def _resolve_range(config: MineConfig, prep: PrepareSummary, filters: FilterPara
     return range_max, lines
 
 
-def _embed(config: MineConfig, prep: PrepareSummary) -> Embeddings:
-    """Embed every text chunk missing from the cache (an autoscaling actor pool); returns where the vectors are."""
+def _embed_pool(config: MineConfig) -> EmbedPool:
+    options = {"num_cpus": config.compute.embed_num_cpus, "num_gpus": config.compute.embed_num_gpus}
+    return EmbedPool(config.model, config.mine.batch_size, config.compute.embedding_dtype, dict(options, resources=dict(config.compute.resources)))
+
+
+def _embed(config: MineConfig, prep: PrepareSummary, pool: EmbedPool) -> Embeddings:
+    """Embed every text chunk missing from the cache over `pool`; returns where the vectors are."""
     began = time.perf_counter()
     mine_cfg, dtype = config.mine, config.compute.embedding_dtype
     directory = config.output.embeddings_dir or store.join(config.output.path, "_work", "embeddings")
@@ -235,19 +262,17 @@ def _embed(config: MineConfig, prep: PrepareSummary) -> Embeddings:
         for kind, digests in (("corpus", prep.corpus_digests), ("query", prep.query_digests))
     }
 
-    def embed() -> dict[str, int]:
+    def embed(pool: EmbedPool) -> dict[str, int]:
         return embed_chunks(
-            [(specs["corpus"], prep.corpus, files["corpus"]), (specs["query"], prep.queries, files["query"])],
-            model=config.model,
-            batch_size=mine_cfg.batch_size,
-            dtype=dtype,
-            actors=(config.compute.embed_actors_min, config.compute.embed_actors_max),
-            num_cpus=config.compute.embed_num_cpus,
-            num_gpus=config.compute.embed_num_gpus,
-            resources=dict(config.compute.resources),
+            [
+                (specs["corpus"], pending_chunks(prep.corpus, files["corpus"], prep.corpus_weights)),
+                (specs["query"], pending_chunks(prep.queries, files["query"], prep.query_weights)),
+            ],
+            pool,
+            actors=config.compute.embed_actors_max,
         )
 
-    embedded = embed()
+    embedded = embed(pool)
     cached = prep.corpus_size - embedded["corpus"] + prep.num_queries - embedded["query"]
     _progress(
         "embed",
@@ -259,7 +284,7 @@ def _embed(config: MineConfig, prep: PrepareSummary) -> Embeddings:
     return Embeddings(
         corpus=store.Chunked(tuple(files["corpus"]), prep.corpus.chunk_rows, prep.corpus_size),
         queries=store.Chunked(tuple(files["query"]), prep.queries.chunk_rows, prep.num_queries),
-        embed=embed,  # called again when an index shard finds a damaged cache file
+        embed=lambda: embed(_embed_pool(config)),  # called again when an index shard finds a damaged cache file
     )
 
 
@@ -336,11 +361,14 @@ def _build_shards(config: MineConfig, bounds: list, embeddings: Embeddings, text
 
     actor = _remote(config, IndexShard, num_cpus=config.index.num_cpus, num_gpus=config.index.num_gpus)
     vectors = embeddings.corpus
+    threads = search_threads(
+        config.index.num_cpus, config.index.shards, config.compute.mine_tasks_in_flight * config.compute.mine_num_cpus, config.index.threads
+    )
     for attempt in range(2):
         shards = [
             actor.remote(
                 lo, hi, vectors, texts, config.index.factory, config.index.train_sample_size,
-                config.index.nprobe, config.index.search_params, config.index.use_gpu,
+                config.index.nprobe, config.index.search_params, config.index.use_gpu, threads,
             )
             for lo, hi in bounds
         ]

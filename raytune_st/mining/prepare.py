@@ -38,6 +38,13 @@ class TextIds:
         return self._ids[key], True
 
 
+def text_weight(text: str) -> int:
+    """A text's embedding cost, roughly: its characters up to what a 512-token model reads, plus a
+    constant for the special tokens. Balances units of work between actors (passages cost
+    several times what queries do)."""
+    return min(len(text), 2048) + 8
+
+
 class ChunkWriter:
     """Collect texts and write them as `<prefix>-00000.texts`, ... of `chunk_rows` texts each (Parquet)."""
 
@@ -46,6 +53,7 @@ class ChunkWriter:
         self.buffer: list[str] = []
         self.paths: list[str] = []
         self.digests: list[str] = []
+        self.weights: list[int] = []  # per chunk: the sum of its texts' text_weight
         self.num_rows = 0
         self.in_memory: list[str] = []  # the texts, only when there is no directory (tests, small runs)
 
@@ -59,6 +67,7 @@ class ChunkWriter:
         if not self.buffer:
             return
         self.digests.append(store.text_digest(*self.buffer))
+        self.weights.append(sum(text_weight(t) for t in self.buffer))
         if self.directory is not None:
             import pyarrow as pa
 
@@ -91,6 +100,8 @@ class PrepareSummary:
     queries: store.Chunked  # the queries' text chunks
     corpus_digests: tuple[str, ...]  # per corpus chunk: the embedding cache's key
     query_digests: tuple[str, ...]
+    corpus_weights: tuple[int, ...]  # per corpus chunk: its embedding cost (text_weight)
+    query_weights: tuple[int, ...]
     positives: store.Chunked  # per query, the corpus ids of its positives
     digest: str  # of everything above that decides the output (a rerun on other data is refused)
 
@@ -169,6 +180,8 @@ class Prepared:
             queries=self.queries.chunked(),
             corpus_digests=tuple(self.corpus.digests),
             query_digests=tuple(self.queries.digests),
+            corpus_weights=tuple(self.corpus.weights),
+            query_weights=tuple(self.queries.weights),
             positives=store.Chunked(tuple(positive_paths), self.chunk_rows, len(self.positives)),
             digest=digest,
         )

@@ -169,7 +169,8 @@ def test_every_stage_runs_on_the_worker_node_from_object_storage(nodes, store, m
     written = objects(store, "mined")
     assert "stats.json" in written and any(n.startswith("part-") for n in written)
     placed = actors_by_class(nodes.head, ray_job_id(cluster, sid))
-    embedders = {name: ids for name, ids in placed.items() if "ChunkEmbedder" in name}
+    # An embedding actor released before Ray placed it (the work ran out first) ran nowhere: no node id.
+    embedders = {name: ids - {None} for name, ids in placed.items() if "ChunkEmbedder" in name}
     assert embedders and all(ids == {worker.node_id()} for ids in embedders.values()), placed
     assert placed.get("IndexShard") == {worker.node_id()}, placed
     job_id = ray_job_id(cluster, sid)
@@ -221,7 +222,8 @@ def test_mining_survives_the_loss_of_its_worker_node(nodes, store, mined):
     recovered = time.monotonic() - killed_at
     assert rows(store, "mined-fault") == rows(store, "mined"), "the output differs from the uninterrupted run's"
     stats = json.loads(store.open_input_stream(f"{BUCKET}/mined-fault/stats.json").read())
-    print(f"mining, worker node killed mid-embedding: first run {'completed' if job.returncode == 0 else 'failed'}; "
+    failure = next((line.strip() for line in output.splitlines() if "error:" in line or "Error" in line), "no error line") if job.returncode else ""
+    print(f"mining, worker node killed mid-embedding: first run {'completed' if job.returncode == 0 else f'failed ({failure[:300]})'}; "
           f"{stats.get('rows', '?')} rows, 0 lost; recovered in {recovered:.0f} s (job {time.monotonic() - started:.0f} s)")
 
 

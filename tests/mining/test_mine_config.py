@@ -50,11 +50,18 @@ def test_defaults_are_sentence_transformers_defaults():
         (["index.use_gpu=true"], "num_gpus is 0"),
         (["mine.output_format=triplets"], "did you mean 'triplet'"),
         (["mine.sampling=top"], "unknown key 'mine.sampling'"),
+        (["index.nprobe=16"], "'Flat' has no inverted-list cells to probe; remove index.nprobe"),
+        (["index.factory=HNSW32", "index.nprobe=16"], "'HNSW32' has no inverted-list cells"),
     ],
 )
 def test_bad_settings_are_config_errors(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         config(tmp_path, *overrides)
+
+
+def test_nprobe_is_taken_by_inverted_file_factories(tmp_path):
+    assert config(tmp_path, "index.factory=IVF1024,Flat", "index.nprobe=16").index.nprobe == 16
+    assert config(tmp_path, "index.factory=IVF256,PQ16", "index.nprobe=4").index.nprobe == 4
 
 
 def test_missing_and_non_text_columns_are_data_errors(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raytune_st.errors import DataError
-from raytune_st.mining.prepare import Prepared, read_positives
+from raytune_st.mining.prepare import Prepared, read_positives, text_weight
 
 
 def test_corpus_first_then_positives_in_order_of_first_appearance():
@@ -50,3 +50,13 @@ def test_chunks_round_trip_through_the_work_directory(tmp_path):
     assert store.read_texts(info.corpus, 0, 3) == ["p1", "p2", "p3"]
     assert read_positives(info.positives, 0, 4) == [[0, 1], [1], [2], [0]]
     assert read_positives(info.positives, 3, 4) == [[0]]
+
+
+def test_each_chunk_carries_its_embedding_cost():
+    prepared = Prepared(chunk_rows=2)
+    long = "x" * 5000  # read only up to a 512-token model's length
+    prepared.add_pairs(["q1", "q2", "q3"], ["ab", long, "abcd"])
+    info = prepared.finish()
+    assert info.corpus_weights == (text_weight("ab") + text_weight(long), text_weight("abcd"))
+    assert info.query_weights == (2 * text_weight("q1"), text_weight("q3"))
+    assert text_weight(long) == text_weight("y" * 2048) > text_weight("y" * 2047) > text_weight("ab")

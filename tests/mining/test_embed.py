@@ -1,0 +1,92 @@
+"""The embedding stage's work plan and actor body, without Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from raytune_st.mining import store
+from raytune_st.mining.embed import ChunkEmbedder, ChunkJob, EmbedSpec, EmbedUnit, Progress, format_seconds, pending_chunks, plan_units
+from raytune_st.models.config import ModelConfig
+
+CORPUS = EmbedSpec("corpus", None, None)
+QUERY = EmbedSpec("query", "query", None)
+
+
+def chunks(weights: list[int], rows: int = 512) -> list[ChunkJob]:
+    return [ChunkJob(f"t{i}", f"o{i}", i * rows, rows, w) for i, w in enumerate(weights)]
+
+
+def test_units_keep_each_kind_apart_cover_every_chunk_once_in_order_and_come_heaviest_first():
+    corpus, queries = chunks([400] * 12), chunks([60] * 12)
+    units = plan_units([(CORPUS, corpus), (QUERY, queries)], actors=2)
+    assert all(len({c.out for c in u.chunks}) == len(u.chunks) for u in units)
+    for spec, given in ((CORPUS, corpus), (QUERY, queries)):
+        mine = sorted((u for u in units if u.spec == spec), key=lambda u: u.chunks[0].first_id)
+        assert [c for u in mine for c in u.chunks] == given
+    assert [u.weight for u in units] == sorted((u.weight for u in units), reverse=True)
+    # total 5,520 over 4 units per actor x 2 actors: 690 per unit, so passages go in ones and queries in elevens
+    assert [len(u.chunks) for u in units if u.spec == CORPUS] == [1] * 12
+    assert sorted(len(u.chunks) for u in units if u.spec == QUERY) == [1, 11]
+
+
+def test_units_grow_with_the_work_up_to_a_bound_on_their_texts():
+    corpus = chunks([400] * 400)  # 204,800 texts
+    units = plan_units([(CORPUS, corpus)], actors=2, max_rows=8192)
+    assert {len(u.chunks) for u in units} == {16} and len(units) == 25
+    one_actor = plan_units([(CORPUS, chunks([400] * 8))], actors=1)
+    assert [len(u.chunks) for u in one_actor] == [2, 2, 2, 2]
+
+
+def test_a_chunk_heavier_than_the_target_is_a_unit_of_its_own():
+    units = plan_units([(CORPUS, chunks([10, 10_000, 10]))], actors=1)
+    assert [[c.first_id for c in u.chunks] for u in units] == [[512], [0], [1024]]
+    assert plan_units([(CORPUS, [])], actors=2) == []
+
+
+def test_only_chunks_without_a_whole_cache_file_are_pending(tmp_path):
+    whole, cut, missing = (str(tmp_path / f"{name}.npz") for name in ("whole", "cut", "missing"))
+    payload = store.sealed_npz_bytes(ids=np.arange(3), embeddings=np.ones((3, 2), np.float32))
+    store.put(whole, payload)
+    store.put(cut, payload[: len(payload) // 2])
+    chunked = store.Chunked(("a", "b", "c"), 3, 8)
+    pending = pending_chunks(chunked, [whole, cut, missing], (30, 31, 20))
+    assert pending == [ChunkJob("b", cut, 3, 3, 31), ChunkJob("c", missing, 6, 2, 20)]
+
+
+def test_progress_prints_at_most_every_interval_with_rate_and_time_left(capsys):
+    now = [0.0]
+    progress = Progress(total=1000, every_s=15, clock=lambda: now[0])
+    unit = EmbedUnit(CORPUS, tuple(chunks([1], rows=100)))
+    now[0] = 10
+    assert progress(unit) is None  # too soon
+    now[0] = 20
+    assert progress(unit) == "[mine] embed: 200 of 1,000 texts (20%), 10.0 texts/s, about 1 min 20 s left"
+    now[0] = 30
+    assert progress(unit) is None  # 10 s after the last line
+    for _ in range(7):
+        now[0] += 100
+        progress(unit)
+    assert progress.done == 1000 and capsys.readouterr().out.count("[mine] embed:") == 7  # 200, then 400 to 900; none for the last unit
+    assert (format_seconds(59.6), format_seconds(3725)) == ("1 min 00 s", "1 h 02 min")
+
+
+def test_an_actor_embeds_a_unit_of_chunks_as_each_text_alone(tmp_path, tiny_bert_dir):
+    """One encode over several chunks (one length sort) gives every chunk's file its own rows and ids."""
+    texts = [["short", "a much longer text about debian packages and their maintainers"], ["mid length text", "x"], ["last"]]
+    jobs = []
+    first = 0
+    for i, chunk in enumerate(texts):
+        path = str(tmp_path / f"t{i}.texts")
+        store.write_parquet(path, pa.table({"text": chunk}))
+        jobs.append(ChunkJob(path, str(tmp_path / f"o{i}.npz"), first, len(chunk), 1))
+        first += len(chunk)
+    model = ModelConfig(name=tiny_bert_dir)
+    embedder = ChunkEmbedder(model, batch_size=2, dtype="float32")
+    assert embedder.embed(EmbedUnit(QUERY, tuple(jobs))) == 5
+    reference = model.load(device="cpu")
+    for job, chunk in zip(jobs, texts):
+        data = store.get_sealed(job.out)
+        assert data["ids"].tolist() == list(range(job.first_id, job.first_id + job.rows))
+        expected = reference.encode_query(chunk, prompt_name="query", normalize_embeddings=True, convert_to_numpy=True)
+        np.testing.assert_allclose(data["embeddings"], expected, atol=1e-5)
