@@ -155,9 +155,14 @@ class EmbedPool:
     has loaded its model, so an actor that Ray cannot place yet holds no work. An actor whose
     node dies is restarted and its unit retried (`MAX_RESTARTS` times); an actor with no work
     left is released at once, so the index shards get its CPUs.
+
+    An actor is killed only once its constructor has finished (or `START_WAIT_S` has passed):
+    Ray can lose the CPU of an actor killed while its worker process starts, and the stages
+    after embedding then wait for that CPU forever.
     """
 
     MAX_RESTARTS = 3
+    START_WAIT_S = 300.0
 
     def __init__(self, model: ModelConfig, batch_size: int, dtype: str, options: dict):
         import ray
@@ -167,17 +172,20 @@ class EmbedPool:
         )
         self._args = (model, batch_size, dtype)
         self.actors: list = []
+        self._ready: dict = {}  # actor -> the ref of its ready() call
 
     def start(self, n: int) -> None:
         while len(self.actors) < n:
-            self.actors.append(self._actor.remote(*self._args))
+            actor = self._actor.remote(*self._args)
+            self.actors.append(actor)
+            self._ready[actor] = actor.ready.remote()
 
     def run(self, units: list[EmbedUnit], on_done: Callable[[EmbedUnit], None]) -> None:
         """Embed `units` (in their order) over the pool's actors; `on_done(unit)` as each finishes."""
         import ray
 
         queue = collections.deque(units)
-        outstanding = {actor.ready.remote(): actor for actor in self.actors}  # model loaded, or unit done -> actor
+        outstanding = {self._ready[actor]: actor for actor in self.actors}  # model loaded, or unit done -> actor
         working: dict = {}  # the refs of units being embedded -> unit
         while working or (queue and outstanding):
             ready, _ = ray.wait(list(outstanding), num_returns=1)
@@ -202,8 +210,15 @@ class EmbedPool:
 
         ray.kill(actor)
         self.actors.remove(actor)
+        del self._ready[actor]
 
     def close(self) -> None:
+        """Kill every actor, after waiting for those still starting (see the class docstring)."""
+        import ray
+
+        starting = [self._ready[actor] for actor in self.actors]
+        if starting:
+            ray.wait(starting, num_returns=len(starting), timeout=self.START_WAIT_S)
         for actor in list(self.actors):
             self._release(actor)
 
