@@ -66,6 +66,12 @@ class TrainModelConfig(ModelConfig):
         super().__post_init__()
         if self.type is None:
             self.type = "bi_encoder"
+        if self.dtype != "float32":
+            # Optimizer steps on half-precision weights lose the small updates; AMP keeps float32 masters.
+            raise ConfigError(
+                f"model.dtype: training keeps float32 weights, got {self.dtype!r}; remove model.dtype and set "
+                f"args.{'bf16' if self.dtype == 'bfloat16' else 'fp16'}=true for mixed precision"
+            )
 
 
 @dataclass

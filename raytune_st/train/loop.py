@@ -414,7 +414,8 @@ def _save(
 def _train_metrics(
     run: Trainables, worker: WorkerContext, running_loss: Any, running_count: int, epoch: float, grad_norm: Optional[float]
 ) -> dict[str, Any]:
-    """The logging step's loss (averaged over its steps and the workers), learning rate, epoch and gradient norm."""
+    """The logging step's loss (averaged over its steps and the workers), learning rate, epoch, gradient
+    norm and, on a GPU, rank 0's peak GPU memory."""
     import torch.distributed as dist
 
     mean_loss = running_loss / max(running_count, 1)
@@ -428,6 +429,11 @@ def _train_metrics(
     }
     if grad_norm is not None:
         metrics["grad_norm"] = round(grad_norm, 6)
+    if worker.device.type == "cuda":
+        import torch
+
+        # This rank's high-water mark of tensors allocated since the worker started (what OOMs).
+        metrics["gpu_memory_peak_mib"] = round(torch.cuda.max_memory_allocated(worker.device) / 2**20, 1)
     return metrics
 
 

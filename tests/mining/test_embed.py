@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from raytune_st.mining import store
+from raytune_st.mining import embed, store
 from raytune_st.mining.embed import ChunkEmbedder, ChunkJob, EmbedSpec, EmbedUnit, Progress, format_seconds, pending_chunks, plan_units
 from raytune_st.models.config import ModelConfig
 
@@ -90,3 +90,11 @@ def test_an_actor_embeds_a_unit_of_chunks_as_each_text_alone(tmp_path, tiny_bert
         assert data["ids"].tolist() == list(range(job.first_id, job.first_id + job.rows))
         expected = reference.encode_query(chunk, prompt_name="query", normalize_embeddings=True, convert_to_numpy=True)
         np.testing.assert_allclose(data["embeddings"], expected, atol=1e-5)
+
+
+def test_the_cache_name_changes_with_the_weights_dtype_and_keeps_float32_names():
+    full, half = ModelConfig(name="m", max_seq_length=64), ModelConfig(name="m", max_seq_length=64, dtype="float16")
+    assert CORPUS.cache_name(full, "float32", "abc") != CORPUS.cache_name(half, "float32", "abc")
+    # A float32 model keeps the key it had before model.dtype existed: its cache stays valid.
+    key = store.text_digest(embed.CACHE_FORMAT, "m", 64, "corpus", None, None, "float32", "abc")
+    assert CORPUS.cache_name(full, "float32", "abc") == f"corpus-{key[:32]}.npz"

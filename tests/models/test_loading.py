@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from raytune_st.config import build
@@ -74,6 +75,22 @@ def test_sentence_transformers_dir_loads_via_model_config(tiny_bert_dir):
     model = ModelConfig(name=tiny_bert_dir, max_seq_length=8).load(device="cpu")
     assert model.max_seq_length == 8
     assert model.encode(["hello"]).shape == (1, 32)
+
+
+def test_model_dtype_loads_half_precision_weights_for_inference(tiny_bert_dir):
+    import torch
+
+    full = ModelConfig(name=tiny_bert_dir).load(device="cpu")
+    half = build(ModelConfig, {"name": tiny_bert_dir, "dtype": "bfloat16"}).load(device="cpu")
+    assert {p.dtype for p in full.parameters()} == {torch.float32}
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    texts = ["a debian package", "the maintainer uploads a new version"]
+    # bfloat16 keeps 8 bits of mantissa: the same embeddings to about 1e-2.
+    np.testing.assert_allclose(
+        half.encode(texts, convert_to_numpy=True).astype(np.float32), full.encode(texts, convert_to_numpy=True), atol=5e-2
+    )
+    with pytest.raises(ConfigError, match="dtype: 'half' is not a valid choice"):
+        build(ModelConfig, {"name": "m", "dtype": "half"})
 
 
 def test_checkpoint_without_head_loads_as_cross_encoder_with_num_labels(tiny_bert_plain_dir):

@@ -57,6 +57,13 @@ def test_shorthands_and_top_level_loss():
     assert (spec.name, spec.kwargs) == ("MultipleNegativesRankingLoss", {"scale": 30})
 
 
+def test_half_precision_weights_are_refused_for_training_with_the_amp_flag_to_use():
+    with pytest.raises(ConfigError, match=r"model.dtype: training keeps float32 weights, got 'float16'.*args.fp16=true"):
+        make(model={"name": "m", "dtype": "float16"})
+    with pytest.raises(ConfigError, match=r"args.bf16=true"):
+        make(model={"name": "m", "dtype": "bfloat16"})
+
+
 def test_a_set_with_its_own_loss_does_not_take_the_top_level_kwargs():
     config = make(train_datasets={"sts": {"data": STSB_TRAIN, "loss": "CoSENTLoss"}}, loss_kwargs={"scale": 30})
     assert config.loss_for("train_datasets", "sts").kwargs == {}
