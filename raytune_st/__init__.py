@@ -38,6 +38,16 @@ def mine(config, overrides=()):
     return _run("mine", config, overrides)
 
 
+def __getattr__(name):
+    # ``raytune_st.mine_hard_negatives``: sentence-transformers' function, same signature and
+    # return type, on Ray; imported on first use (PEP 562) so that `import raytune_st` stays light.
+    if name == "mine_hard_negatives":
+        from raytune_st.mining.hard_negatives import mine_hard_negatives
+
+        return mine_hard_negatives
+    raise AttributeError(f"module 'raytune_st' has no attribute {name!r}")
+
+
 class _JobPackage(types.ModuleType):
     """A subpackage that is also its job's function: ``raytune_st.train`` is both the package
     raytune_st/train/ and ``raytune_st.train(config)`` (likewise ``tune``).
@@ -54,4 +64,4 @@ class _JobPackage(types.ModuleType):
 
 from raytune_st import train, tune  # noqa: E402  (the callable job packages; both import lazily)
 
-__all__ = ["evaluate", "mine", "train", "tune", "__version__"]
+__all__ = ["evaluate", "mine", "mine_hard_negatives", "train", "tune", "__version__"]

@@ -7,10 +7,12 @@ are imported only when their subcommand is chosen, so `raytune-st --help` stays 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from typing import Optional, Sequence
 
+from raytune_st.console import VERBOSE_ENV
 from raytune_st.errors import RaytuneError, RaytuneWarning
 from raytune_st.registry import JOBS, load_job_config
 
@@ -28,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", help="YAML config file")
         p.add_argument("--help-config", action="store_true", help="list every config key with its type and help, then exit")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit without running")
+        p.add_argument(
+            "--verbose", "-v", action="store_true",
+            help=f"also print the output of Ray's processes (workers, Ray Train, Ray Data); same as {VERBOSE_ENV}=1",
+        )
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. mine.num_negatives=5")
     return parser
 
@@ -50,6 +56,8 @@ _python_format_warning = warnings.formatwarning
 def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.formatwarning = _format_warning
     args = _parser().parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by raytune_st.console wherever the job starts Ray
     job = JOBS[args.job]
     try:
         config_cls, run = job.load()
@@ -62,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bad = [o for o in args.overrides if "=" not in o]
         if bad:
             print(
-                f"error: unexpected argument {bad[0]!r}; overrides are key=value (flags: --config, --help-config, --print-config)",
+                f"error: unexpected argument {bad[0]!r}; overrides are key=value (flags: --config, --help-config, --print-config, --verbose)",
                 file=sys.stderr,
             )
             return 2

@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any, Iterator, Optional
 
+from raytune_st.console import ray_console_options, verbose
 from raytune_st.errors import ClusterError
 
 
@@ -39,21 +40,75 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
     # ray.init refuses a runtime env that sets any of the same variables again.
     job_env = (json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}).get("env_vars") or {}
     env = {k: v for k, v in env.items() if k not in job_env}
-    with data_context(enable_progress_bars={**job_env, **env}["RAY_DATA_DISABLE_PROGRESS_BARS"] != "1"):
+    with data_context(enable_progress_bars={**job_env, **env}["RAY_DATA_DISABLE_PROGRESS_BARS"] != "1"), quiet_console():
         try:
             if target is not None:
                 _check_reachable(target)
-                ray.init(address=target, runtime_env={"env_vars": env} if env else None, log_to_driver=True, logging_level="WARNING")
+                ray.init(address=target, runtime_env={"env_vars": env} if env else None, **ray_console_options())
+                where = "in the cluster's log files (`ray logs`, or the dashboard)"
             else:
-                _init_local(env)
+                where = f"in {_init_local(env)}"
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             if target is None:
                 raise
             raise _unreachable(target, exc) from None
+        if not verbose():
+            print(f"[ray] Ray's own output is {where}; --verbose shows it here", flush=True)
         try:
             yield
         finally:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def quiet_console() -> Iterator[None]:
+    """Unless verbose, for the body: no Ray deprecation warnings (they are about how raytune_st
+    calls Ray, never about the user's config, which raytune_st checks itself) and no transformers
+    progress bars (loading and saving a model on the driver). Both are restored afterwards."""
+    import warnings
+
+    if verbose():
+        yield
+        return
+    import ray._private.worker as ray_worker
+    from ray.util.annotations import RayDeprecationWarning
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is not None:
+        ray_worker.print_to_stdstream = _without_benign_notices(printer)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RayDeprecationWarning)
+            yield
+    finally:
+        if printer is not None:
+            ray_worker.print_to_stdstream = printer
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+# Notices the raylet publishes to every driver that say nothing about the user's run. Ray's
+# other published errors (a worker or actor that died, a task retried) still reach the console.
+BENIGN_RAY_NOTICES = (
+    # Many short-lived tasks and fractional-CPU actors on a small machine, as the jobs start by design.
+    "worker processes have been started on node",
+)
+
+
+def _without_benign_notices(printer: Any) -> Any:
+    """Ray's driver-side printer of published errors (ray._private.worker.print_to_stdstream),
+    dropping BENIGN_RAY_NOTICES."""
+
+    def print_to_stdstream(data: dict, *args: Any, **kwargs: Any) -> None:
+        lines = data.get("lines") or []
+        if data.get("pid") == "raylet" and any(notice in line for line in lines for notice in BENIGN_RAY_NOTICES):
+            return
+        printer(data, *args, **kwargs)
+
+    return print_to_stdstream
 
 
 @contextlib.contextmanager
@@ -90,7 +145,7 @@ def data_context(**settings: Any) -> Iterator[Any]:
             setattr(context, name, value)
 
 
-def _init_local(env: dict[str, str]) -> None:
+def _init_local(env: dict[str, str]) -> str:
     """Start a Ray of this run's own, beside any other Ray on the machine.
 
     - address "local", not None: None joins a `ray start` cluster that the user may run here.
@@ -99,6 +154,8 @@ def _init_local(env: dict[str, str]) -> None:
     - Its GCS on a port chosen here, named to every worker as RAY_ADDRESS (added to `env`):
       Ray's own helpers that look a cluster up (Train's placement-group cleaner, the state
       API) otherwise pick the last `ray start` cluster, or fail once two Rays run here.
+
+    Returns the directory of Ray's log files.
     """
     import tempfile
 
@@ -113,10 +170,7 @@ def _init_local(env: dict[str, str]) -> None:
     saved = os.environ.get("RAY_GCS_SERVER_PORT")
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(
-            address="local", _temp_dir=os.path.join(root, "ray"), runtime_env={"env_vars": env},
-            log_to_driver=True, logging_level="WARNING",
-        )
+        ray.init(address="local", _temp_dir=os.path.join(root, "ray"), runtime_env={"env_vars": env}, **ray_console_options())
     finally:
         if saved is None:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
@@ -126,6 +180,7 @@ def _init_local(env: dict[str, str]) -> None:
         address = ray.get_runtime_context().gcs_address
         ray.shutdown()
         raise ClusterError(f"the local Ray came up at {address}, not at {env['RAY_ADDRESS']} as asked; rerun")
+    return os.path.join(root, "ray", "session_latest", "logs")
 
 
 def free_port(host: str = "") -> int:

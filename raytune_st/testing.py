@@ -8,10 +8,31 @@ measured) without paying for a real model's compute. Its embeddings mean nothing
 from __future__ import annotations
 
 import os
+import re
 
 from raytune_st.runtime import free_port
 
 TOKENIZER_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+# Lines a quiet console never shows (raytune_st.console): a Ray process's forwarded output,
+# raylet notices, C++ log lines at error or warning level, Ray Train's once-per-rank report
+# lines, and Python warnings from the libraries underneath.
+CONSOLE_NOISE = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"\(\w+ pid=\d+\)",
+        r"\(raylet\)",
+        r"\b[EW]\d{4}|\] E |\bE \d{2,}|core_worker\.cc",
+        r"Reporting training result",
+        r"DeprecationWarning|FutureWarning|\bWARNING\b|\bERROR\b",
+    )
+)
+
+
+def console_noise(text: str) -> list[str]:
+    """The lines of `text` that match CONSOLE_NOISE."""
+    return [line for line in text.splitlines() if any(pattern.search(line) for pattern in CONSOLE_NOISE)]
 
 
 def _bert_config(**overrides):

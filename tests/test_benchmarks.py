@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
@@ -52,6 +53,7 @@ def test_a_dry_run_target_is_reported_but_never_judged(capsys):
     assert "0.50x (target >= 0.9x): half as fast" in capsys.readouterr().out
 
 
+@pytest.mark.ray
 def test_the_gpu_check_dry_run_passes_every_device_independent_check(tmp_path):
     summary_path = tmp_path / "summary.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}

@@ -108,3 +108,16 @@ def test_job_settings_of_ray_data_and_logging_last_only_while_the_job_runs():
             assert logging.getLogger("ray.data").level == logging.ERROR
             raise RuntimeError("a failed stage")
     assert logging.getLogger("ray.data").level == level
+
+
+def test_only_the_benign_raylet_notices_are_dropped_from_the_console():
+    from raytune_st.runtime import _without_benign_notices
+
+    printed = []
+    printer = _without_benign_notices(lambda data, ignore_prefix: printed.append(data["lines"][0]))
+    benign = "WARNING: 8 PYTHON worker processes have been started on node: abc with address: 1.2.3.4, which is 4x ..."
+    died = "A worker died or was killed while executing a task by an unexpected system error."
+    printer({"lines": [benign], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    printer({"lines": [died], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    printer({"lines": [benign], "pid": 1234, "is_err": False}, ignore_prefix=False)  # a worker's own output is not Ray's notice
+    assert printed == [died, benign]

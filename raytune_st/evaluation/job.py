@@ -13,6 +13,7 @@ checks pass, before any work; a run that fails removes the directory it created.
 from __future__ import annotations
 
 import json
+from typing import Any, Callable
 
 from raytune_st.config.core import dump_yaml
 from raytune_st.config.resources import check_custom_resources_exist
@@ -26,13 +27,18 @@ from raytune_st.runtime import cluster_gpus, ray_address, ray_session
 RESULT_FILES = ("metrics.json", "config.yaml")
 
 
-def evaluate_model(config: EvaluateConfig) -> dict[str, float]:
-    """Load the model and run every evaluator in this process (a Ray worker, or a test)."""
+def evaluate_model(config: EvaluateConfig, lines: Any = None) -> dict[str, float]:
+    """Load the model and run every evaluator in this process (a Ray worker, or a test).
+
+    `lines`: a ray.util.queue.Queue for the progress lines the driver prints (None: print here).
+    """
     import torch
 
+    say = print if lines is None else lines.put
     evaluators = build_evaluators(config.evaluators)
     model = config.model.load(device="cuda" if torch.cuda.is_available() else "cpu")
-    return run_evaluators(evaluators, model)
+    say(f"[evaluate] model loaded on {model.device}; {len(evaluators)} evaluator(s)")
+    return run_evaluators(evaluators, model, say)
 
 
 def checked_output(config: EvaluateConfig) -> OutputDir:
@@ -66,10 +72,29 @@ def evaluate(config: EvaluateConfig) -> dict[str, float]:
             if ray_address(config.ray_address) is None:  # a remote cluster may autoscale
                 check_custom_resources_exist("resources", config.resources, ray.cluster_resources())
             task = ray.remote(evaluate_model).options(num_gpus=num_gpus, num_cpus=1, resources=dict(config.resources))
-            metrics = ray.get(task.remote(config))
+            metrics = _printing_lines(lambda lines: task.remote(config, lines))
     print(format_metrics(metrics))
     # metrics.json last: its presence means a complete run, described by the config.yaml beside it.
     output.write("config.yaml", dump_yaml(config))
     output.write("metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {output.path}/metrics.json")
     return metrics
+
+
+def _printing_lines(start: Callable[[Any], Any]) -> Any:
+    """Run `start(queue)` (returns an object ref) and print the lines its task puts on the queue
+    until its result is ready; returns the result."""
+    import ray
+    from ray.util.queue import Queue
+
+    lines = Queue(actor_options={"num_cpus": 0})
+    try:
+        ref = start(lines)
+        while True:
+            ready, _ = ray.wait([ref], timeout=0.5)
+            while not lines.empty():
+                print(lines.get(), flush=True)
+            if ready:
+                return ray.get(ref)
+    finally:
+        lines.shutdown()

@@ -18,6 +18,10 @@ from raytune_st.errors import ConfigError, DataError
 from raytune_st.mining.select import FAISS_GPU_MAX_K, range_problem
 from raytune_st.models.config import ModelConfig
 
+# sentence-transformers logs its warnings about mine_hard_negatives' parameters here; raytune_st
+# logs the same ones under the same name, so a user's logging setup treats both alike.
+ST_LOGGER = "sentence_transformers.util.hard_negatives"
+
 
 @dataclass
 class PairsSource(Source):
@@ -75,6 +79,26 @@ class MineSection:
     def effective_output_format(self) -> str:
         # sentence-transformers switches to n-tuple so the ranking of the positives is kept.
         return "n-tuple" if self.include_positives else self.output_format
+
+    def warnings(self) -> list[str]:
+        """The warnings sentence-transformers' mine_hard_negatives logs for these parameters, word for word."""
+        said = []
+        if self.include_positives:
+            filtered = (
+                self.range_min != 0 or self.range_max is not None or self.max_score is not None or self.min_score is not None
+                or self.absolute_margin is not None or self.relative_margin is not None or self.sampling_strategy != "top"
+            )
+            if filtered:
+                said.append(
+                    "When using `include_positives=True`, updating `range_min`, `range_max`, `max_score`, `min_score`, "
+                    "`absolute_margin`, `relative_margin`, or `sampling_strategy` from the default values may still "
+                    "discard the positive values."
+                )
+            if self.output_format != "n-tuple":
+                said.append(
+                    'When using `include_positives=True`, `output_format` will be set to `"n-tuple"` to ensure that the ranking order is preserved.'
+                )
+        return said
 
 
 @dataclass

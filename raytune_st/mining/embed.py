@@ -19,12 +19,12 @@ model load are not on the stage's critical path.
 from __future__ import annotations
 
 import collections
-import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 import numpy as np
 
+from raytune_st.console import Progress
 from raytune_st.mining import store
 from raytune_st.models.config import ModelConfig
 
@@ -236,38 +236,6 @@ def pending_chunks(chunks: store.Chunked, outputs: list[str], weights: tuple[int
     return pending
 
 
-class Progress:
-    """One `[mine] embed:` line at most every `every_s` seconds: texts done of all, rate and time left."""
-
-    def __init__(self, total: int, every_s: float = 15.0, clock: Callable[[], float] = time.monotonic):
-        self.total, self.every_s, self.clock = total, every_s, clock
-        self.done = 0
-        self.began = self.last = clock()
-
-    def __call__(self, unit: EmbedUnit) -> Optional[str]:
-        self.done += unit.rows
-        now = self.clock()
-        if now - self.last < self.every_s or self.done >= self.total:
-            return None
-        self.last = now
-        rate = self.done / max(now - self.began, 1e-9)
-        line = (
-            f"[mine] embed: {self.done:,} of {self.total:,} texts ({100 * self.done / self.total:.0f}%), "
-            f"{rate:,.1f} texts/s, about {format_seconds((self.total - self.done) / rate)} left"
-        )
-        print(line, flush=True)
-        return line
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 def embed_chunks(
     jobs: list[tuple[EmbedSpec, list[ChunkJob]]], pool: EmbedPool, *, actors: int
 ) -> dict[str, int]:
@@ -282,8 +250,8 @@ def embed_chunks(
         pool.close()
         return done
     pool.start(min(actors, len(units)))
-    progress = Progress(sum(unit.rows for unit in units))
-    pool.run(units, progress)
+    progress = Progress("[mine] embed", sum(unit.rows for unit in units), "texts")
+    pool.run(units, lambda unit: progress.advance(unit.rows))
     for unit in units:
         done[unit.spec.kind] += unit.rows
     return done

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 from raytune_st.config import dump_yaml
 from raytune_st.config.resources import check_custom_resources_exist
+from raytune_st.console import Progress
 from raytune_st.errors import ClusterError
 from raytune_st.mining import resume, store
-from raytune_st.mining.config import MineConfig
+from raytune_st.mining.config import ST_LOGGER, MineConfig
 from raytune_st.mining.embed import EmbedPool, EmbedSpec, embed_chunks, pending_chunks
 from raytune_st.mining.batch import MineSettings
 from raytune_st.mining.index import IndexShard, check_index_fits, search_threads, shard_bounds
@@ -76,8 +78,8 @@ def _mine(config: MineConfig) -> dict[str, Any]:
     settings = resume.mining_settings(config)
     resume.check_settings(config.output.path, settings, config.output.overwrite)
     output_format = config.mine.effective_output_format
-    if output_format != config.mine.output_format:
-        print('When using `include_positives=True`, `output_format` will be set to `"n-tuple"` to ensure that the ranking order is preserved.')
+    for warning in config.mine.warnings():
+        logging.getLogger(ST_LOGGER).warning(warning)
     filters = FilterParams(include_positives=config.mine.include_positives, **_filter_values(config))
     rescore = rescoring_needed(filters, config.cross_encoder is not None)
     work = store.join(config.output.path, "_work")
@@ -152,7 +154,7 @@ def _mine(config: MineConfig) -> dict[str, Any]:
                     parts_dir=parts_dir,
                 )
                 with _timed(timings, "mine"):
-                    queries_done, rows_done = _mine_batches(config, plan, pending, shards)
+                    queries_done, rows_done = _mine_batches(config, plan, pending, shards, prep.num_queries)
                 _progress(
                     "mine",
                     f"{queries_done:,} queries -> {rows_done:,} rows in {len(pending)} part(s)",
@@ -288,9 +290,12 @@ def _embed(config: MineConfig, prep: PrepareSummary, pool: EmbedPool) -> Embeddi
     )
 
 
-def _mine_batches(config: MineConfig, plan: MinePlan, pending: list[int], shards: list) -> tuple[int, int]:
+def _mine_batches(config: MineConfig, plan: MinePlan, pending: list[int], shards: list, num_queries: int) -> tuple[int, int]:
     """One task per pending batch, `mine_tasks_in_flight` at a time; returns (queries, rows) mined."""
     import ray
+
+    rows = config.compute.mine_batch_rows
+    progress = Progress("[mine] mine", sum(min(rows, num_queries - b * rows) for b in pending), "queries")
 
     scorers: list = []
     if plan.settings.rescore:
@@ -307,6 +312,7 @@ def _mine_batches(config: MineConfig, plan: MinePlan, pending: list[int], shards
             for counters in ray.get(done):
                 queries_done += counters["queries"]
                 rows_done += counters["rows"]
+                progress.advance(counters["queries"])
 
         for batch in pending:
             if len(in_flight) >= config.compute.mine_tasks_in_flight:

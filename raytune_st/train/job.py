@@ -28,7 +28,8 @@ from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.loop import shard_name, train_loop_per_worker
-from raytune_st.train.plan import Plan, check_dataset, cluster_fit, preflight
+from raytune_st.train.plan import Plan, check_dataset, cluster_fit, planned_steps, preflight
+from raytune_st.train.progress import TrainConsole
 from raytune_st.train.rerun import check_rerun, data_files, latest_checkpoint_config
 from raytune_st.train.scan import check_values
 from raytune_st.train.steps import ranks_checkpoints
@@ -258,7 +259,10 @@ def train(config: TrainConfig, *, dataset_config: Any = None) -> dict[str, Any]:
         check_rerun(config, run_dir)
         with ray_session(config.ray_address):
             plan = plan_run(config)
-            return fit_and_write(config, plan, dataset_config=dataset_config)
+            with TrainConsole() as console:
+                callback = console.callback(planned_steps(config, plan.train_rows()))
+                run_config = make_run_config(config, callbacks=[callback])
+                return fit_and_write(config, plan, run_config=run_config, dataset_config=dataset_config)
 
 
 def _summary(metrics: dict[str, Any], output_dir: str, best_step: Optional[int]) -> str:

@@ -28,6 +28,7 @@ from raytune_st.runtime import ray_session
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.job import checked_output as checked_train_output, default_storage_path, plan_run
 from raytune_st.train.plan import check_dataset, planned_steps
+from raytune_st.train.progress import TrainConsole
 from raytune_st.train.scan import check_values
 from raytune_st.tune.config import TuneConfig
 from raytune_st.tune.rerun import check_sweep_rerun, save_sweep_config, sweep_exists
@@ -144,8 +145,11 @@ def _scheduler(config: TuneConfig, max_t: int):
     return FIFOScheduler()
 
 
-def build_tuner(config: TuneConfig) -> "ray.tune.Tuner":
-    """A new Tuner for the sweep, or the interrupted one restored from its storage."""
+def build_tuner(config: TuneConfig, console: Any = None) -> "ray.tune.Tuner":
+    """A new Tuner for the sweep, or the interrupted one restored from its storage.
+
+    `console`: a queue (train/progress.py) where every trial puts its progress.
+    """
     import ray
     from ray import tune
 
@@ -154,7 +158,7 @@ def build_tuner(config: TuneConfig) -> "ray.tune.Tuner":
     search = config.search
     storage = sweep_storage(config)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, config=config, sweep_dir=config.args.output_dir, storage=storage),
+        tune.with_parameters(run_trial, config=config, sweep_dir=config.args.output_dir, storage=storage, console=console),
         TRIAL_DRIVER_RESOURCES,
     )
     experiment = join(storage, search.name)
@@ -202,8 +206,9 @@ def tune(config: TuneConfig) -> dict[str, Any]:
         output = checked_output(config)
         check_sweep_rerun(config, experiment)
         with ray_session(config.ray_address):
-            tuner = build_tuner(config)
-            grid = tuner.fit()
+            # Lines, not bars: the trials share the console, each line starts with its trial's id.
+            with TrainConsole(bar=False) as console:
+                grid = build_tuner(config, console.queue).fit()
     rows = collect_rows(config, grid, output)
     print(format_table(rows, search.metric))
     best = best_row(rows, search.mode) if search.metric else None

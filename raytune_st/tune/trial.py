@@ -16,6 +16,8 @@ from raytune_st.errors import RaytuneError
 from raytune_st.outputs import join
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.job import fit_and_write, make_run_config, plan_run
+from raytune_st.train.plan import planned_steps
+from raytune_st.train.progress import console_callback
 from raytune_st.train.rerun import check_rerun
 from raytune_st.tune.config import TuneConfig
 
@@ -60,8 +62,11 @@ def _queue_callback(queue: Any, metric: Optional[str]):
     return QueueReportCallback()
 
 
-def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, storage: str) -> None:
-    """One trial (a Tune driver function): build and fit this trial's TorchTrainer."""
+def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, storage: str, console: Any = None) -> None:
+    """One trial (a Tune driver function): build and fit this trial's TorchTrainer.
+
+    `console`: the sweep driver's queue (train/progress.py) for this trial's progress lines.
+    """
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -69,15 +74,16 @@ def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, sto
     trial.args.output_dir = join(sweep_dir, TRIALS_DIR, trial_id)
     plan = plan_run(trial)
     name = f"{config.search.name}-{trial_id}"
+    progress = [console_callback(console, planned_steps(trial, plan.train_rows()), trial_id)] if console is not None else []
     if config.search.scheduler.type == "pbt":
-        _run_pbt_trial(trial, plan, name=name, storage=storage, metric=config.search.metric)
+        _run_pbt_trial(trial, plan, name=name, storage=storage, metric=config.search.metric, progress=progress)
         return
     check_rerun(trial, join(storage, name))
-    run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_report_callback(config.search.metric)])
+    run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_report_callback(config.search.metric), *progress])
     fit_and_write(trial, plan, run_config=run_config)
 
 
-def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, metric: Optional[str]) -> None:
+def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, metric: Optional[str], progress: list[Any]) -> None:
     """A PBT trial: its reports reach Tune with their checkpoints, so that PBT can clone it.
 
     TuneReportCallback hands Tune metrics only. Here the Train run's reports come back through
@@ -99,7 +105,7 @@ def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, me
         start = pin_start_checkpoint(start, join(storage, name, PBT_START_DIR))
     check_rerun(trial, join(storage, name))
     reports = Queue(actor_options={"num_cpus": 0})
-    run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_queue_callback(reports, metric)])
+    run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_queue_callback(reports, metric), *progress])
     outcome: dict[str, BaseException] = {}
 
     def fit() -> None:

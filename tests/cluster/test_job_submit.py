@@ -26,7 +26,7 @@ import pytest
 
 from cluster_fixtures import Cluster, submission_runtime_env
 from raytune_st.runtime import free_port
-from raytune_st.testing import RayNode
+from raytune_st.testing import RayNode, console_noise
 
 pytestmark = pytest.mark.ray
 
@@ -76,7 +76,11 @@ def test_evaluate_job_succeeds_and_writes_metrics(cluster, tmp_path):
     assert cluster.status(sid) == "succeeded"
     metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
     assert metrics["debian-dev_cosine_ndcg@10"] > 0.7
-    assert f"wrote {tmp_path / 'evaluate'}/metrics.json" in cluster.logs(sid)
+    logs = cluster.logs(sid)
+    assert f"wrote {tmp_path / 'evaluate'}/metrics.json" in logs
+    # The job's log is as quiet as a local run's: its own progress, none of Ray's output.
+    assert "[evaluate] InformationRetrievalEvaluator debian-dev: running" in logs
+    assert console_noise(logs) == [], logs
 
 
 def test_bad_config_fails_the_job_with_one_error_line(cluster, tmp_path):
@@ -141,3 +145,7 @@ def test_train_job_succeeds_and_writes_the_model(cluster, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "model" / "final").is_dir()
     assert any((tmp_path / "ray").iterdir()), "no Ray Train state under run.storage_path"
+    logs = cluster.logs(sid)
+    for line in ("[train] step 1/2 (50%)", "[train] step 2/2 (100%)", "[train] eval at step 2: loss "):
+        assert sum(entry.startswith(line) for entry in logs.splitlines()) == 1, logs
+    assert console_noise(logs) == [], logs

@@ -191,6 +191,25 @@ def test_build_evaluator_gives_the_evaluators_own_metrics(tiny_bert_dir):
     assert ours(model) == reference(model)
 
 
+def test_announced_evaluators_say_when_each_runs_and_return_the_same_metrics(tiny_bert_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from raytune_st.evaluation.run import run_evaluators
+
+    model = SentenceTransformer(tiny_bert_dir, device="cpu")
+    queries = ["how to compress files", "a text editor", "an image viewer"]
+    passages = ["gzip compresses files", "vim edits text", "feh shows images"]
+    evaluators = [
+        build_evaluator("InformationRetrievalEvaluator", "ir", {"q": queries, "p": passages}, {}),
+        build_evaluator("EmbeddingSimilarityEvaluator", "sts", {"a": queries, "b": passages, "s": [0.9, 0.1, 0.5]}, {}),
+    ]
+    said: list[str] = []
+    assert run_evaluators(evaluators, model, said.append) == run_evaluators(evaluators, model)
+    assert said[0] == "[evaluate] InformationRetrievalEvaluator ir: running"
+    assert said[1].startswith("[evaluate] InformationRetrievalEvaluator ir: done in ")
+    assert said[2:3] == ["[evaluate] EmbeddingSimilarityEvaluator sts: running"] and len(said) == 4
+
+
 # --- metric names, known before any evaluation runs --------------------------------------
 
 TEXTS = ["how to compress files", "a text editor", "an image viewer", "a web browser"]

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from raytune_st.mining import embed, store
-from raytune_st.mining.embed import ChunkEmbedder, ChunkJob, EmbedSpec, EmbedUnit, Progress, format_seconds, pending_chunks, plan_units
+from raytune_st.mining.embed import ChunkEmbedder, ChunkJob, EmbedSpec, EmbedUnit, pending_chunks, plan_units
 from raytune_st.models.config import ModelConfig
 
 CORPUS = EmbedSpec("corpus", None, None)
@@ -52,23 +52,6 @@ def test_only_chunks_without_a_whole_cache_file_are_pending(tmp_path):
     chunked = store.Chunked(("a", "b", "c"), 3, 8)
     pending = pending_chunks(chunked, [whole, cut, missing], (30, 31, 20))
     assert pending == [ChunkJob("b", cut, 3, 3, 31), ChunkJob("c", missing, 6, 2, 20)]
-
-
-def test_progress_prints_at_most_every_interval_with_rate_and_time_left(capsys):
-    now = [0.0]
-    progress = Progress(total=1000, every_s=15, clock=lambda: now[0])
-    unit = EmbedUnit(CORPUS, tuple(chunks([1], rows=100)))
-    now[0] = 10
-    assert progress(unit) is None  # too soon
-    now[0] = 20
-    assert progress(unit) == "[mine] embed: 200 of 1,000 texts (20%), 10.0 texts/s, about 1 min 20 s left"
-    now[0] = 30
-    assert progress(unit) is None  # 10 s after the last line
-    for _ in range(7):
-        now[0] += 100
-        progress(unit)
-    assert progress.done == 1000 and capsys.readouterr().out.count("[mine] embed:") == 7  # 200, then 400 to 900; none for the last unit
-    assert (format_seconds(59.6), format_seconds(3725)) == ("1 min 00 s", "1 h 02 min")
 
 
 def test_an_actor_embeds_a_unit_of_chunks_as_each_text_alone(tmp_path, tiny_bert_dir):

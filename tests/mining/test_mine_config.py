@@ -224,3 +224,32 @@ def test_custom_resources_are_checked_in_the_config_and_against_the_cluster(tmp_
         config(tmp_path, "compute.resources={CPU: 1}")
     with pytest.raises(ConfigError, match=r"compute.resources.worker_node: must be more than 0"):
         config(tmp_path, "compute.resources={worker_node: 0}")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"include_positives": True},
+        {"include_positives": True, "output_format": "n-tuple"},
+        {"include_positives": True, "relative_margin": 0.1, "output_format": "n-tuple"},
+        {"include_positives": True, "range_min": 1, "sampling_strategy": "random"},
+        {"relative_margin": 0.1, "range_min": 1},
+    ],
+)
+def test_the_warnings_are_sentence_transformers_own_for_the_same_parameters(settings, tiny_model, caplog):
+    """sentence-transformers' function, run on a few pairs, logs exactly what MineSection.warnings() says."""
+    import logging
+
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    from raytune_st.config import build
+    from raytune_st.mining.config import ST_LOGGER, MineSection
+
+    pairs = Dataset.from_dict({"q": [f"question {i}" for i in range(8)], "p": [f"answer number {i}" for i in range(8)]})
+    with caplog.at_level(logging.WARNING, logger=ST_LOGGER):
+        mine_hard_negatives(pairs, SentenceTransformer(tiny_model, device="cpu"), num_negatives=2, verbose=False, **settings)
+    theirs = [r.getMessage() for r in caplog.records if r.name == ST_LOGGER]
+    assert build(MineSection, {"num_negatives": 2, **settings}).warnings() == theirs

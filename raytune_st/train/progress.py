@@ -1,0 +1,158 @@
+"""Training progress on the driver: rank 0's reports as a live bar, or as one line per logging step.
+
+Ray Train hands every report of a run to the run's callbacks (in its controller process).
+:class:`ConsoleCallback` forwards rank 0's metrics, and whether a checkpoint came with them, to
+a queue; :class:`TrainConsole`, on the driver, drains it while the run fits and prints:
+
+* on a terminal, a tqdm bar (step of total, epoch, loss, learning rate, samples/s, time left)
+  with a line above it for each evaluation and checkpoint;
+* elsewhere (``ray job submit`` logs, CI, a file), one line per logging step::
+
+    [train] step 20/40 (50%)  epoch 0.50  loss 1.2345  lr 1.11e-05  grad_norm 3.210  41.2 samples/s  about 25 s left
+    [train] eval at step 20: loss 0.4321, debian-dev_cosine_ndcg@10 0.8812
+    [train] checkpoint at step 20 saved
+
+Nothing is printed once per rank. In a sweep every line starts with its trial's id. Which lines
+one report makes (:func:`report_lines`) is pure logic, no Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from raytune_st.console import format_seconds, time_left
+
+
+def report_lines(
+    record: dict[str, Any], total_steps: int, seconds_left: Optional[float], *, saved: bool, prefix: str
+) -> list[tuple[str, str]]:
+    """(kind, line) for each line one report of rank 0 makes; kinds: resumed, step (a logging
+    step), eval, checkpoint."""
+    step = record["step"]
+    lines = []
+    if "resumed_from_step" in record:
+        lines.append(("resumed", f"{prefix} resumed from the checkpoint of step {record['resumed_from_step']}"))
+    if "loss" in record:
+        lines.append(("step", f"{prefix} {step_summary(record, total_steps, seconds_left)}"))
+    evaluation = {key[len("eval_") :]: value for key, value in record.items() if key.startswith("eval_")}
+    if evaluation:
+        figures = ", ".join(f"{name} {_figure(value)}" for name, value in evaluation.items())
+        lines.append(("eval", f"{prefix} eval at step {step}: {figures}"))
+    if saved:
+        lines.append(("checkpoint", f"{prefix} checkpoint at step {step} saved"))
+    return lines
+
+
+def step_summary(record: dict[str, Any], total_steps: int, seconds_left: Optional[float]) -> str:
+    """`step N/M (P%)` then the logging step's figures, two spaces apart."""
+    step = record["step"]
+    done = f"step {step}/{total_steps} ({100 * step / max(total_steps, 1):.0f}%)"
+    return "  ".join([done, *step_figures(record, total_steps, seconds_left)])
+
+
+def step_figures(record: dict[str, Any], total_steps: int, seconds_left: Optional[float]) -> list[str]:
+    """Epoch, loss, learning rate, gradient norm, samples/s and time left, those the record has."""
+    figures = [f"epoch {record['epoch']:.2f}"] if "epoch" in record else []
+    figures.append(f"loss {record['loss']:.4f}")
+    figures += [f"lr {record['learning_rate']:.2e}"] if "learning_rate" in record else []
+    figures += [f"grad_norm {record['grad_norm']:.3f}"] if record.get("grad_norm") is not None else []
+    figures += [f"{record['train_samples_per_second']:.1f} samples/s"] if record.get("train_samples_per_second") else []
+    if seconds_left is not None and record["step"] < total_steps:
+        figures.append(f"about {format_seconds(seconds_left)} left")
+    return figures
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def console_callback(queue: Any, total_steps: int, tag: Optional[str] = None) -> Any:
+    """A Ray Train UserCallback that puts (tag, total_steps, rank 0's metrics, saved) on `queue`."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class ConsoleCallback(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            queue.put((tag, total_steps, dict(metrics[0]), checkpoint is not None))
+
+    return ConsoleCallback()
+
+
+class TrainConsole:
+    """On the driver: a queue for :func:`console_callback`, drained and printed while a run fits.
+
+    Use as a context manager around ``trainer.fit()`` (or a sweep); `bar` defaults to whether
+    stdout is a terminal (a sweep always prints lines: several trials share the console).
+    """
+
+    POLL_S = 0.5
+
+    def __init__(self, *, bar: Optional[bool] = None, prefix: str = "[train]", queue: Any = None):
+        if queue is None:
+            from ray.util.queue import Queue
+
+            queue = Queue(actor_options={"num_cpus": 0})
+        self.queue = queue
+        self.bar_wanted = sys.stdout.isatty() if bar is None else bar
+        self.prefix = prefix
+        self._bars: dict[Optional[str], Any] = {}
+        self._began: dict[Optional[str], tuple[int, float]] = {}  # tag -> (first step seen, when)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="train-console", daemon=True)
+
+    def callback(self, total_steps: int, tag: Optional[str] = None) -> Any:
+        return console_callback(self.queue, total_steps, tag)
+
+    def __enter__(self) -> "TrainConsole":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        for bar in self._bars.values():
+            bar.close()
+        self.queue.shutdown()
+
+    def _drain(self) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                item = self.queue.get(timeout=self.POLL_S)
+            except Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            except Exception:  # the queue's actor is gone (the Ray session ended): nothing more will come
+                return
+            self.show(*item)
+
+    def show(self, tag: Optional[str], total_steps: int, record: dict[str, Any], saved: bool) -> None:
+        """Print one report of rank 0 (a bar update, or its lines)."""
+        if "step" not in record:  # not a report of raytune_st's loop
+            return
+        now = time.monotonic()
+        step = record["step"]
+        first_step, first_time = self._began.setdefault(tag, (step, now))
+        left = time_left(step - first_step, total_steps - first_step, now - first_time)
+        prefix = f"{self.prefix} [trial {tag}]" if tag else self.prefix
+        lines = report_lines(record, total_steps, left, saved=saved, prefix=prefix)
+        if not self.bar_wanted:
+            for _, line in lines:
+                print(line, flush=True)
+            return
+        bar = self._bars.get(tag)
+        if bar is None:
+            from tqdm.auto import tqdm
+
+            # tqdm measures the rate and time left itself, from the first step this run shows.
+            bar = self._bars[tag] = tqdm(total=total_steps, initial=step - 1, desc=prefix, unit="step", dynamic_ncols=True)
+        bar.update(step - bar.n)
+        if "loss" in record:
+            bar.set_postfix_str("  ".join(step_figures(record, total_steps, None)), refresh=True)
+        for kind, line in lines:
+            if kind != "step":
+                bar.write(line)
