@@ -35,6 +35,59 @@ def console_noise(text: str) -> list[str]:
     return [line for line in text.splitlines() if any(pattern.search(line) for pattern in CONSOLE_NOISE)]
 
 
+def read_wandb_offline_run(run_dir: str) -> dict:
+    """What an offline W&B run (WANDB_MODE=offline) recorded, read back from its `run-*.wandb` file:
+    {"name", "group", "config": {key: value}, "history": {step: {key: value}}, "artifacts":
+    [(name, type, [paths])], "exit_code"}. The file is a LevelDB-style log of W&B's protobuf
+    records (32 KiB blocks, 7-byte record headers) after a 7-byte ':W&B' header."""
+    import glob
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = glob.glob(os.path.join(run_dir, "run-*.wandb"))
+    data = open(path, "rb").read()
+    block, pos, chunks, pending = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's trailer: too short for a header
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if kind == 0:  # zero padding to the block's end
+            pos += left - 7
+            continue
+        piece, pos = data[pos : pos + length], pos + length
+        if kind == 1:  # a whole record
+            chunks.append(piece)
+        elif kind == 2:  # first piece
+            pending = piece
+        elif kind == 3:  # middle
+            pending += piece
+        else:  # last
+            chunks.append(pending + piece)
+    run: dict = {"config": {}, "history": {}, "artifacts": [], "exit_code": None}
+    for raw in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.update(name=record.run.display_name, group=record.run.run_group)
+            run["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update if i.key != "_wandb"})
+        elif kind == "config":
+            run["config"].update({i.key: json.loads(i.value_json) for i in record.config.update if i.key != "_wandb"})
+        elif kind == "history":
+            items = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
+            run["history"][record.history.step.num] = {k: v for k, v in items.items() if not k.startswith("_")}
+        elif kind == "artifact":
+            run["artifacts"].append((record.artifact.name, record.artifact.type, [m.path for m in record.artifact.manifest.contents]))
+        elif kind == "exit":
+            run["exit_code"] = record.exit.exit_code
+    return run
+
+
 def _bert_config(**overrides):
     from transformers import AutoTokenizer, BertConfig
 

@@ -3,6 +3,7 @@ what a real run prints with and without --verbose (a local Ray, in a subprocess)
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from raytune_st.console import Progress, format_seconds, ray_console_options, time_left, verbose
-from raytune_st.testing import console_noise
+from raytune_st.testing import console_noise, read_wandb_offline_run
 
 
 def test_progress_prints_at_most_every_interval_with_rate_and_time_left(capsys):
@@ -53,8 +54,11 @@ def test_a_tiny_training_run_prints_its_own_progress_once_and_no_ray_noise_unles
     sample = Path(__file__).resolve().parents[1] / "examples" / "data" / "debian-train-sample.parquet"
     pq.write_table(pq.read_table(sample, columns=["query", "passage"]).slice(0, 96), pairs)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYTUNE_ST_VERBOSE")}
+    # Tracked offline by W&B; credentials in the environment must reach no log, config or tracker.
+    secrets = {"WANDB_API_KEY": "fake-wandb-key-5f3a", "HF_TOKEN": "hf_fakeTokenForTheTest", "AWS_SECRET_ACCESS_KEY": "fakeAwsSecret9"}
+    env.update(secrets, WANDB_MODE="offline", WANDB_DIR=str(tmp_path), WANDB_SILENT="true")
 
-    def run(out: str, *flags: str) -> list[str]:
+    def run(out: str, *flags: str, report_to: object = ("tensorboard", "wandb")) -> list[str]:
         """The run's console lines (stdout and stderr)."""
         config = {
             "model": tiny_bert_dir,
@@ -62,7 +66,8 @@ def test_a_tiny_training_run_prints_its_own_progress_once_and_no_ray_noise_unles
             "eval_datasets": {"pairs": {"data": {"path": str(pairs), "limit": 16}}},
             "loss": "MultipleNegativesRankingLoss",
             "args": {"output_dir": str(tmp_path / out), "max_steps": 4, "per_device_train_batch_size": 8,
-                     "logging_steps": 1, "eval_strategy": "steps", "eval_steps": 2, "save_steps": 2},
+                     "logging_steps": 1, "eval_strategy": "steps", "eval_steps": 2, "save_steps": 2,
+                     "report_to": list(report_to), "run_name": f"console-{out}"},
             "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},
         }
         (tmp_path / f"{out}.yaml").write_text(yaml.safe_dump(config))
@@ -82,7 +87,22 @@ def test_a_tiny_training_run_prints_its_own_progress_once_and_no_ray_noise_unles
     assert sum(line == "[train] checkpoint at step 2 saved" for line in quiet) == 1
     assert sum(line.startswith("[ray] Ray's own output is in ") for line in quiet) == 1
 
-    loud = run("verbose", "--verbose")
+    # The driver tracked the run once: every step's metrics, the config as parameters, the model.
+    (run_dir,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+    tracked = read_wandb_offline_run(run_dir)
+    assert tracked["name"] == "console-quiet" and tracked["exit_code"] == 0
+    assert sorted(tracked["history"]) == [1, 2, 3, 4] and all("loss" in tracked["history"][s] for s in (1, 2, 3, 4))
+    assert "eval_loss" in tracked["history"][2] and tracked["config"]["args.max_steps"] == "4"
+    assert [kind for _, kind, _ in tracked["artifacts"]] == ["model"]
+    assert list((tmp_path / "quiet" / "runs").iterdir())  # tensorboard
+    written = [*glob.glob(str(tmp_path / "wandb" / "**" / "*.*"), recursive=True), str(tmp_path / "quiet" / "config.yaml")]
+    for path in written:
+        text = open(path, errors="replace").read() if os.path.isfile(path) else ""
+        assert not any(secret in text for secret in secrets.values()), path
+    assert not any(secret in line for line in quiet for secret in secrets.values())
+
+    loud = run("verbose", "--verbose", report_to=["none"])
+    assert not (tmp_path / "verbose" / "runs").exists()
     assert any("(RayTrainWorker pid=" in line for line in loud), "\n".join(loud[-40:])
     assert not any(line.startswith("[ray] Ray's own output") for line in loud)
     assert sum(line.startswith("[train] step 4/4 (") for line in loud) == 1

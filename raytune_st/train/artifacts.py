@@ -3,7 +3,7 @@
     final/          the trained model (SentenceTransformer(path) / CrossEncoder(path) load it),
                     its README.md model card ending with the training config and final metrics
     metrics.jsonl   every logged record: {"step": ..., "loss": ..., "eval_...": ...}
-    runs/           TensorBoard event files of the same records
+    runs/           TensorBoard event files of the same records (args.report_to: tensorboard)
     curves.png      training loss and every eval metric against the step
     config.yaml     the resolved config
 """
@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from raytune_st.config.core import dump_yaml
 from raytune_st.train.checkpointing import write_history
+from raytune_st.train.trackers import resolve_report_to
 
 
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -113,7 +114,8 @@ def write_run_outputs(
     os.makedirs(stage, exist_ok=True)
     write_final_model(model_dir, os.path.join(stage, "final"), config, metrics, best_step)
     write_history(os.path.join(stage, "metrics.jsonl"), history)
-    write_tensorboard(os.path.join(stage, "runs"), history)
+    if "tensorboard" in resolve_report_to(config.args.report_to):
+        write_tensorboard(os.path.join(stage, "runs"), history)
     plot_curves(os.path.join(stage, "curves.png"), history)
     with open(os.path.join(stage, "config.yaml"), "w") as handle:
         handle.write(dump_yaml(config))

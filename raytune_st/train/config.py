@@ -31,6 +31,7 @@ from raytune_st.data.sources import Source
 from raytune_st.errors import ConfigError
 from raytune_st.evaluation.config import EvaluatorSpec
 from raytune_st.models.config import ModelConfig
+from raytune_st.train.trackers import TRACKERS, resolve_report_to
 
 SchedulerName = Literal[
     "linear",
@@ -127,6 +128,11 @@ class TrainingArgs:
         "steps", help="when to checkpoint: no, steps, epoch, best (the final step always saves)"
     )
     save_steps: int = option(500, help="optimizer steps between checkpoints when save_strategy is steps")
+    report_to: Union[str, list[str]] = option(
+        default_factory=lambda: ["tensorboard"],
+        help="trackers: tensorboard (output_dir/runs), wandb, all (every installed one) or none; one or a list",
+    )
+    run_name: Optional[str] = option(None, help="the run's name in the trackers; default: run.name (a sweep: the trial id)")
     save_total_limit: Optional[int] = option(None, help="checkpoints to keep (the best ones by metric_for_best_model)")
     logging_steps: int = option(500, help="optimizer steps between logged training losses")
     load_best_model_at_end: bool = option(False, help="make the final model the best checkpoint by metric_for_best_model")
@@ -155,6 +161,7 @@ class TrainingArgs:
             raise ConfigError(f"save_total_limit: must be at least 1 (or null to keep all), got {self.save_total_limit}")
         if self.fp16 and self.bf16:
             raise ConfigError("fp16 and bf16 are both true; choose one mixed-precision mode")
+        resolve_report_to(self.report_to, installed=set(TRACKERS))  # names only; installs are checked in pre-flight
         if self.load_best_model_at_end:
             if self.eval_strategy == "no":
                 raise ConfigError("load_best_model_at_end needs evaluation; set eval_strategy to steps or epoch")

@@ -29,10 +29,11 @@ from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.loop import shard_name, train_loop_per_worker
 from raytune_st.train.plan import Plan, check_dataset, cluster_fit, planned_steps, preflight
-from raytune_st.train.progress import TrainConsole
+from raytune_st.train.progress import TrainConsole, tracking_start
 from raytune_st.train.rerun import check_rerun, data_files, latest_checkpoint_config
 from raytune_st.train.scan import check_values
 from raytune_st.train.steps import ranks_checkpoints
+from raytune_st.train.trackers import check_trackers, params_of, resolve_report_to
 
 if TYPE_CHECKING:
     import ray.data
@@ -175,6 +176,7 @@ def checked_output(config: TrainConfig) -> OutputDir:
             check_values(config, section, name)
     for spec in config.evaluators:
         spec.check_data()
+    check_trackers(resolve_report_to(config.args.report_to))
     output = OutputDir(config.args.output_dir)
     output.check_writable("args.output_dir")
     # Checkpoints go here; find out now rather than at the first checkpoint, hours in.
@@ -259,10 +261,19 @@ def train(config: TrainConfig, *, dataset_config: Any = None) -> dict[str, Any]:
         check_rerun(config, run_dir)
         with ray_session(config.ray_address):
             plan = plan_run(config)
-            with TrainConsole() as console:
+            with TrainConsole(trackers=resolve_report_to(config.args.report_to)) as console:
+                console.handle(tracking_start(None, config.args.run_name or config.run.name, params_of(config)))
                 callback = console.callback(planned_steps(config, plan.train_rows()))
                 run_config = make_run_config(config, callbacks=[callback])
-                return fit_and_write(config, plan, run_config=run_config, dataset_config=dataset_config)
+                metrics = fit_and_write(config, plan, run_config=run_config, dataset_config=dataset_config)
+                console.finish(None, metrics, local_final_model(config.args.output_dir))
+            return metrics
+
+
+def local_final_model(output_dir: str) -> Optional[str]:
+    """<output_dir>/final when it is on this machine's disk (trackers upload it), else None."""
+    final = os.path.join(output_dir, "final")
+    return final if "://" not in output_dir and os.path.isdir(final) else None
 
 
 def _summary(metrics: dict[str, Any], output_dir: str, best_step: Optional[int]) -> str:

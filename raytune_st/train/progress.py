@@ -18,10 +18,12 @@ one report makes (:func:`report_lines`) is pure logic, no Ray.
 
 from __future__ import annotations
 
+import os
+import queue
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from raytune_st.console import format_seconds, time_left
 
@@ -39,8 +41,7 @@ def report_lines(
         lines.append(("step", f"{prefix} {step_summary(record, total_steps, seconds_left)}"))
     evaluation = {key[len("eval_") :]: value for key, value in record.items() if key.startswith("eval_")}
     if evaluation:
-        figures = ", ".join(f"{name} {_figure(value)}" for name, value in evaluation.items())
-        lines.append(("eval", f"{prefix} eval at step {step}: {figures}"))
+        lines.append(("eval", f"{prefix} eval at step {step}: {eval_figures(evaluation)}"))
     if saved:
         lines.append(("checkpoint", f"{prefix} checkpoint at step {step} saved"))
     return lines
@@ -65,31 +66,54 @@ def step_figures(record: dict[str, Any], total_steps: int, seconds_left: Optiona
     return figures
 
 
+def eval_figures(evaluation: dict[str, Any]) -> str:
+    """`name value, ...`; an evaluator's shared name prefix is said once:
+    `debian-dev_cosine_ accuracy@1 0.8667, ndcg@10 0.9250` rather than on every metric."""
+    shared = os.path.commonprefix([name for name in evaluation if name != "loss"])
+    shared = shared[: shared.rfind("_") + 1] if sum(name != "loss" for name in evaluation) > 1 else ""
+    figures = [f"{name[len(shared):] if name != 'loss' else name} {_figure(value)}" for name, value in evaluation.items()]
+    if not shared:
+        return ", ".join(figures)
+    loss = [f for f, name in zip(figures, evaluation) if name == "loss"]
+    others = [f for f, name in zip(figures, evaluation) if name != "loss"]
+    return ", ".join(loss + [f"{shared} {others[0]}", *others[1:]])
+
+
 def _figure(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def console_callback(queue: Any, total_steps: int, tag: Optional[str] = None) -> Any:
-    """A Ray Train UserCallback that puts (tag, total_steps, rank 0's metrics, saved) on `queue`."""
+    """A Ray Train UserCallback that puts each report of rank 0 on `queue` (see :meth:`TrainConsole.handle`)."""
     from ray.train.v2.api.callback import UserCallback
 
     class ConsoleCallback(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            queue.put((tag, total_steps, dict(metrics[0]), checkpoint is not None))
+            queue.put({"tag": tag, "total_steps": total_steps, "record": dict(metrics[0]), "saved": checkpoint is not None})
 
     return ConsoleCallback()
 
 
+def tracking_start(tag: Optional[str], run_name: str, params: dict[str, str], group: Optional[str] = None) -> dict[str, Any]:
+    """The queue item that opens a run's trackers (a sweep's trial sends it before it fits)."""
+    return {"tag": tag, "run_name": run_name, "params": params, "group": group}
+
+
 class TrainConsole:
-    """On the driver: a queue for :func:`console_callback`, drained and printed while a run fits.
+    """On the driver: a queue for :func:`console_callback`, drained while a run (or a sweep) fits;
+    each report of rank 0 is printed and logged to the run's trackers (train/trackers.py).
 
     Use as a context manager around ``trainer.fit()`` (or a sweep); `bar` defaults to whether
     stdout is a terminal (a sweep always prints lines: several trials share the console).
+    Trackers a run opened are finished when the context exits, after the last report:
+    with the final metrics and model that :meth:`finish` recorded, or as failed.
     """
 
     POLL_S = 0.5
 
-    def __init__(self, *, bar: Optional[bool] = None, prefix: str = "[train]", queue: Any = None):
+    def __init__(
+        self, *, bar: Optional[bool] = None, prefix: str = "[train]", queue: Any = None, trackers: Sequence[str] = ()
+    ):
         if queue is None:
             from ray.util.queue import Queue
 
@@ -97,6 +121,9 @@ class TrainConsole:
         self.queue = queue
         self.bar_wanted = sys.stdout.isatty() if bar is None else bar
         self.prefix = prefix
+        self.tracker_names = list(trackers)
+        self._trackers: dict[Optional[str], list[Any]] = {}
+        self._finished: dict[Optional[str], tuple[dict[str, Any], Optional[str]]] = {}
         self._bars: dict[Optional[str], Any] = {}
         self._began: dict[Optional[str], tuple[int, float]] = {}  # tag -> (first step seen, when)
         self._stop = threading.Event()
@@ -105,35 +132,56 @@ class TrainConsole:
     def callback(self, total_steps: int, tag: Optional[str] = None) -> Any:
         return console_callback(self.queue, total_steps, tag)
 
+    def finish(self, tag: Optional[str], metrics: dict[str, Any], model_dir: Optional[str]) -> None:
+        """Record a run's final metrics and model, for its trackers when the context exits."""
+        self._finished[tag] = (metrics, model_dir)
+
     def __enter__(self) -> "TrainConsole":
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join()  # every report put before fit returned has been handled
         for bar in self._bars.values():
             bar.close()
         self.queue.shutdown()
+        for tag, trackers in self._trackers.items():
+            metrics, model_dir = self._finished.get(tag, ({}, None))
+            for tracker in trackers:
+                tracker.finish(metrics, model_dir, failed=tag not in self._finished)
 
     def _drain(self) -> None:
-        from ray.util.queue import Empty
-
         while True:
             try:
                 item = self.queue.get(timeout=self.POLL_S)
-            except Empty:
+            except queue.Empty:  # ray.util.queue.Empty is one
                 if self._stop.is_set():
                     return
                 continue
             except Exception:  # the queue's actor is gone (the Ray session ended): nothing more will come
                 return
-            self.show(*item)
+            self.handle(item)
+
+    def handle(self, item: dict[str, Any]) -> None:
+        """One queue item: a run's tracking start, or a report of rank 0."""
+        if "params" in item:
+            from raytune_st.train.trackers import open_trackers
+
+            # A trial that Tune restarts (PBT) keeps the tracked run it opened first.
+            if self.tracker_names and item["tag"] not in self._trackers:
+                self._trackers[item["tag"]] = open_trackers(self.tracker_names, item["run_name"], item["params"], item["group"])
+            return
+        self.show(item["tag"], item["total_steps"], item["record"], item["saved"])
 
     def show(self, tag: Optional[str], total_steps: int, record: dict[str, Any], saved: bool) -> None:
-        """Print one report of rank 0 (a bar update, or its lines)."""
+        """Print one report of rank 0 (a bar update, or its lines) and log it to the run's trackers."""
         if "step" not in record:  # not a report of raytune_st's loop
             return
+        from raytune_st.train.trackers import numeric
+
+        for tracker in self._trackers.get(tag, []):
+            tracker.log(numeric(record), record["step"])
         now = time.monotonic()
         step = record["step"]
         first_step, first_time = self._began.setdefault(tag, (step, now))

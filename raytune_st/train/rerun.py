@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import yaml
 
-from raytune_st.config.core import dump_yaml
+from raytune_st.config.core import build, dump_yaml
 from raytune_st.errors import ConfigError, RaytuneWarning
 
 _MISSING = "(not set)"
@@ -49,6 +49,8 @@ NEUTRAL_KEYS = (
     "ray_address",
     "model.card",
     "scaling.resources_per_worker",
+    "args.report_to",  # where the run is tracked: the rerun is tracked as a new run there
+    "args.run_name",
 )
 # What is evaluated does not change training, unless the evaluations choose the final model
 # (load_best_model_at_end) or which checkpoints are saved (save_strategy: best).
@@ -229,6 +231,15 @@ def latest_checkpoint_config(run_dir: str) -> Optional[tuple[str, dict[str, Any]
     return None
 
 
+def with_defaults(config_cls: type, old: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the keys a later version added at their defaults (so a key that
+    did not exist then is no difference); as written when this version cannot read it."""
+    try:
+        return yaml.safe_load(dump_yaml(build(config_cls, old)))
+    except Exception:  # a key removed since, a value no longer valid: compared as written
+        return old
+
+
 def check_rerun(config: Any, run_dir: str) -> None:
     """Refuse to resume the run in `run_dir` with a config that would train another model.
 
@@ -240,6 +251,7 @@ def check_rerun(config: Any, run_dir: str) -> None:
         return
     checkpoint, old, old_files = found
     new = yaml.safe_load(dump_yaml(config))  # the same serialisation the checkpoint's config went through
+    old = with_defaults(type(config), old)
     differences = config_differences(old, new)
     args = config.args
     picks_model = args.load_best_model_at_end or args.save_strategy == "best"

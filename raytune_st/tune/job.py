@@ -26,10 +26,11 @@ from raytune_st.errors import ConfigError, RaytuneError
 from raytune_st.outputs import OutputDir, is_inside, join, removed_on_failure
 from raytune_st.runtime import ray_session
 from raytune_st.train.config import TrainConfig
-from raytune_st.train.job import checked_output as checked_train_output, default_storage_path, plan_run
+from raytune_st.train.job import checked_output as checked_train_output, default_storage_path, local_final_model, plan_run
 from raytune_st.train.plan import check_dataset, planned_steps
 from raytune_st.train.progress import TrainConsole
 from raytune_st.train.scan import check_values
+from raytune_st.train.trackers import resolve_report_to
 from raytune_st.tune.config import TuneConfig
 from raytune_st.tune.rerun import check_sweep_rerun, save_sweep_config, sweep_exists
 from raytune_st.tune.results import best_row, collect_rows, format_table, metric_plot, results_csv
@@ -207,9 +208,15 @@ def tune(config: TuneConfig) -> dict[str, Any]:
         check_sweep_rerun(config, experiment)
         with ray_session(config.ray_address):
             # Lines, not bars: the trials share the console, each line starts with its trial's id.
-            with TrainConsole(bar=False) as console:
+            # Each trial is its own tracked run, grouped by the sweep's name.
+            with TrainConsole(bar=False, trackers=resolve_report_to(config.args.report_to)) as console:
                 grid = build_tuner(config, console.queue).fit()
-    rows = collect_rows(config, grid, output)
+                rows = collect_rows(config, grid, output)
+                for row in rows:
+                    if not row.stop_reason.startswith("error"):
+                        trial_dir = posixpath.join(config.args.output_dir, TRIALS_DIR, row.trial_id)
+                        final = {k: v for k, v in row.flat(search.metric).items() if v is not None}
+                        console.finish(row.trial_id, final, local_final_model(trial_dir))
     print(format_table(rows, search.metric))
     best = best_row(rows, search.mode) if search.metric else None
 

@@ -25,7 +25,7 @@ import yaml
 from raytune_st.config.core import dump_yaml
 from raytune_st.errors import ConfigError
 from raytune_st.outputs import OutputDir, filesystem
-from raytune_st.train.rerun import RerunWarning, config_differences, describe, refused_differences
+from raytune_st.train.rerun import RerunWarning, config_differences, describe, refused_differences, with_defaults
 
 SWEEP_CONFIG = "raytune-st-sweep.yaml"
 # Where the sweep lives: the same place by construction when the rerun found it there.
@@ -67,7 +67,7 @@ def check_sweep_rerun(config: Any, experiment: str) -> None:
         return
     output = OutputDir(experiment)
     if output.exists(SWEEP_CONFIG):
-        old = yaml.safe_load(output.read(SWEEP_CONFIG).decode()) or {}
+        old = with_defaults(type(config), yaml.safe_load(output.read(SWEEP_CONFIG).decode()) or {})
         refused = describe(sweep_differences(old, yaml.safe_load(dump_yaml(config))))
     else:
         refused = f"it holds no {SWEEP_CONFIG} (started by an earlier raytune_st), so its config cannot be compared"

@@ -17,8 +17,9 @@ from raytune_st.outputs import join
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.job import fit_and_write, make_run_config, plan_run
 from raytune_st.train.plan import planned_steps
-from raytune_st.train.progress import console_callback
+from raytune_st.train.progress import console_callback, tracking_start
 from raytune_st.train.rerun import check_rerun
+from raytune_st.train.trackers import params_of
 from raytune_st.tune.config import TuneConfig
 
 if TYPE_CHECKING:
@@ -74,7 +75,12 @@ def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, sto
     trial.args.output_dir = join(sweep_dir, TRIALS_DIR, trial_id)
     plan = plan_run(trial)
     name = f"{config.search.name}-{trial_id}"
-    progress = [console_callback(console, planned_steps(trial, plan.train_rows()), trial_id)] if console is not None else []
+    progress = []
+    if console is not None:
+        # This trial's own tracked run, grouped by the sweep; its params hold the searched values.
+        run_name = f"{trial.args.run_name}-{trial_id}" if trial.args.run_name else trial_id
+        console.put(tracking_start(trial_id, run_name, params_of(trial), group=config.search.name))
+        progress = [console_callback(console, planned_steps(trial, plan.train_rows()), trial_id)]
     if config.search.scheduler.type == "pbt":
         _run_pbt_trial(trial, plan, name=name, storage=storage, metric=config.search.metric, progress=progress)
         return

@@ -26,6 +26,11 @@ def test_evaluation_checkpoint_and_resume_each_get_their_own_line():
     assert [kind for kind, _ in kinds] == ["resumed", "step", "eval", "checkpoint"]
     assert kinds[0][1] == "[train] [trial a1_00000] resumed from the checkpoint of step 10"
     assert kinds[2][1] == "[train] [trial a1_00000] eval at step 20: loss 0.4321, debian-dev_cosine_ndcg@10 0.8812"
+    # An evaluator's many metrics share its name prefix, said once.
+    many = {"eval_loss": 0.5, "eval_dev_cosine_accuracy@1": 0.86667, "eval_dev_cosine_ndcg@10": 0.925}
+    assert report_lines({"step": 4, **many}, 8, None, saved=False, prefix="[train]")[0][1] == (
+        "[train] eval at step 4: loss 0.5000, dev_cosine_ accuracy@1 0.8667, ndcg@10 0.9250"
+    )
     assert kinds[3][1] == "[train] [trial a1_00000] checkpoint at step 20 saved"
 
 

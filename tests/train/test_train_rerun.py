@@ -85,6 +85,24 @@ def test_a_rerun_with_the_same_config_or_other_logging_resumes(tmp_path):
     check_rerun(config_with(tmp_path), str(tmp_path / "no-such-run"))  # nothing to resume
 
 
+def test_keys_added_since_the_checkpoint_was_written_are_no_difference_at_their_defaults(tmp_path):
+    """A checkpoint of an older version lacks model.dtype and args.report_to: still the same run."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    checkpointed(run_dir, config_with(tmp_path))
+    path = run_dir / "checkpoint-000004" / CONFIG_FILE
+    old = yaml.safe_load(path.read_text())
+    del old["model"]["dtype"], old["args"]["report_to"], old["args"]["run_name"]
+    path.write_text(yaml.safe_dump(old))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_rerun(config_with(tmp_path), str(run_dir))
+        check_rerun(config_with(tmp_path, report_to="none", run_name="again"), str(run_dir))  # tracking is no difference
+    with pytest.raises(ConfigError, match=r"args.learning_rate"):
+        check_rerun(config_with(tmp_path, learning_rate=5e-5), str(run_dir))
+
+
 def test_another_number_of_workers_resumes_with_a_warning(tmp_path):
     run_dir = tmp_path / "run"
     checkpointed(run_dir, config_with(tmp_path))

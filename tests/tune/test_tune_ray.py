@@ -1,17 +1,21 @@
 """A real sweep through a local Ray: trials are whole Ray Train runs, ASHA stops poor ones,
 the best config re-runs through `raytune-st train`, and an interrupted sweep resumes."""
 
+import glob
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from raytune_st.testing import read_wandb_offline_run
 
 pytestmark = pytest.mark.ray
 
@@ -62,8 +66,8 @@ def sweep_config(out: Path, model: str, pairs: str, **search) -> dict:
     }
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": ""}
+def run_cli(*args: str, timeout: int = 600, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": "", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "raytune_st", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -202,13 +206,23 @@ def test_the_example_sweep_runs_at_small_size(tmp_path, tiny_bert_dir, pairs):
     ]
     losses[2]["loss_kwargs"]["guide"] = tiny_bert_dir
     config["search"].update(num_samples=3, scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
+    config["args"]["report_to"] = ["wandb"]  # offline: each trial is a W&B run, grouped by the sweep
     path = tmp_path / "tune-debian.yaml"
     path.write_text(yaml.safe_dump(config))
 
-    result = run_cli("tune", "--config", str(path))
+    result = run_cli("tune", "--config", str(path), env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert len(rows) == 3
+    # Every trial's lines carry its id; every trial is its own tracked run with its searched values.
+    for row in rows:
+        assert f"[train] [trial {row['trial_id']}] step 2/4 (50%)" in result.stdout, result.stdout[-3000:]
+    tracked = {run["name"]: run for run in map(read_wandb_offline_run, glob.glob(str(tmp_path / "wandb" / "offline-run-*")))}
+    assert sorted(tracked) == sorted(row["trial_id"] for row in rows)
+    for row in rows:
+        run = tracked[row["trial_id"]]
+        assert run["group"] == "tune-debian" and 2 in run["history"] and run["exit_code"] == 0
+        assert float(run["config"]["args.learning_rate"]) == row["args.learning_rate"]
     for row in rows:
         assert 1e-6 <= row["args.learning_rate"] <= 1e-4
         assert row["train_datasets.mined.loss"] in {"MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "GISTEmbedLoss"}

@@ -1,0 +1,143 @@
+"""Experiment trackers: ``args.report_to`` with sentence-transformers' (transformers') names and meaning.
+
+``report_to`` names where a training run is tracked: ``tensorboard`` (event files under
+``output_dir/runs``), ``wandb``, ``all`` (every tracker whose library is installed) or
+``none``; several at once as a list. The driver is the one process that logs: it receives
+rank 0's reports as they happen (train/progress.py), so a run is tracked once, however many
+workers it has and however often Ray restarts them. Each tracked run gets:
+
+* the resolved config as parameters (dotted keys), under ``args.run_name`` (default ``run.name``);
+* every metric of every report at its step;
+* at the end, the final metrics and the final model directory as an artifact.
+
+Pre-flight (:func:`check_trackers`, before Ray starts) refuses an unknown name, a tracker whose
+library is missing (naming the pip extra) and W&B online without credentials. No credential
+reaches a tracker: parameters come from the config only, and :func:`params_of` masks the
+user:password part of any URI in it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from typing import Any, Mapping, Optional, Protocol
+
+from raytune_st.errors import ConfigError
+
+# Tracker name -> the module its library installs (and the pip extra: raytune_st[<name>]).
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb"}
+VALUES = (*TRACKERS, "all", "none")
+
+
+def resolve_report_to(value: Any, installed: Optional[set[str]] = None) -> list[str]:
+    """The trackers `value` (a name or a list of names) asks for, in order, without repeats.
+
+    `all` is every tracker whose library is installed (`installed`, default: looked up), as in
+    transformers; `none` is none. Unknown names are a ConfigError listing the valid ones.
+    """
+    names = [value] if isinstance(value, str) else list(value or [])
+    unknown = [n for n in names if n not in VALUES]
+    if unknown:
+        raise ConfigError(f"args.report_to: unknown tracker {unknown[0]!r}; valid: {', '.join(VALUES)} (or a list of them)")
+    if "none" in names:
+        if len(names) > 1:
+            raise ConfigError(f"args.report_to: 'none' cannot be combined with other trackers, got {names}")
+        return []
+    if "all" in names:
+        installed = installed if installed is not None else {n for n, module in TRACKERS.items() if _installed(module)}
+        names = [n for n in TRACKERS if n in installed] + [n for n in names if n != "all"]
+    return list(dict.fromkeys(names))
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def check_trackers(names: list[str], env: Mapping[str, str] = os.environ) -> None:
+    """Refuse, before any worker starts, a tracker that cannot work here (one line naming the fix)."""
+    for name in names:
+        if not _installed(TRACKERS[name]):
+            raise ConfigError(
+                f"args.report_to: {name} is not installed; pip install 'raytune_st[{name}]', or remove it from report_to"
+            )
+    if "wandb" in names and env.get("WANDB_MODE", "online") not in ("offline", "disabled", "dryrun"):
+        if not env.get("WANDB_API_KEY") and not _wandb_logged_in():
+            raise ConfigError(
+                "args.report_to: wandb is online but has no credentials; run `wandb login` (or set WANDB_API_KEY), "
+                "or set WANDB_MODE=offline to keep the run on disk and `wandb sync` it later"
+            )
+
+
+def _wandb_logged_in() -> bool:
+    netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+    return os.path.exists(netrc) and "api.wandb.ai" in open(netrc, errors="replace").read()
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def _masked(text: str) -> str:
+    """`text` with the user:password of every URI in it replaced by ***."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+def params_of(config: Any) -> dict[str, str]:
+    """The config as flat dotted parameters (strings, URIs' credentials masked), as trackers take them."""
+    from raytune_st.config.core import to_dict
+
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = _masked(str(value))
+
+    walk("", to_dict(config))
+    return flat
+
+
+class Tracker(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def finish(self, metrics: dict[str, Any], model_dir: Optional[str], *, failed: bool = False) -> None: ...
+
+
+def numeric(record: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a report, step apart."""
+    return {k: float(v) for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class WandbTracker:
+    """One W&B run (WANDB_PROJECT, WANDB_MODE, WANDB_DIR, ... as wandb reads them; project default raytune_st)."""
+
+    def __init__(self, run_name: str, params: dict[str, str], group: Optional[str] = None):
+        import wandb
+
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "raytune_st"), name=run_name, group=group, config=params, reinit="create_new"
+        )
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def finish(self, metrics: dict[str, Any], model_dir: Optional[str], *, failed: bool = False) -> None:
+        import wandb
+
+        self.run.summary.update(numeric(metrics))
+        if model_dir:
+            artifact = wandb.Artifact(name=f"model-{self.run.id}", type="model")
+            artifact.add_dir(model_dir)
+            self.run.log_artifact(artifact)
+        self.run.finish(exit_code=1 if failed else 0)
+
+
+def open_trackers(names: list[str], run_name: str, params: dict[str, str], group: Optional[str] = None) -> list[Tracker]:
+    """A live tracker per name (TensorBoard is written from the history at the end, see artifacts.py)."""
+    trackers: list[Tracker] = []
+    for name in names:
+        if name == "wandb":
+            trackers.append(WandbTracker(run_name, params, group=group))
+    return trackers
