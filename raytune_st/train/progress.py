@@ -89,7 +89,11 @@ def console_callback(queue: Any, total_steps: int, tag: Optional[str] = None) ->
 
     class ConsoleCallback(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            queue.put({"tag": tag, "total_steps": total_steps, "record": dict(metrics[0]), "saved": checkpoint is not None})
+            # Ray Train lets a callback's error fail the run: progress is never worth that.
+            try:
+                queue.put({"tag": tag, "total_steps": total_steps, "record": dict(metrics[0]), "saved": checkpoint is not None})
+            except Exception:  # the driver's queue is gone (the driver was interrupted, its node lost)
+                pass
 
     return ConsoleCallback()
 
@@ -145,13 +149,19 @@ class TrainConsole:
         self._thread.join()  # every report put before fit returned has been handled
         for bar in self._bars.values():
             bar.close()
-        self.queue.shutdown()
+        # A tracker that cannot finish (an upload refused) costs its run's record, never the
+        # trained model: the job's outputs are written, and failing now would remove them.
+        _warn_on_error("closing the progress queue", self.queue.shutdown)
         for tag, trackers in self._trackers.items():
             metrics, model_dir = self._finished.get(tag, ({}, None))
             for tracker in trackers:
-                tracker.finish(metrics, model_dir, failed=tag not in self._finished)
+                _warn_on_error(
+                    f"finishing the {type(tracker).__name__} run", tracker.finish, metrics, model_dir, failed=tag not in self._finished
+                )
 
     def _drain(self) -> None:
+        from ray.exceptions import RayActorError
+
         while True:
             try:
                 item = self.queue.get(timeout=self.POLL_S)
@@ -159,9 +169,10 @@ class TrainConsole:
                 if self._stop.is_set():
                     return
                 continue
-            except Exception:  # the queue's actor is gone (the Ray session ended): nothing more will come
+            except RayActorError:  # the queue's actor is gone (the Ray session ended): nothing more will come
                 return
-            self.handle(item)
+            # One report that cannot be shown or tracked must not silence the rest of the run.
+            _warn_on_error("showing a training report", self.handle, item)
 
     def handle(self, item: dict[str, Any]) -> None:
         """One queue item: a run's tracking start, or a report of rank 0."""
@@ -181,7 +192,7 @@ class TrainConsole:
         from raytune_st.train.trackers import numeric
 
         for tracker in self._trackers.get(tag, []):
-            tracker.log(numeric(record), record["step"])
+            _warn_on_error(f"logging to the {type(tracker).__name__} run", tracker.log, numeric(record), record["step"])
         now = time.monotonic()
         step = record["step"]
         first_step, first_time = self._began.setdefault(tag, (step, now))
@@ -204,3 +215,15 @@ class TrainConsole:
         for kind, line in lines:
             if kind != "step":
                 bar.write(line)
+
+
+def _warn_on_error(what: str, call: Any, *args: Any, **kwargs: Any) -> None:
+    """`call(*args, **kwargs)`; an error in it becomes one `warning:` line instead of an exception."""
+    import warnings
+
+    from raytune_st.errors import RaytuneWarning
+
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:
+        warnings.warn(f"{what} failed ({type(exc).__name__}: {exc}); training is not affected", RaytuneWarning, stacklevel=2)

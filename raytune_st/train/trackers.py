@@ -58,9 +58,9 @@ def check_trackers(names: list[str], env: Mapping[str, str] = os.environ) -> Non
     """Refuse, before any worker starts, a tracker that cannot work here (one line naming the fix)."""
     for name in names:
         if not _installed(TRACKERS[name]):
-            raise ConfigError(
-                f"args.report_to: {name} is not installed; pip install 'raytune_st[{name}]', or remove it from report_to"
-            )
+            # tensorboard is one of raytune_st's own dependencies; the others are extras.
+            fix = "reinstall raytune_st" if name == "tensorboard" else f"pip install 'raytune_st[{name}]'"
+            raise ConfigError(f"args.report_to: {name} is not installed; {fix}, or remove it from report_to")
     if "wandb" in names and env.get("WANDB_MODE", "online") not in ("offline", "disabled", "dryrun"):
         if not env.get("WANDB_API_KEY") and not _wandb_logged_in():
             raise ConfigError(

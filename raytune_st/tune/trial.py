@@ -79,7 +79,10 @@ def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, sto
     if console is not None:
         # This trial's own tracked run, grouped by the sweep; its params hold the searched values.
         run_name = f"{trial.args.run_name}-{trial_id}" if trial.args.run_name else trial_id
-        console.put(tracking_start(trial_id, run_name, params_of(trial), group=config.search.name))
+        try:
+            console.put(tracking_start(trial_id, run_name, params_of(trial), group=config.search.name))
+        except Exception:  # the sweep driver's queue is gone: the trial trains untracked rather than fails
+            logger.warning("trial %s: the sweep's progress queue is gone; training without its console lines", trial_id)
         progress = [console_callback(console, planned_steps(trial, plan.train_rows()), trial_id)]
     if config.search.scheduler.type == "pbt":
         _run_pbt_trial(trial, plan, name=name, storage=storage, metric=config.search.metric, progress=progress)

@@ -98,3 +98,38 @@ def test_an_offline_wandb_run_gets_every_report_at_its_step_the_params_and_the_m
     for path in glob.glob(str(tmp_path / "wandb" / "**" / "*"), recursive=True):
         if path.endswith((".wandb", ".log", ".json", ".yaml", ".txt")):
             assert "fake-wandb-token-1234" not in open(path, errors="replace").read(), path
+
+
+class FailingTracker:
+    """A tracker whose service refuses it: logging or finishing raises."""
+
+    def __init__(self, fail_on: str):
+        self.fail_on, self.logged, self.finished = fail_on, [], None
+
+    def log(self, metrics, step):
+        if self.fail_on == "log" and step == 1:
+            raise ConnectionError("refused")
+        self.logged.append(step)
+
+    def finish(self, metrics, model_dir, *, failed=False):
+        if self.fail_on == "finish":
+            raise ConnectionError("upload refused")
+        self.finished = (metrics, failed)
+
+
+def test_a_failing_tracker_costs_a_warning_never_the_run_or_the_other_trackers(monkeypatch, capsys):
+    broken_log, broken_finish, healthy = FailingTracker("log"), FailingTracker("finish"), FailingTracker("nothing")
+    monkeypatch.setattr(trackers, "open_trackers", lambda *args: [broken_log, broken_finish, healthy])
+    with pytest.warns(UserWarning) as caught:
+        with TrainConsole(bar=False, queue=LocalQueue(), trackers=["wandb"]) as console:
+            console.queue.put(tracking_start(None, "run", {}))
+            for step in (1, 2):
+                console.queue.put({"tag": None, "total_steps": 2, "record": {"step": step, "loss": 1.0}, "saved": False})
+            console.finish(None, {"loss": 1.0}, None)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("logging to the FailingTracker run failed (ConnectionError: refused)") for m in messages)
+    assert any(m.startswith("finishing the FailingTracker run failed (ConnectionError: upload refused)") for m in messages)
+    # Every report was still shown and reached the other trackers; the healthy tracker finished.
+    out = capsys.readouterr().out
+    assert "[train] step 1/2 (50%)" in out and "[train] step 2/2 (100%)" in out
+    assert broken_finish.logged == [1, 2] and healthy.finished == ({"loss": 1.0}, False)
