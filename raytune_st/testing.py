@@ -35,19 +35,32 @@ def console_noise(text: str) -> list[str]:
     return [line for line in text.splitlines() if any(pattern.search(line) for pattern in CONSOLE_NOISE)]
 
 
-def read_wandb_offline_run(run_dir: str) -> dict:
+def read_wandb_offline_run(run_dir: str, timeout_s: float = 60.0) -> dict:
     """What an offline W&B run (WANDB_MODE=offline) recorded, read back from its `run-*.wandb` file:
     {"name", "group", "config": {key: value}, "history": {step: {key: value}}, "artifacts":
     [(name, type, [paths])], "exit_code"}. The file is a LevelDB-style log of W&B's protobuf
-    records (32 KiB blocks, 7-byte record headers) after a 7-byte ':W&B' header."""
+    records (32 KiB blocks, 7-byte record headers) after a 7-byte ':W&B' header.
+
+    wandb's service may still be writing the file when `run.finish()` has returned: it is read
+    again until it holds the run's exit record (or `timeout_s` passes)."""
     import glob
+    import time
+
+    (path,) = glob.glob(os.path.join(run_dir, "run-*.wandb"))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = _parse_wandb_log(open(path, "rb").read())
+        if (run["exit_code"] is not None and "name" in run) or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _parse_wandb_log(data: bytes) -> dict:
     import json
     import struct
 
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = glob.glob(os.path.join(run_dir, "run-*.wandb"))
-    data = open(path, "rb").read()
     block, pos, chunks, pending = 32768, 7, [], b""
     while pos + 7 <= len(data):
         left = block - pos % block
@@ -60,6 +73,8 @@ def read_wandb_offline_run(run_dir: str) -> dict:
             pos += left - 7
             continue
         piece, pos = data[pos : pos + length], pos + length
+        if len(piece) < length:  # a record still being written
+            break
         if kind == 1:  # a whole record
             chunks.append(piece)
         elif kind == 2:  # first piece
