@@ -4,7 +4,7 @@ Runs three things, each in its own process so their memory is measured apart:
 
 1. sentence-transformers: ``mine_hard_negatives(..., use_faiss=True)``;
 2. raytune_st: ``raytune_st.mine`` on a fresh local Ray (start-up included);
-3. the floor: a plain ``model.encode`` of the same deduplicated passages and queries.
+3. the floor: a plain ``model.encode`` of the same deduplicated passages and queries (in --dtype).
 
 and prints wall time, peak memory (the process itself, and for raytune_st the largest Ray
 worker), rows out and the row-level agreement of the two outputs (rows that differ only by a
@@ -69,6 +69,10 @@ def run_st(args: dict) -> dict:
 
     began = time.perf_counter()
     model = load_bi_encoder(args["model"], device="cpu")
+    if args.get("st_dtype", "float32") != "float32":
+        import torch
+
+        model.to(getattr(torch, args["st_dtype"]))
     result = mine_hard_negatives(
         datasets.Dataset.from_parquet(args["pairs"]),
         model,
@@ -121,6 +125,7 @@ def run_raytune(args: dict) -> dict:
         None,
         [
             f"model={args['model']}",
+            f"model.dtype={args['dtype']}",
             f"dataset.path={args['pairs']}",
             f"output.path={args['out']}",
             f"mine.num_negatives={args['num_negatives']}",
@@ -166,6 +171,10 @@ def run_encode(args: dict) -> dict:
     queries = list(dict.fromkeys(pairs.iloc[:, 0]))
     began = time.perf_counter()
     model = load_bi_encoder(args["model"], device="cpu")
+    if args["dtype"] != "float32":
+        import torch
+
+        model.to(getattr(torch, args["dtype"]))
     loaded = time.perf_counter()
     model.encode_document(corpus, batch_size=args["batch_size"], normalize_embeddings=True)
     model.encode_query(queries, batch_size=args["batch_size"], normalize_embeddings=True)
@@ -201,7 +210,7 @@ def child(name: str, args: dict) -> dict:
 # --- comparing the outputs ------------------------------------------------------------------------
 
 
-def agreement(st_path: str, ours_dir: str) -> dict:
+def agreement(st_path: str, ours: str, single_file: bool = False) -> dict:
     """Rows of both outputs compared as (query, positive, negative) multisets.
 
     A row of ours that differs only by its negative, where sentence-transformers' differing row
@@ -213,7 +222,10 @@ def agreement(st_path: str, ours_dir: str) -> dict:
     import pandas as pd
 
     st = pd.read_parquet(st_path)
-    ours = pd.concat([pd.read_parquet(p) for p in sorted(glob.glob(os.path.join(ours_dir, "part-*.parquet")))], ignore_index=True)
+    if single_file:
+        ours = pd.read_parquet(ours)
+    else:
+        ours = pd.concat([pd.read_parquet(p) for p in sorted(glob.glob(os.path.join(ours, "part-*.parquet")))], ignore_index=True)
 
     def rows(frame) -> tuple[Counter, dict]:
         keys = list(zip(frame.iloc[:, 0], frame.iloc[:, 1], frame.iloc[:, 2]))
@@ -276,6 +288,10 @@ def main() -> None:
     parser.add_argument("--embed-actors", type=int, default=2, help="most embedding actors")
     parser.add_argument("--chunk-rows", type=int, default=512, help="texts per embedding chunk (compute.embed_chunk_rows)")
     parser.add_argument("--model", default=MINILM, help="embedding model; 'tiny' for a random 2-layer BERT")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+        help="raytune_st's model.dtype; other than float32, sentence-transformers also runs with the same dtype (rows still compared with its float32 run)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="alternate the runs this many times; figures are medians (ranges)")
     parser.add_argument("--settle", type=float, default=240, help="most seconds to wait for the load average to fall below 0.5")
     parser.add_argument(
@@ -306,30 +322,37 @@ def main() -> None:
             "chunk_rows": cli.chunk_rows,
             "index_factory": cli.index_factory,
             "nprobe": cli.nprobe,
+            "dtype": cli.dtype,
         }
         if cli.driver_memory_at:
             runs = [(n, settled_child("raytune", {**args, "pairs": inputs["pairs"][str(n)], "out": os.path.join(tmp, f"out-{n}")}, cli.settle)) for n in sizes]
             print_driver_memory(cli, runs)
             return
         args["pairs"] = inputs["pairs"][str(cli.pairs)]
-        st_runs, our_runs, floors, agreements = [], [], [], []
+        st_runs, our_runs, floors, agreements, same_dtype = [], [], [], [], []
         for repeat in range(cli.repeats):
             print(f"repeat {repeat + 1} of {cli.repeats}", flush=True)
             st_out, our_out = os.path.join(tmp, f"st-{repeat}.parquet"), os.path.join(tmp, f"ours-{repeat}")
             st_runs.append(settled_child("st", {**args, "out": st_out}, cli.settle))
             our_runs.append(settled_child("raytune", {**args, "out": our_out}, cli.settle))
+            if cli.dtype != "float32":
+                same_out = os.path.join(tmp, f"st-{cli.dtype}-{repeat}.parquet")
+                same_dtype.append(settled_child("st", {**args, "st_dtype": cli.dtype, "out": same_out}, cli.settle))
+                same_dtype[-1]["agreement"] = agreement(st_out, same_out, single_file=True)
             if not cli.skip_encode:
                 floors.append(settled_child("encode", args, cli.settle))
             agreements.append(agreement(st_out, our_out))
-    print_comparison(cli, st_runs, our_runs, floors, agreements)
+    print_comparison(cli, st_runs, our_runs, floors, agreements, same_dtype)
 
 
-def print_comparison(cli: argparse.Namespace, st_runs: list[dict], our_runs: list[dict], floors: list[dict], agreements: list[dict]) -> None:
+def print_comparison(
+    cli: argparse.Namespace, st_runs: list[dict], our_runs: list[dict], floors: list[dict], agreements: list[dict], same_dtype: list[dict]
+) -> None:
     loaded = [run["load"] for run in st_runs + our_runs + floors if run["load"] >= 0.5]
     print()
     print(
         f"pairs: {cli.pairs:,}  num_negatives={cli.num_negatives} range_min={cli.range_min} range_max={cli.range_max} "
-        f"relative_margin={cli.relative_margin} top triplet  batch_size={cli.batch_size}  shards={cli.shards}  "
+        f"relative_margin={cli.relative_margin} top triplet  batch_size={cli.batch_size}  shards={cli.shards}  raytune_st dtype={cli.dtype}  "
         f"runs: {cli.repeats} each, alternated; medians (ranges)"
     )
     loads = [run["load"] for run in st_runs + our_runs + floors]
@@ -344,6 +367,14 @@ def print_comparison(cli: argparse.Namespace, st_runs: list[dict], our_runs: lis
     print(f"{'raytune_st (largest Ray worker)':<36} {'':>18} {'':>18} {max(r['largest_worker_mib'] for r in our_runs):>9.0f}")
     ratios = [ours["process_s"] / st["process_s"] for st, ours in zip(st_runs, our_runs)]
     print(f"raytune_st wall / sentence-transformers wall: {spread(ratios, '{:.2f}')}x  (target <= 1.00)")
+    if same_dtype:
+        label = f"sentence-transformers, {cli.dtype}"
+        print(f"{label:<36} {spread([r['process_s'] for r in same_dtype]):>18} "
+              f"{spread([r['wall_s'] for r in same_dtype]):>18} {max(r['peak_rss_mib'] for r in same_dtype):>9.0f} {same_dtype[0]['rows']:>9,}")
+        same = [ours["process_s"] / st["process_s"] for st, ours in zip(same_dtype, our_runs)]
+        print(f"raytune_st ({cli.dtype}) wall / sentence-transformers ({cli.dtype}) wall: {spread(same, '{:.2f}')}x")
+        a = same_dtype[-1]["agreement"]
+        print(f"sentence-transformers {cli.dtype} rows against its float32 rows: {a['agreement']:.2%} identical, {a['agreement_with_ties']:.2%} with ties")
     for name in our_runs[0]["stage_s"]:
         print(f"  raytune_st stage {name:<8} {spread([r['stage_s'].get(name, 0.0) for r in our_runs])} s")
     if floors:
