@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from raytune_st.components import check_evaluator, is_import_path
 from raytune_st.config.core import option, suggest
 from raytune_st.config.resources import check_custom_resources
 from raytune_st.data.sources import Source, inspect_source
@@ -19,7 +20,7 @@ class EvaluatorSpec:
 
     __extra_field__ = "kwargs"
 
-    type: str = option(help="evaluator class: " + ", ".join(EVALUATORS))
+    type: str = option(help="evaluator class: " + ", ".join(EVALUATORS) + ", or your own as module.path:Class")
     name: str = option("", help="metric prefix, e.g. sts-dev gives sts-dev_spearman_cosine")
     data: Optional[Source] = option(None, help="the evaluator's rows; columns feed its inputs in order")
     corpus: list[Source] = option(
@@ -31,6 +32,12 @@ class EvaluatorSpec:
     kwargs: dict[str, Any] = option(default_factory=dict, help="the evaluator's own keyword arguments")
 
     def __post_init__(self) -> None:
+        if self.custom:
+            if self.corpus or self.beir:
+                raise ConfigError(f"evaluator {self.type!r}: corpus, queries and qrels are for InformationRetrievalEvaluator; "
+                                  "give your evaluator its data (its columns become keyword arguments) or keyword arguments")
+            check_evaluator(self.type, self.kwargs, where="evaluator")
+            return
         if self.type not in EVALUATORS:
             raise ConfigError(
                 f"type: unknown evaluator {self.type!r}{suggest(self.type, EVALUATORS)}; choose one of "
@@ -63,8 +70,14 @@ class EvaluatorSpec:
         return self.queries is not None or self.qrels is not None
 
     @property
-    def model_type(self) -> str:
-        return EVALUATORS[self.type].model_type
+    def custom(self) -> bool:
+        """A user's evaluator class named by import path (see :mod:`raytune_st.components`)."""
+        return is_import_path(self.type)
+
+    @property
+    def model_type(self) -> Optional[str]:
+        """bi_encoder or cross_encoder; None for a custom evaluator, which may take either."""
+        return None if self.custom else EVALUATORS[self.type].model_type
 
     @property
     def label(self) -> str:
@@ -72,6 +85,10 @@ class EvaluatorSpec:
 
     def check_data(self) -> None:
         """Check the sources exist and have the columns this evaluator needs; reads metadata only."""
+        if self.custom:
+            columns = inspect_source(self.data).columns if self.data is not None else []
+            check_evaluator(self.type, self.kwargs, where="evaluator", columns=columns)
+            return
         kind = EVALUATORS[self.type]
         where = f"evaluator {self.label!r}"
         if self.beir:
@@ -131,12 +148,12 @@ class EvaluateConfig:
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:
             raise ConfigError(f"evaluators: the name {dup[0]!r} is used twice; give each evaluator its own name (metrics are prefixed with it)")
-        types = {e.model_type for e in self.evaluators}
+        types = {e.model_type for e in self.evaluators if e.model_type is not None}  # custom ones take either
         if len(types) > 1:
             raise ConfigError(
                 "evaluators: bi-encoder and CrossEncoder* evaluators cannot share one model; run them in two evaluate jobs"
             )
-        implied = types.pop()
+        implied = types.pop() if types else (self.model.type or "bi_encoder")
         if self.model.type is None:
             self.model.type = implied
         elif self.model.type != implied:

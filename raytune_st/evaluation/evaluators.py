@@ -339,7 +339,12 @@ def build_evaluator(
 
     `extra_corpus` adds passages to an InformationRetrievalEvaluator built from pairs;
     `beir` = (corpus, queries, qrels) columns builds it from the BEIR layout instead.
+    A ``module:Class`` evaluator gets its data's columns as keyword arguments of the same names.
     """
+    from raytune_st.components import build_custom_evaluator, is_import_path
+
+    if is_import_path(type_name):
+        return build_custom_evaluator(type_name, name, dict(columns), dict(kwargs or {}))
     kind = EVALUATORS[type_name]
     cls = kind.evaluator_class()
     kwargs = {**(kwargs or {}), "name": name}

@@ -19,7 +19,6 @@ from raytune_st.config.core import dump_yaml
 from raytune_st.config.resources import check_custom_resources_exist
 from raytune_st.evaluation.config import EvaluateConfig
 from raytune_st.evaluation.run import build_evaluators, run_evaluators
-from raytune_st.models.loading import check_model
 from raytune_st.outputs import OutputDir, removed_on_failure
 from raytune_st.runtime import cluster_gpus, ray_address, ray_session
 
@@ -43,7 +42,7 @@ def evaluate_model(config: EvaluateConfig, lines: Any = None) -> dict[str, float
 
 def checked_output(config: EvaluateConfig) -> OutputDir:
     """Every check that needs no cluster (model, data, output directory); returns the output directory."""
-    check_model(config.model.name)
+    config.model.check()
     for spec in config.evaluators:
         spec.check_data()
     output = OutputDir(config.output.path)

@@ -27,14 +27,21 @@ from raytune_st.errors import ConfigError
 EVAL_PREFIX = "eval_"
 
 
-def resolve_metric(name: str, reported: Sequence[str], *, key: str) -> str:
+def resolve_metric(name: str, reported: Sequence[str], *, key: str, open_prefixes: Sequence[str] = ()) -> str:
     """The reported metric that `name` means: `name` itself, else ``eval_<name>``.
+
+    `open_prefixes` are the prefixes of metrics known only when they are reported (a custom
+    evaluator's, ``eval_<its name>_``): a name under one of them is taken as it is, with the
+    ``eval_`` prefix, and checked at the first evaluation.
 
     Raises ConfigError (naming `key`, the closest reported names and the fix) when neither is
     reported.
     """
     for candidate in (name, EVAL_PREFIX + name):
         if candidate in reported:
+            return candidate
+    for candidate in (name, EVAL_PREFIX + name):
+        if any(candidate.startswith(prefix) and len(candidate) > len(prefix) for prefix in open_prefixes):
             return candidate
     close = difflib.get_close_matches(name, list(reported), n=5, cutoff=0.5)
     close += [c for c in difflib.get_close_matches(EVAL_PREFIX + name, list(reported), n=5, cutoff=0.5) if c not in close]

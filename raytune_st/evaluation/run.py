@@ -33,7 +33,8 @@ def build_evaluators(specs: list[EvaluatorSpec]) -> list[Any]:
             evaluators.append(build_evaluator(spec.type, spec.name, {}, spec.kwargs, beir=beir))
             continue
         extra = [text for source in spec.corpus for text in next(iter(read_columns(source).values()))]
-        evaluators.append(build_evaluator(spec.type, spec.name, read_columns(spec.data), spec.kwargs, extra_corpus=extra))
+        columns = read_columns(spec.data) if spec.data is not None else {}  # a custom evaluator may take no data
+        evaluators.append(build_evaluator(spec.type, spec.name, columns, spec.kwargs, extra_corpus=extra))
     return evaluators
 
 

@@ -81,8 +81,14 @@ def check_loss_kwargs(name: str, kwargs: dict[str, Any], model_type: str, *, whe
 
     Raises ConfigError for an unknown loss (with the close names), an unknown argument (with
     the arguments it takes), a missing required argument, or a wrapper without an inner loss.
+    A ``module:Name`` loss is checked by :func:`raytune_st.components.check_loss`.
     """
+    from raytune_st.components import check_loss, is_import_path
     from raytune_st.losses.formats import resolve_format, resolve_loss_class
+
+    if is_import_path(name):
+        check_loss(name, kwargs, model_type, where=where)
+        return
 
     cls = resolve_loss_class(name, model_type)
     names, takes_any = _parameters(cls)
@@ -174,12 +180,15 @@ def build_loss(
     """The loss `name` for `model`, its YAML `kwargs` converted to what the class takes.
 
     `world_size` > 1 turns on gather_across_devices for the in-batch-negative losses unless
-    `kwargs` sets it.
+    `kwargs` sets it. A ``module:Name`` loss gets `kwargs` as they are.
     """
+    from raytune_st.components import build_custom_loss, is_import_path
     from raytune_st.losses.formats import is_in_batch_negatives_loss, resolve_loss_class
 
     kwargs = dict(kwargs or {})
     check_loss_kwargs(name, kwargs, model_type, where=name)
+    if is_import_path(name):
+        return build_custom_loss(name, kwargs, model)
     cls = resolve_loss_class(name, model_type)
     names, _ = _parameters(cls)
     built = {key: _loss_argument(cls, key, value, model, model_type, world_size) for key, value in kwargs.items()}

@@ -401,13 +401,21 @@ def get_format(name: str, model_type: str) -> LossFormat:
     raise ConfigError(message)
 
 
-def resolve_format(loss: str, model_type: str, inner_loss: str | None = None) -> LossFormat:
+def resolve_format(loss: str, model_type: str, inner_loss: str | None = None) -> LossFormat | None:
     """The format that decides a data set's columns: the loss's own, or for a wrapper its inner loss's.
+
+    A ``module:Name`` loss has the format of the built-in loss it declares (``loss_format``),
+    else None: its columns cannot be checked.
 
     Raises ConfigError for an unknown name, a wrapper without `inner_loss`, an `inner_loss`
     given to a loss that wraps nothing, a wrapper as the inner loss, or an inner loss the
     wrapper's docstring rules out.
     """
+    from raytune_st.components import declared_format, import_object, is_import_path
+
+    if is_import_path(loss):
+        declared = declared_format(import_object(loss, what="loss"), model_type, where=f"loss {loss!r}")
+        return None if declared is None else get_format(declared, model_type)
     fmt = get_format(loss, model_type)
     if not fmt.wrapper:
         if inner_loss is not None:
@@ -461,7 +469,8 @@ def is_in_batch_negatives_loss(name: str, model_type: str, *, inner_loss: str | 
 
     Those losses want no_duplicates batching and, on several GPUs, gather_across_devices.
     """
-    return resolve_format(name, model_type, inner_loss).in_batch_negatives
+    fmt = resolve_format(name, model_type, inner_loss)
+    return fmt is not None and fmt.in_batch_negatives
 
 
 # --- columns -----------------------------------------------------------------------------
@@ -627,6 +636,8 @@ def check_dataset_for_loss(
         ConfigError: an unknown loss or wrapper misuse, or num_labels that the loss rules out.
     """
     fmt = resolve_format(loss, model_type, inner_loss)
+    if fmt is None:
+        return  # a custom loss that declares no format: the caller says the columns were not checked
     _check_num_labels(fmt, num_labels)
     inputs, label = split_columns(columns, model_type)
     types = {c: normalize_type(t) for c, t in (column_types or {}).items()}

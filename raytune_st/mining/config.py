@@ -276,14 +276,13 @@ class MineConfig:
 
     def check_inputs(self) -> tuple[str, str, Optional[str]]:
         """Everything checkable before any heavy work: columns, types, models, output. Returns the columns."""
-        from raytune_st.models.loading import check_model
         from raytune_st.outputs import OutputDir
 
         anchor, positive = self.pair_columns()
         corpus_column = self.corpus_column()
-        check_model(self.model.name)
+        self.model.check()
         if self.cross_encoder is not None:
-            check_model(self.cross_encoder.name)
+            self.cross_encoder.check()
         OutputDir(self.output.path).check_writable()
         return anchor, positive, corpus_column
 

@@ -47,7 +47,7 @@ class EmbedSpec:
         # The weights' dtype joins the key only when it is not the default, so float32 caches stay valid.
         weights = () if model.dtype == "float32" else (model.dtype,)
         key = store.text_digest(
-            CACHE_FORMAT, model.name, model.max_seq_length, self.kind, self.prompt_name, self.prompt, dtype, chunk_digest, *weights
+            CACHE_FORMAT, model.identity, model.max_seq_length, self.kind, self.prompt_name, self.prompt, dtype, chunk_digest, *weights
         )
         return f"{self.kind}-{key[:32]}.npz"
 

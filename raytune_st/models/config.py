@@ -13,7 +13,7 @@ from raytune_st.errors import ConfigError
 class ModelConfig:
     """Which model to load and how; a bare string is shorthand for `{name: ...}`."""
 
-    name: str = option(help="local model directory or Hugging Face hub id")
+    name: Optional[str] = option(None, help="local model directory, s3:// / gs:// URI or Hugging Face hub id (or set factory)")
     type: Optional[Literal["bi_encoder", "cross_encoder"]] = option(
         None, help="bi_encoder (SentenceTransformer) or cross_encoder (CrossEncoder); default: bi_encoder, or what the job implies"
     )
@@ -26,15 +26,56 @@ class ModelConfig:
         "up GPUs; training keeps float32 weights (mixed precision is args.fp16 / args.bf16)",
     )
 
+    factory: Optional[str] = option(
+        None, help="instead of name: module.path:function returning the model (a SentenceTransformer or CrossEncoder), called with kwargs"
+    )
+    kwargs: dict[str, Any] = option(default_factory=dict, help="the factory's keyword arguments")
+
     @classmethod
     def from_shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
     def __post_init__(self) -> None:
+        from raytune_st.components import check_model_factory, is_import_path
+
+        if (self.name is None) == (self.factory is None):
+            raise ConfigError(
+                "model: set name (a directory, URI or hub id) or factory (module.path:function returning the model), "
+                + ("not both" if self.name else "one of them")
+            )
+        if self.factory is not None:
+            if not is_import_path(self.factory):
+                raise ConfigError(f"model.factory: expected module.path:function, got {self.factory!r}")
+            check_model_factory(self.factory, self.kwargs)
+        elif self.kwargs:
+            raise ConfigError("model.kwargs are the factory's arguments; set model.factory, or remove kwargs")
         if self.num_labels is not None and self.num_labels < 1:
             raise ConfigError(f"num_labels: must be at least 1, got {self.num_labels}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ConfigError(f"max_seq_length: must be at least 1 token, got {self.max_seq_length}")
+
+    def check(self) -> None:
+        """Raise ModelError unless `name` names a model, without loading it (a factory was checked when the config was built)."""
+        from raytune_st.models.loading import check_model
+
+        if self.name is not None:
+            check_model(self.name)
+
+    @property
+    def identity(self) -> str:
+        """What the model is, for cache keys: its name, or its factory with the arguments and the
+        digest of the factory's source file (editing the function changes the model)."""
+        if self.factory is None:
+            return self.name
+        import hashlib
+        import inspect
+        import json
+
+        from raytune_st.components import import_object
+
+        with open(inspect.getsourcefile(import_object(self.factory, what="model.factory")), "rb") as handle:
+            code = hashlib.sha256(handle.read()).hexdigest()[:16]
+        return f"{self.factory}({json.dumps(self.kwargs, sort_keys=True, default=str)})#{code}"
 
     def load(self, device: Optional[str] = None, path: Optional[str] = None):
         """Load the model (on a worker: imports sentence-transformers and torch).
@@ -43,12 +84,29 @@ class ModelConfig:
         """
         from raytune_st.models.loading import load_model
 
+        if path is None and self.factory is not None:
+            return self._finish(self._from_factory(device))
         kwargs: dict[str, Any] = {"device": device, "trust_remote_code": self.trust_remote_code}
         if self.type == "cross_encoder":
             kwargs.update(num_labels=self.num_labels, max_length=self.max_seq_length)
         else:
             kwargs.update(max_seq_length=self.max_seq_length)
-        model = load_model(path or self.name, self.type or "bi_encoder", **kwargs)
+        return self._finish(load_model(path or self.name, self.type or "bi_encoder", **kwargs))
+
+    def _from_factory(self, device: Optional[str]):
+        from raytune_st.components import build_model
+
+        model = build_model(self.factory, self.kwargs, self.type or "bi_encoder")
+        if device is not None:
+            model.to(device)  # a factory may build on any device; the job decides where the model runs
+        if self.max_seq_length is not None:
+            if self.type == "cross_encoder":
+                model.max_length = self.max_seq_length
+            else:
+                model.max_seq_length = self.max_seq_length
+        return model
+
+    def _finish(self, model):
         if self.dtype != "float32":
             import torch
 

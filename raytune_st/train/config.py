@@ -353,7 +353,7 @@ class TrainConfig:
                 f"args.eval_steps is set but eval_strategy is {args.eval_strategy!r}; set eval_strategy: steps"
             )
         for spec in self.evaluators:
-            if spec.model_type != self.model.type:
+            if spec.model_type not in (None, self.model.type):
                 raise ConfigError(
                     f"evaluators: {spec.type} is for a {spec.model_type}, but model.type is {self.model.type}"
                 )
@@ -374,7 +374,11 @@ class TrainConfig:
         if self.args.metric_for_best_model is None or self.args.eval_strategy == "no":
             return
         reported = self.metric_names(similarity, num_labels)
-        resolve_metric(self.args.metric_for_best_model, reported, key="args.metric_for_best_model")
+        resolve_metric(self.args.metric_for_best_model, reported, key="args.metric_for_best_model", open_prefixes=self.open_metric_prefixes())
+
+    def open_metric_prefixes(self) -> list[str]:
+        """Prefixes of the metrics of custom evaluators, whose names are known only when they report."""
+        return [f"eval_{spec.name}_" if spec.name else "eval_" for spec in self.evaluators if spec.custom]
 
     def metric_names(self, similarity: Optional[str] = None, num_labels: Optional[int] = None) -> list[str]:
         """Every eval metric the run reports, by its exact name (see :func:`~raytune_st.evaluation.evaluators.metric_names`).
@@ -394,6 +398,8 @@ class TrainConfig:
             if len(self.eval_datasets) > 1:
                 produced += [f"eval_{name}_loss" for name in self.eval_datasets]
         for spec in self.evaluators:
+            if spec.custom:
+                continue  # its names are known when it reports: see open_metric_prefixes
             for one in similarities:
                 names = metric_names(spec.type, spec.name, spec.kwargs, similarities=[one], num_labels=num_labels)
                 produced += [f"eval_{name}" for name in names if f"eval_{name}" not in produced]

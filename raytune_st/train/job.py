@@ -169,19 +169,39 @@ def checked_output(config: TrainConfig) -> OutputDir:
     its values too (one pyarrow pass over the loss's columns), the evaluators' data exists, the
     output is writable; returns the output directory. (Row counts and shard sizes: :func:`plan_run`.)"""
     # The model decides some metric names (its similarity function, a cross-encoder's outputs).
-    config.check_metric_for_best_model(*model_facts(resolve_model(config.model.name)))
+    # (A factory's model is not built here: its facts count as unknown, every possibility allowed.)
+    config.check_metric_for_best_model(*model_facts(resolve_model(config.model.name) if config.model.name else None))
     for section, sets in (("train_datasets", config.train_datasets), ("eval_datasets", config.eval_datasets)):
         for name in sets:
             check_dataset(config, section, name)
             check_values(config, section, name)
     for spec in config.evaluators:
         spec.check_data()
+    check_loss_factories(config)
     check_trackers(resolve_report_to(config.args.report_to))
     output = OutputDir(config.args.output_dir)
     output.check_writable("args.output_dir")
     # Checkpoints go here; find out now rather than at the first checkpoint, hours in.
     OutputDir(default_storage_path(config)).check_writable("run.storage_path")
     return output
+
+
+def check_loss_factories(config: TrainConfig) -> None:
+    """Call each loss factory (a ``module:function`` loss) once on the model, on this CPU: what a
+    function returns is known only by calling it, and a worker is the wrong place to find out."""
+    from raytune_st.components import import_object, is_import_path
+    from raytune_st.losses.build import build_loss
+
+    specs = {
+        spec.name: spec
+        for section, sets in (("train_datasets", config.train_datasets), ("eval_datasets", config.eval_datasets))
+        for spec in (config.loss_for(section, name) for name in sets)
+        if is_import_path(spec.name) and not isinstance(import_object(spec.name, what="loss"), type)
+    }
+    if specs:
+        model = config.model.load(device="cpu")
+        for spec in specs.values():
+            build_loss(spec.name, spec.kwargs, model, spec.model_type)
 
 
 def plan_run(config: TrainConfig) -> Plan:

@@ -46,7 +46,7 @@ from raytune_st.train.checkpointing import (
 )
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.plan import total_optimizer_steps
-from raytune_st.train.steps import completes_epoch, improves, step_actions
+from raytune_st.train.steps import check_best_metric_reported, completes_epoch, improves, step_actions
 
 ROWS_PER_READ = 256  # rows fetched from a shard at a time; batching happens afterwards
 
@@ -152,6 +152,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if actions.evaluate:
             metrics.update(_evaluate(worker, run))
             run.ddp_model.train()
+            if args.metric_for_best_model and worker.rank == 0:
+                check_best_metric_reported(args.best_metric, metrics)
             if args.save_strategy == "best" and args.best_metric in metrics:
                 if improves(metrics[args.best_metric], state.best_value, args.higher_is_better):
                     state.best_value = metrics[args.best_metric]

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from raytune_st.config.resources import check_custom_resources_exist
 from raytune_st.data.sources import inspect_source
-from raytune_st.errors import ClusterError, DataError
+from raytune_st.errors import ClusterError, DataError, RaytuneWarning
 from raytune_st.train.batching import Schedule, batches_per_epoch
 from raytune_st.train.config import LossSpec, TrainConfig, TrainingArgs
 
@@ -54,17 +55,35 @@ def _loss_num_labels(config: TrainConfig, spec: LossSpec) -> Optional[int]:
     return None
 
 
+_UNCHECKED: set[tuple[str, str]] = set()
+
+
+def _say_unchecked(loss: str, dataset: str, columns: list[str]) -> None:
+    """Once per (loss, data set) and process: a custom loss without loss_format cannot have its columns checked."""
+    if (loss, dataset) in _UNCHECKED:
+        return
+    _UNCHECKED.add((loss, dataset))
+    warnings.warn(
+        f"{dataset}: the columns {columns} were not checked against loss {loss!r}, which declares no loss_format; "
+        "set loss_format on it to the built-in loss whose inputs it takes (e.g. loss_format = \"TripletLoss\") to check them",
+        RaytuneWarning,
+        stacklevel=3,
+    )
+
+
 def check_dataset(config: TrainConfig, section: str, name: str, count_rows: Any = None) -> DatasetPlan:
     """Inspect one data set and check its columns against its loss; reads metadata only.
 
     `count_rows(source)` counts rows of formats that do not store the count (JSONL, CSV);
     without it such data sets keep ``num_rows=None``.
     """
-    from raytune_st.losses.formats import check_dataset_for_loss
+    from raytune_st.losses.formats import check_dataset_for_loss, resolve_format
 
     entry = (config.train_datasets if section == "train_datasets" else config.eval_datasets)[name]
     spec = config.loss_for(section, name)
     info = inspect_source(entry.data)
+    if resolve_format(spec.name, spec.model_type, spec.inner_name) is None:
+        _say_unchecked(spec.name, f"{section.split('_')[0]} {name!r}", info.columns)
     check_dataset_for_loss(
         info.columns,
         spec.name,

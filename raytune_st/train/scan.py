@@ -34,6 +34,8 @@ def check_values(config: Any, section: str, name: str) -> None:
     entry = (config.train_datasets if section == "train_datasets" else config.eval_datasets)[name]
     spec = config.loss_for(section, name)
     fmt = resolve_format(spec.name, spec.model_type, spec.inner_name)
+    if fmt is None:
+        return  # a custom loss that declares no format: nothing to check its values against
     inner = spec.kwargs.get("loss")
     kwargs = inner if isinstance(inner, dict) else spec.kwargs
     rule = label_rule(fmt, kwargs, _loss_num_labels(config, spec))

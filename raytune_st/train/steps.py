@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from raytune_st.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class StepActions:
@@ -60,3 +62,18 @@ def improves(value: float, best: Optional[float], higher_is_better: bool) -> boo
     if best is None:
         return True
     return value > best if higher_is_better else value < best
+
+
+def check_best_metric_reported(best_metric: str, metrics: dict[str, Any]) -> None:
+    """Refuse an evaluation that lacks args.metric_for_best_model.
+
+    Pre-flight knows every built-in evaluator's metric names; a custom evaluator's are known
+    only now, at the first evaluation.
+    """
+    if best_metric not in metrics:
+        reported = sorted(name for name in metrics if name.startswith("eval_"))
+        raise ConfigError(
+            f"args.metric_for_best_model {best_metric!r} was not reported by the evaluation, which reported "
+            + (", ".join(reported) or "nothing")
+            + "; set metric_for_best_model to one of them"
+        )

@@ -181,7 +181,7 @@ class TuneConfig(TrainConfig):
         from raytune_st.evaluation.metrics import resolve_metric
 
         evaluated = self.metric_names(similarity, num_labels)
-        resolved = resolve_metric(metric, ["loss", *evaluated], key="search.metric")
+        resolved = resolve_metric(metric, ["loss", *evaluated], key="search.metric", open_prefixes=self.open_metric_prefixes())
         if resolved != "loss" and self.args.eval_strategy == "no":
             raise ConfigError(
                 f"search.metric {metric!r} is only reported when the trials evaluate; set args.eval_strategy: steps "

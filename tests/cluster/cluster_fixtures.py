@@ -23,15 +23,20 @@ class Cluster:
     def ray(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run([RAY, *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
 
-    def _submit_args(self, entrypoint: tuple[str, ...], submission_id: str) -> list[str]:
+    def _submit_args(self, entrypoint: tuple[str, ...], submission_id: str, runtime_env: Path | None = None) -> list[str]:
         return [
             "job", "submit", "--address", self.address, "--submission-id", submission_id,
-            "--working-dir", ".", "--runtime-env", str(self.runtime_env), "--", *entrypoint,
+            "--working-dir", ".", "--runtime-env", str(runtime_env or self.runtime_env), "--", *entrypoint,
         ]
 
-    def submit(self, *entrypoint: str, submission_id: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        """The README's command: blocks until the job ends, exit status 1 when it failed."""
-        return self.ray(*self._submit_args(entrypoint, submission_id), timeout=timeout)
+    def submit(
+        self, *entrypoint: str, submission_id: str, timeout: float = 180, runtime_env: Path | None = None
+    ) -> subprocess.CompletedProcess:
+        """The README's command: blocks until the job ends, exit status 1 when it failed.
+
+        `runtime_env`: another runtime env file than cluster/runtime-env.yaml (less pip).
+        """
+        return self.ray(*self._submit_args(entrypoint, submission_id, runtime_env), timeout=timeout)
 
     def submit_in_background(self, *entrypoint: str, submission_id: str) -> subprocess.Popen:
         """The same command, running while the caller injects a fault; read its output with communicate()."""
@@ -53,10 +58,11 @@ class Cluster:
         return self.ray("job", "logs", "--address", self.address, submission_id, timeout=60).stdout
 
 
-def submission_runtime_env(temp_dir: Path) -> Path:
-    """cluster/runtime-env.yaml less its pip list, written under temp_dir."""
+def submission_runtime_env(temp_dir: Path, name: str = "runtime-env.yaml", **extra) -> Path:
+    """cluster/runtime-env.yaml less its pip list, plus `extra` keys, written under temp_dir."""
     runtime_env = yaml.safe_load((REPO / "cluster" / "runtime-env.yaml").read_text())
     runtime_env.pop("pip")
-    path = temp_dir / "runtime-env.yaml"
+    runtime_env.update(extra)
+    path = temp_dir / name
     path.write_text(yaml.safe_dump(runtime_env))
     return path

@@ -83,6 +83,29 @@ def test_evaluate_job_succeeds_and_writes_metrics(cluster, tmp_path):
     assert console_noise(logs) == [], logs
 
 
+def test_a_custom_evaluator_travels_with_py_modules_and_reports_beside_a_builtin_one(cluster, tmp_path):
+    # The user's module goes to the driver and the worker through the runtime env's py_modules.
+    runtime_env = submission_runtime_env(
+        cluster.temp_dir, "runtime-env-custom.yaml", py_modules=[str(REPO / "tests" / "user_project" / "my_project")]
+    )
+    dev = REPO / "examples" / "data" / "debian-dev-sample.parquet"
+    config = tmp_path / "evaluate.yaml"
+    config.write_text(
+        "model: sentence-transformers/all-MiniLM-L6-v2\n"
+        "evaluators:\n"
+        f"  - {{type: TripletEvaluator, name: sample, data: {{path: {dev}, columns: [query, passage, package], limit: 20}}}}\n"
+        f"  - {{type: my_project.evaluation:MeanPairSimilarity, name: pairs, data: {{path: {dev}, columns: [query, passage], limit: 20}}}}\n"
+        f"output: {tmp_path / 'evaluate'}\n"
+    )
+    sid = job_id("custom")
+    out = cluster.submit("python", "jobs/evaluate.py", "--config", str(config), submission_id=sid, runtime_env=runtime_env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    # MiniLM puts a package's synopsis close to its description.
+    assert metrics["pairs_mean_similarity"] > 0.3 and "sample_cosine_accuracy" in metrics
+    assert "[evaluate] MeanPairSimilarity pairs: running" in cluster.logs(sid)
+
+
 def test_bad_config_fails_the_job_with_one_error_line(cluster, tmp_path):
     sid = job_id("bad-config")
     out = cluster.submit(
