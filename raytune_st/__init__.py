@@ -45,6 +45,10 @@ def __getattr__(name):
         from raytune_st.mining.hard_negatives import mine_hard_negatives
 
         return mine_hard_negatives
+    if name == "RayTrainer":  # sentence-transformers' trainer constructor, run as the train job
+        from raytune_st.trainer import RayTrainer
+
+        return RayTrainer
     raise AttributeError(f"module 'raytune_st' has no attribute {name!r}")
 
 
@@ -64,4 +68,4 @@ class _JobPackage(types.ModuleType):
 
 from raytune_st import train, tune  # noqa: E402  (the callable job packages; both import lazily)
 
-__all__ = ["evaluate", "mine", "mine_hard_negatives", "train", "tune", "__version__"]
+__all__ = ["RayTrainer", "evaluate", "mine", "mine_hard_negatives", "train", "tune", "__version__"]

@@ -12,7 +12,6 @@ import pytest
 from raytune_st.components import (
     build_custom_evaluator,
     build_custom_loss,
-    check_evaluator,
     check_loss,
     import_object,
     is_import_path,

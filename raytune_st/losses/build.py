@@ -155,6 +155,8 @@ def _loss_argument(cls: type, key: str, value: Any, model: Any, model_type: str,
     if key == "distance_metric" and isinstance(value, str):
         return _distance_metric(cls, value)
     if key in _TORCH_MODULE_ARGS and isinstance(value, str):
+        if value.startswith("torch.nn."):  # the full name a loss's get_config_dict gives
+            value = value.rpartition(".")[2]
         if not isinstance(getattr(torch.nn, value, None), type):
             raise ConfigError(f"{key} {value!r} is not a torch.nn module class, e.g. Sigmoid, Identity, MSELoss")
         return getattr(torch.nn, value)()

@@ -1,0 +1,395 @@
+"""``RayTrainer``: sentence-transformers' trainer constructor, run as the train job on Ray Train.
+
+A script from the sentence-transformers guides changes its import and its trainer class::
+
+    1. model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
+    2. loss = MultipleNegativesRankingLoss(model)
+    3. args = SentenceTransformerTrainingArguments(output_dir="out", max_steps=100, ...)
+    4. trainer = RayTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
+                            loss=loss, evaluator=dev_evaluator, scaling={"num_workers": 2})
+    5. metrics = trainer.train()   # the trained weights are back in `model`, out/final on disk
+
+The constructor turns its objects into the train job's config (:func:`training_config`):
+
+- `args` (SentenceTransformerTrainingArguments or CrossEncoderTrainingArguments): every field
+  the job supports becomes its `args.<field>`; any other field set to a non-default value is an
+  error that lists them (:func:`args_section`).
+- `model`: saved once into the staging directory, which the workers load from.
+- `train_dataset` / `eval_dataset`: a ``datasets.Dataset``, a dict or ``DatasetDict`` of them
+  (several named sets), a ``ray.data.Dataset`` (written by Ray Data, in parallel) or a source
+  path; in-memory sets are written once as Parquet, read by Ray Data as any source.
+- `loss`: one loss object, a dict of them per data set, or a function ``model -> loss``. A
+  sentence-transformers loss without weights of its own is named with its settings
+  (``get_config_dict``), so it is built as the YAML job builds it (gather_across_devices on
+  several workers included); any other loss object is pickled without its model, which each
+  worker puts back (:func:`staged_loss`).
+- `evaluator`: one or a list; each pickled and run on rank 0 (:class:`StagedEvaluator`).
+
+The staging directory (`staging_dir`, default a temporary directory on this machine, removed
+after the run) must be readable by every worker: on a multi-node cluster pass a shared path,
+or pass paths and model names instead of objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import os
+import pickle
+import shutil
+import tempfile
+from typing import Any, Optional
+
+from raytune_st.errors import ConfigError
+
+# TrainingArguments fields that follow from others or only name where a trainer logs; never refused.
+_DERIVED = {"do_eval", "do_train", "do_predict", "logging_dir", "output_dir", "overwrite_output_dir", "local_rank"}
+_MODEL_KEY = "raytune_st.model"
+
+
+# --- args ------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """An enum as its value, a tuple as a list, a function as its name (as get_config_dict gives it)."""
+    value = getattr(value, "value", value)
+    if type(value).__module__.startswith("torch.nn"):  # a module instance, e.g. an activation_fn default
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+    if callable(value) and hasattr(value, "__name__") and not isinstance(value, type):
+        return value.__name__
+    return list(value) if isinstance(value, tuple) else value
+
+
+def args_section(args: Any) -> dict[str, Any]:
+    """The train job's `args` section from a TrainingArguments object.
+
+    Raises ConfigError listing every field set to a non-default value that the job does not
+    support (deepspeed, fsdp, torch_compile, ...), never silently ignoring one.
+    """
+    from raytune_st.train.config import TrainingArgs
+
+    supported = {f.name for f in dataclasses.fields(TrainingArgs)}
+    defaults = type(args)(output_dir=args.output_dir)
+    section: dict[str, Any] = {}
+    unsupported = []
+    for field in dataclasses.fields(args):
+        value, default = getattr(args, field.name), getattr(defaults, field.name)
+        if field.name in supported:
+            section[field.name] = _plain(value)
+        elif field.name not in _DERIVED and value != default:
+            unsupported.append(f"{field.name}={value!r}")
+    if unsupported:
+        raise ConfigError(
+            f"{type(args).__name__} sets options raytune_st's trainer does not support: {', '.join(unsupported)}; "
+            "leave them at their defaults (the supported ones are the keys of `raytune-st train --help-config`)"
+        )
+    # transformers 5 folds warmup_ratio into warmup_steps: a float below 1 is a ratio.
+    warmup = section.get("warmup_steps") or 0
+    if isinstance(warmup, float) and 0 < warmup < 1:
+        section["warmup_ratio"], section["warmup_steps"] = warmup, 0
+    else:
+        section["warmup_steps"] = int(warmup)
+    if section.get("warmup_ratio") is None:
+        section["warmup_ratio"] = 0.0
+    if not section.get("report_to"):
+        section["report_to"] = "none"  # an empty list is transformers' "none"
+    return section
+
+
+# --- losses ----------------------------------------------------------------------------------------
+
+
+def dump_without_model(obj: Any, model: Any, path: str, *, what: str) -> None:
+    """Pickle `obj` to `path` without `model` (put back by :func:`load_with_model`)."""
+    import ray.cloudpickle
+
+    class ModelOut(ray.cloudpickle.CloudPickler):
+        def persistent_id(self, candidate: Any) -> Optional[str]:
+            return _MODEL_KEY if model is not None and candidate is model else None
+
+    buffer = io.BytesIO()
+    try:
+        ModelOut(buffer).dump(obj)
+    except Exception as error:
+        raise ConfigError(
+            f"{what} ({type(obj).__name__}) cannot be pickled to go to the workers: {error}; "
+            "define it in a module at top level (no lambdas, locks or open files in it), or name it by import path"
+        ) from None
+    with open(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+class _ModelIn(pickle.Unpickler):
+    """Unpickles what :func:`dump_without_model` wrote, with `model` where the model was."""
+
+    def __init__(self, file: Any, model: Any):
+        super().__init__(file)
+        self._model = model
+
+    def persistent_load(self, pid: str) -> Any:
+        if pid != _MODEL_KEY:
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        return self._model
+
+
+def load_with_model(path: str, model: Any) -> Any:
+    with open(path, "rb") as handle:
+        return _ModelIn(handle, model).load()
+
+
+def staged_loss(model: Any, path: str) -> Any:
+    """A loss object pickled by :class:`RayTrainer`, rebuilt on this worker's `model`."""
+    return load_with_model(path, model)
+
+
+def loss_by_name(loss: Any, model: Any, model_type: str) -> Optional[tuple[str, dict[str, Any]]]:
+    """(name, kwargs) that build `loss` again as the YAML job would, or None when they cannot.
+
+    Only a sentence-transformers loss with no weights of its own qualifies, and only when the
+    loss built from (name, kwargs) on `model` reports the same settings as `loss`.
+    """
+    import torch
+
+    from raytune_st.losses.build import build_loss
+    from raytune_st.losses.formats import LOSS_FORMATS
+
+    name = type(loss).__name__
+    if (model_type, name) not in LOSS_FORMATS or not hasattr(loss, "get_config_dict"):
+        return None
+    model_params = {id(p) for p in model.parameters()}
+    if any(id(p) not in model_params for p in loss.parameters()):
+        return None  # e.g. SoftmaxLoss's classifier: its initial weights go with the object
+    # Settings left at their defaults are left out, so the job's own defaults apply (on several
+    # workers an in-batch-negatives loss gathers across them, as in the YAML job).
+    defaults = {n: p.default for n, p in inspect.signature(type(loss).__init__).parameters.items()}
+    kwargs = {key: _plain(value) for key, value in loss.get_config_dict().items() if _plain(value) != _plain(defaults.get(key, inspect.Parameter.empty))}
+    if "loss" in kwargs and isinstance(getattr(loss, "loss", None), torch.nn.Module):
+        inner = loss_by_name(loss.loss, model, model_type)
+        if inner is None:
+            return None
+        kwargs["loss"] = {"name": inner[0], **inner[1]}
+    try:
+        rebuilt = build_loss(name, kwargs, model, model_type)
+    except (ConfigError, TypeError, ValueError):
+        return None
+    return (name, kwargs) if rebuilt.get_config_dict() == loss.get_config_dict() else None
+
+
+# --- evaluators ------------------------------------------------------------------------------------
+
+
+def _evaluator_base() -> type:
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+
+    return SentenceEvaluator
+
+
+class StagedEvaluator(_evaluator_base()):
+    """An evaluator object pickled by :class:`RayTrainer`, loaded on rank 0 and run as itself."""
+
+    def __init__(self, path: str, name: str = ""):
+        super().__init__()
+        with open(path, "rb") as handle:
+            self.evaluator = pickle.load(handle)
+        self.name = name
+        self.primary_metric = getattr(self.evaluator, "primary_metric", None)
+
+    def __call__(self, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        return self.evaluator(model, *args, **kwargs)
+
+
+# --- datasets --------------------------------------------------------------------------------------
+
+
+def _stage_dataset(data: Any, path: str, what: str) -> str:
+    """A source path for `data`: itself when it is one, else the Parquet written under `path`."""
+    if isinstance(data, (str, os.PathLike)):
+        return os.fspath(data)
+    if type(data).__module__.startswith("ray.data"):
+        data.write_parquet(path)
+        return path
+    if hasattr(data, "to_parquet") and hasattr(data, "column_names"):
+        os.makedirs(path, exist_ok=True)
+        data.to_parquet(os.path.join(path, "part-0.parquet"))
+        return path
+    raise ConfigError(
+        f"{what}: expected a datasets.Dataset, a ray.data.Dataset or a source path, got {type(data).__name__}"
+    )
+
+
+def _named(data: Any) -> dict[str, Any]:
+    """{name: one data set}: a dict or DatasetDict as it is, anything else under the name 'train'."""
+    if isinstance(data, dict) or type(data).__name__ == "DatasetDict":
+        return dict(data)
+    return {"train": data}
+
+
+# --- the trainer -----------------------------------------------------------------------------------
+
+
+class RayTrainer:
+    """SentenceTransformerTrainer's (and CrossEncoderTrainer's) constructor, run on Ray Train.
+
+    Args:
+        model: a SentenceTransformer or CrossEncoder object, or a model reference (directory, URI, hub id).
+        args: a SentenceTransformerTrainingArguments / CrossEncoderTrainingArguments object.
+        train_dataset, eval_dataset: a datasets.Dataset, a DatasetDict or dict of them, a
+            ray.data.Dataset or a source path.
+        loss: a loss object built on `model`, a dict of them per data set, or a function model -> loss
+            (defined at module top level).
+        evaluator: an evaluator or a list of them.
+        scaling: a ray.train.ScalingConfig or a dict of its fields, e.g. {"num_workers": 4, "use_gpu": True}.
+        run: the train job's `run` section: {name, storage_path, max_failures}.
+        stream: the train job's `stream` section.
+        staging_dir: where objects are written for the workers (default: a temporary directory,
+            removed after the run); a path every node reads on a multi-node cluster.
+        ray_address: the cluster to join (default: RAY_ADDRESS, else a local Ray).
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        args: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        loss: Any = None,
+        evaluator: Any = None,
+        *,
+        scaling: Any = None,
+        run: Optional[dict[str, Any]] = None,
+        stream: Optional[dict[str, Any]] = None,
+        staging_dir: Optional[str] = None,
+        ray_address: Optional[str] = None,
+    ):
+        if model is None or train_dataset is None or loss is None:
+            missing = [n for n, v in (("model", model), ("train_dataset", train_dataset), ("loss", loss)) if v is None]
+            raise ConfigError(f"RayTrainer needs {', '.join(missing)}; pass them as to SentenceTransformerTrainer")
+        if args is None:  # as sentence-transformers' trainers do
+            args = _default_args(model)
+        self.model, self.args = model, args
+        self._own_staging = staging_dir is None
+        self.staging_dir = staging_dir or tempfile.mkdtemp(prefix="raytune-st-inputs-")
+        os.makedirs(self.staging_dir, exist_ok=True)
+        try:
+            self.config = self._config(train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address)
+        except BaseException:
+            self._clean()
+            raise
+
+    def train(self) -> dict[str, Any]:
+        """Run the train job; returns its final metrics and loads the trained weights into `model`."""
+        from raytune_st.train.job import train
+
+        try:
+            metrics = train(self.config)
+        finally:
+            self._clean()
+        if not isinstance(self.model, str) and "://" not in self.args.output_dir:
+            from raytune_st.models.loading import load_model
+
+            trained = load_model(os.path.join(self.args.output_dir, "final"), self.config.model.type, device="cpu")
+            self.model.load_state_dict(trained.state_dict())
+        return metrics
+
+    def _clean(self) -> None:
+        if self._own_staging:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+    def _config(self, train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address):
+        from raytune_st.config.core import build
+        from raytune_st.train.config import TrainConfig
+
+        data: dict[str, Any] = {"args": args_section(self.args), "model": self._model_section()}
+        model_type = data["model"]["type"]
+        train_sets = _named(train_dataset)
+        data["train_datasets"] = {
+            name: {"data": _stage_dataset(ds, os.path.join(self.staging_dir, f"train-{name}"), f"train_dataset {name!r}")}
+            for name, ds in train_sets.items()
+        }
+        if eval_dataset is not None:
+            data["eval_datasets"] = {
+                name: {"data": _stage_dataset(ds, os.path.join(self.staging_dir, f"eval-{name}"), f"eval_dataset {name!r}")}
+                for name, ds in _named(eval_dataset).items()
+            }
+        losses = loss if isinstance(loss, dict) else None
+        if losses is not None:
+            unknown = sorted(set(losses) - set(train_sets))
+            if unknown:
+                raise ConfigError(f"loss: {', '.join(unknown)} name no train data set; the sets are {', '.join(train_sets)}")
+            for name, one in losses.items():
+                data["train_datasets"][name].update(self._loss_section(one, model_type, f"loss[{name!r}]"))
+        else:
+            section = self._loss_section(loss, model_type, "loss")
+            data["loss"], data["loss_kwargs"] = section["loss"], section["loss_kwargs"]
+        if evaluator is not None:
+            evaluators = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+            data["evaluators"] = [self._evaluator_section(e, i) for i, e in enumerate(evaluators)]
+        data["scaling"] = _scaling_section(scaling)
+        for key, value in (("run", run), ("stream", stream), ("ray_address", ray_address)):
+            if value is not None:
+                data[key] = value
+        return build(TrainConfig, data)
+
+    def _model_section(self) -> dict[str, Any]:
+        from sentence_transformers import CrossEncoder, SentenceTransformer
+
+        if isinstance(self.model, str):
+            return {"name": self.model, "type": "cross_encoder" if "CrossEncoder" in type(self.args).__name__ else "bi_encoder"}
+        if not isinstance(self.model, (SentenceTransformer, CrossEncoder)):
+            raise ConfigError(f"model: expected a SentenceTransformer, a CrossEncoder or a model reference, got {type(self.model).__name__}")
+        path = os.path.join(self.staging_dir, "model")
+        self.model.save(path)  # device-independent: a model on a GPU the workers do not have still loads
+        is_ce = isinstance(self.model, CrossEncoder)
+        section = {"name": path, "type": "cross_encoder" if is_ce else "bi_encoder"}
+        if is_ce:
+            section["num_labels"] = self.model.num_labels
+        return section
+
+    def _loss_section(self, loss: Any, model_type: str, what: str) -> dict[str, Any]:
+        import torch
+
+        from raytune_st.components import is_import_path
+
+        if isinstance(loss, str):
+            return {"loss": loss, "loss_kwargs": {}}
+        if isinstance(loss, torch.nn.Module):
+            if not isinstance(self.model, str):
+                named = loss_by_name(loss, self.model, model_type)
+                if named is not None:
+                    return {"loss": named[0], "loss_kwargs": named[1]}
+            safe = what.replace("[", "-").replace("]", "").replace("'", "")
+            path = os.path.join(self.staging_dir, f"{safe}.pkl")
+            dump_without_model(loss, None if isinstance(self.model, str) else self.model, path, what=what)
+            return {"loss": "raytune_st.trainer:staged_loss", "loss_kwargs": {"path": path}}
+        if callable(loss):
+            target = f"{getattr(loss, '__module__', '')}:{getattr(loss, '__qualname__', '')}"
+            if not is_import_path(target) or target.startswith("__main__:") or "<" in target:
+                raise ConfigError(
+                    f"{what}: a loss factory must be a function at the top level of an importable module "
+                    f"(workers import it by name), got {target or loss!r}; move it into a module, or pass the loss object"
+                )
+            return {"loss": target, "loss_kwargs": {}}
+        raise ConfigError(f"{what}: expected a loss object, a function model -> loss or a loss name, got {type(loss).__name__}")
+
+    def _evaluator_section(self, evaluator: Any, index: int) -> dict[str, Any]:
+        path = os.path.join(self.staging_dir, f"evaluator-{index}.pkl")
+        dump_without_model(evaluator, None, path, what=f"evaluator {getattr(evaluator, 'name', '') or index!r}")
+        return {"type": "raytune_st.trainer:StagedEvaluator", "name": getattr(evaluator, "name", "") or "", "path": path}
+
+
+def _default_args(model: Any) -> Any:
+    from sentence_transformers import CrossEncoder, CrossEncoderTrainingArguments, SentenceTransformerTrainingArguments
+
+    cls = CrossEncoderTrainingArguments if isinstance(model, CrossEncoder) else SentenceTransformerTrainingArguments
+    return cls(output_dir="trainer_output")
+
+
+def _scaling_section(scaling: Any) -> dict[str, Any]:
+    if scaling is None:
+        return {}
+    if isinstance(scaling, dict):
+        return dict(scaling)
+    fields = ("num_workers", "use_gpu", "resources_per_worker")
+    section = {name: getattr(scaling, name) for name in fields if getattr(scaling, name, None) is not None}
+    return section

@@ -1,0 +1,258 @@
+"""RayTrainer: sentence-transformers' trainer constructor on Ray Train.
+
+Without Ray: TrainingArguments to the job's args, loss objects to names or pickles, the bad
+inputs refused before any worker. With a local Ray (one session): the seed guides' scripts,
+trainer class swapped, against the equivalent YAML config."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import threading
+
+import pytest
+
+from raytune_st.errors import ConfigError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_bert_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(tiny_bert_dir, device="cpu")
+
+
+@pytest.fixture
+def pairs():
+    from datasets import Dataset
+
+    return Dataset.from_dict({"anchor": [f"q{i}" for i in range(16)], "positive": [f"p{i}" for i in range(16)]})
+
+
+def st_args(tmp_path, **kwargs):
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    return SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "out"), **kwargs)
+
+
+def test_training_arguments_map_to_the_jobs_args_with_their_values(tmp_path):
+    from sentence_transformers.training_args import BatchSamplers
+
+    from raytune_st.config.core import build
+    from raytune_st.train.config import TrainingArgs
+    from raytune_st.trainer import args_section
+
+    args = st_args(
+        tmp_path, learning_rate=3e-5, max_steps=10, batch_sampler=BatchSamplers.NO_DUPLICATES, eval_strategy="steps",
+        eval_steps=5, lr_scheduler_type="cosine", warmup_ratio=0.1, seed=7, report_to="none",
+    )
+    section = args_section(args)
+    built = build(TrainingArgs, section)
+    assert (built.learning_rate, built.max_steps, built.batch_sampler, built.eval_strategy, built.eval_steps) == (3e-5, 10, "no_duplicates", "steps", 5)
+    assert (built.lr_scheduler_type, built.warmup_ratio, built.seed, built.output_dir) == ("cosine", 0.1, 7, str(tmp_path / "out"))
+    assert built.report_to == "none"
+
+
+def test_training_arguments_the_job_does_not_support_are_listed_not_ignored(tmp_path):
+    from raytune_st.trainer import args_section
+
+    with pytest.raises(ConfigError, match=r"SentenceTransformerTrainingArguments sets options raytune_st's trainer does not support: ") as refused:
+        args_section(st_args(tmp_path, torch_compile=True, gradient_checkpointing_kwargs={"use_reentrant": False}))
+    assert "torch_compile=True" in str(refused.value) and "gradient_checkpointing_kwargs={'use_reentrant': False}" in str(refused.value)
+
+
+def test_a_sentence_transformers_loss_becomes_its_name_and_settings(tiny_model):
+    from sentence_transformers.sentence_transformer.losses import (
+        CoSENTLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+        SoftmaxLoss,
+    )
+
+    from raytune_st.trainer import loss_by_name
+
+    assert loss_by_name(MultipleNegativesRankingLoss(tiny_model, scale=10), tiny_model, "bi_encoder") == ("MultipleNegativesRankingLoss", {"scale": 10})
+    assert loss_by_name(CoSENTLoss(tiny_model), tiny_model, "bi_encoder") == ("CoSENTLoss", {})
+    wrapped = MatryoshkaLoss(tiny_model, MultipleNegativesRankingLoss(tiny_model, scale=5), [32, 8])
+    assert loss_by_name(wrapped, tiny_model, "bi_encoder") == (
+        "MatryoshkaLoss", {"loss": {"name": "MultipleNegativesRankingLoss", "scale": 5}, "matryoshka_dims": [32, 8], "matryoshka_weights": [1, 1]}
+    )
+    # Weights of its own (the classifier): the object itself goes to the workers.
+    assert loss_by_name(SoftmaxLoss(tiny_model, tiny_model.get_embedding_dimension(), 3), tiny_model, "bi_encoder") is None
+
+
+def test_a_pickled_loss_gets_the_workers_model_back(tmp_path, tiny_model, tiny_bert_dir):
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import SoftmaxLoss
+
+    from raytune_st.trainer import dump_without_model, staged_loss
+
+    loss = SoftmaxLoss(tiny_model, tiny_model.get_embedding_dimension(), 3)
+    dump_without_model(loss, tiny_model, str(tmp_path / "loss.pkl"), what="loss")
+    # The model's weights are not in the file: it is much smaller than the model.
+    assert os.path.getsize(tmp_path / "loss.pkl") < sum(p.numel() for p in tiny_model.parameters()) * 4 / 2
+    worker_model = SentenceTransformer(tiny_bert_dir, device="cpu")
+    rebuilt = staged_loss(worker_model, str(tmp_path / "loss.pkl"))
+    assert rebuilt.model is worker_model
+    assert torch.equal(rebuilt.classifier.weight, loss.classifier.weight)
+
+
+def test_what_cannot_reach_the_workers_is_refused_before_any_worker(tmp_path, tiny_model, pairs):
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from raytune_st.trainer import RayTrainer
+
+    loss = MultipleNegativesRankingLoss(tiny_model)
+    with pytest.raises(ConfigError, match=r"loss: a loss factory must be a function at the top level of an importable module .*<lambda>"):
+        RayTrainer(model=tiny_model, args=st_args(tmp_path), train_dataset=pairs, loss=lambda m: loss)
+
+    class Locked(SentenceEvaluator):
+        def __init__(self):
+            super().__init__()
+            self.lock = threading.Lock()
+
+    with pytest.raises(ConfigError, match=r"evaluator 0 \(Locked\) cannot be pickled to go to the workers: .*lock"):
+        RayTrainer(model=tiny_model, args=st_args(tmp_path), train_dataset=pairs, loss=loss, evaluator=Locked())
+    with pytest.raises(ConfigError, match="loss: other name no train data set; the sets are train"):
+        RayTrainer(model=tiny_model, args=st_args(tmp_path), train_dataset=pairs, loss={"other": loss})
+    with pytest.raises(ConfigError, match="does not support: torch_compile=True"):
+        RayTrainer(model=tiny_model, args=st_args(tmp_path, torch_compile=True), train_dataset=pairs, loss=loss)
+    with pytest.raises(ConfigError, match="train_dataset 'train': expected a datasets.Dataset, a ray.data.Dataset or a source path, got list"):
+        RayTrainer(model=tiny_model, args=st_args(tmp_path), train_dataset=[1, 2], loss=loss)
+    with pytest.raises(ConfigError, match="RayTrainer needs train_dataset"):
+        RayTrainer(model=tiny_model, loss=loss)
+
+
+def test_the_constructor_stages_objects_as_the_train_jobs_config(tmp_path, tiny_model, pairs):
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss, MultipleNegativesRankingLoss
+
+    from raytune_st.trainer import RayTrainer
+
+    staging = tmp_path / "staging"
+    trainer = RayTrainer(
+        model=tiny_model,
+        args=st_args(tmp_path, max_steps=3),
+        train_dataset={"pairs": pairs, "more": pairs},
+        loss={"pairs": MultipleNegativesRankingLoss(tiny_model), "more": CoSENTLoss(tiny_model)},
+        scaling={"num_workers": 2},
+        staging_dir=str(staging),
+    )
+    config = trainer.config
+    assert config.model.name == str(staging / "model") and config.model.type == "bi_encoder"
+    assert {name: entry.loss for name, entry in config.train_datasets.items()} == {"pairs": "MultipleNegativesRankingLoss", "more": "CoSENTLoss"}
+    assert config.train_datasets["pairs"].data.path == str(staging / "train-pairs")
+    assert config.scaling.num_workers == 2 and config.args.max_steps == 3
+
+
+# --- through Ray -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def debian_triplets(root) -> dict[str, str]:
+    """The guide's (anchor, positive, negative) columns from the Debian samples: each row's
+    negative is the next row's passage."""
+    import pandas as pd
+
+    files = {}
+    for split, name in (("train", "debian-train-sample"), ("dev", "debian-dev-sample"), ("test", "debian-dev-sample")):
+        frame = pd.read_parquet(os.path.join(REPO, "examples", "data", f"{name}.parquet")).head(256 if split == "train" else 60)
+        triplets = pd.DataFrame({"anchor": frame["query"], "positive": frame["passage"], "negative": frame["passage"].shift(-1).fillna(frame["passage"].iloc[0])})
+        files[split] = str(root / f"{split}.parquet")
+        triplets.to_parquet(files[split], index=False)
+    return files
+
+
+SCRIPTS = {
+    # script: (its data, the equivalent YAML config, the evaluator metric compared)
+    "training_overview_mnrl.py": (
+        lambda root: debian_triplets(root),
+        lambda data, out: {
+            "model": {"name": MINILM, "max_seq_length": 64},
+            "train_datasets": {"train": {"data": {"path": data["train"], "limit": 256}}},
+            "eval_datasets": {"train": data["dev"]},
+            "loss": "MultipleNegativesRankingLoss",
+            "evaluators": [{"type": "TripletEvaluator", "name": "debian-dev", "data": data["dev"]}],
+            "args": {"output_dir": out, "max_steps": 6, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 16,
+                     "learning_rate": 2e-5, "warmup_ratio": 0.1, "batch_sampler": "no_duplicates", "eval_strategy": "steps",
+                     "eval_steps": 3, "save_steps": 3, "save_total_limit": 2, "logging_steps": 3, "report_to": "none"},
+            "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},
+        },
+        "eval_debian-dev_cosine_accuracy",
+    ),
+    "sts_cosent.py": (
+        lambda root: {"train": os.path.join(SHARED_DATA, "stsb-en-train.parquet"), "dev": os.path.join(SHARED_DATA, "stsb-en-dev.parquet")},
+        lambda data, out: {
+            "model": {"name": MINILM, "max_seq_length": 64},
+            "train_datasets": {"train": {"data": {"path": data["train"], "limit": 256}}},
+            "eval_datasets": {"train": {"data": {"path": data["dev"], "limit": 200}}},
+            "loss": "CoSENTLoss",
+            "evaluators": [{"type": "EmbeddingSimilarityEvaluator", "name": "sts-dev", "main_similarity": "cosine",
+                            "data": {"path": data["dev"], "limit": 200}}],
+            "args": {"output_dir": out, "max_steps": 6, "per_device_train_batch_size": 16, "learning_rate": 2e-5,
+                     "warmup_ratio": 0.1, "eval_strategy": "steps", "eval_steps": 3, "save_steps": 3, "logging_steps": 3,
+                     "seed": 12, "report_to": "none"},
+            "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},
+        },
+        "eval_sts-dev_spearman_cosine",
+    ),
+}
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_a_seed_guide_script_with_the_trainer_swapped_trains_like_its_yaml_config(ray_local, tmp_path, script):
+    import raytune_st
+
+    from raytune_st.models.loading import resolve_model
+
+    make_data, yaml_config, metric = SCRIPTS[script]
+    data = make_data(tmp_path)
+    minilm = resolve_model(MINILM)  # the offline copy's directory: a script loads it as it is
+    ran = runpy.run_path(
+        os.path.join(HERE, "seed_scripts", script),
+        init_globals={"MODEL": minilm, "DATA": data, "OUTPUT_DIR": str(tmp_path / "script")},
+    )
+    model, metrics = ran["model"], ran["metrics"]
+    # The trained weights are back in the caller's model object, as with SentenceTransformerTrainer.
+    from sentence_transformers import SentenceTransformer
+
+    final = SentenceTransformer(str(tmp_path / "script" / "final"), device="cpu")
+    probe = ["apt: command-line package manager"]
+    assert (abs(model.encode(probe) - final.encode(probe)).max()) < 1e-5
+    base = SentenceTransformer(minilm, device="cpu")
+    assert abs(model.encode(probe) - base.encode(probe)).max() > 1e-4
+
+    from_yaml = raytune_st.train(yaml_config(data, str(tmp_path / "yaml")))
+    assert metrics["step"] == from_yaml["step"] == 6
+    assert abs(metrics[metric] - from_yaml[metric]) < 0.02, (metrics[metric], from_yaml[metric])
+    assert abs(metrics["eval_loss"] - from_yaml["eval_loss"]) < 0.05 * abs(from_yaml["eval_loss"]) + 1e-3
+
+
+def test_a_cross_encoder_with_its_training_arguments_becomes_a_cross_encoder_run(tmp_path):
+    from datasets import Dataset
+    from sentence_transformers import CrossEncoder, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from raytune_st.testing import save_tiny_cross_encoder
+    from raytune_st.trainer import RayTrainer
+
+    model = CrossEncoder(save_tiny_cross_encoder(str(tmp_path / "ce")), device="cpu")
+    pairs = Dataset.from_dict({"query": ["q1", "q2"] * 8, "passage": ["p1", "p2"] * 8, "label": [1.0, 0.0] * 8})
+    args = CrossEncoderTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, learning_rate=1e-4)
+    config = RayTrainer(model=model, args=args, train_dataset=pairs, loss=BinaryCrossEntropyLoss(model)).config
+    assert (config.model.type, config.model.num_labels, config.loss, config.args.learning_rate) == ("cross_encoder", 1, "BinaryCrossEntropyLoss", 1e-4)
