@@ -1,4 +1,4 @@
-"""Test helpers: tiny randomly initialised models, and an S3 API server on 127.0.0.1.
+"""Test helpers: tiny randomly initialised models, an S3 API server and an MLflow tracking server on 127.0.0.1.
 
 A 2-layer BERT with hidden size 32 and all-MiniLM-L6-v2's tokenizer: it loads, tokenises and
 trains like the real thing in milliseconds, so the machinery can be exercised (and its memory
@@ -245,6 +245,70 @@ class S3TestServer:
         self._process = None
 
     def __enter__(self) -> "S3TestServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class MlflowTestServer:
+    """A real MLflow tracking server on 127.0.0.1 (``mlflow server``, from the `dev` extra) with a
+    SQLite backend store and artifacts served over HTTP, all under `root`.
+
+    Clients reach it with ``MLFLOW_TRACKING_URI`` = :attr:`uri`; :meth:`stop` ends the server and
+    the workers it started (they share its process group).
+    """
+
+    def __init__(self, root: str, host: str = "127.0.0.1", port: int | None = None):
+        self.root = root
+        self.host = host
+        self.port = port or free_port(host)
+        self.uri = f"http://{host}:{self.port}"
+        self._process = None
+
+    def start(self, timeout: float = 120) -> "MlflowTestServer":
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        os.makedirs(self.root, exist_ok=True)
+        self._log = open(os.path.join(self.root, "server.log"), "wb")
+        self._process = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port), "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{os.path.join(self.root, 'mlflow.db')}",
+                "--artifacts-destination", os.path.join(self.root, "artifacts"),
+            ],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
+                return self
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"mlflow server did not answer at {self.uri}; see {self.root}/server.log")
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        import signal
+
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(timeout=15)
+            except Exception:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        self._process = None
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "MlflowTestServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:

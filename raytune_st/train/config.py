@@ -130,7 +130,7 @@ class TrainingArgs:
     save_steps: int = option(500, help="optimizer steps between checkpoints when save_strategy is steps")
     report_to: Union[str, list[str]] = option(
         default_factory=lambda: ["tensorboard"],
-        help="trackers: tensorboard (output_dir/runs), wandb, all (every installed one) or none; one or a list",
+        help="trackers: tensorboard (output_dir/runs), mlflow, wandb, trackio, codecarbon, all (every installed one) or none; one or a list",
     )
     run_name: Optional[str] = option(None, help="the run's name in the trackers; default: run.name (a sweep: the trial id)")
     save_total_limit: Optional[int] = option(None, help="checkpoints to keep (the best ones by metric_for_best_model)")

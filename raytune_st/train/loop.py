@@ -45,8 +45,10 @@ from raytune_st.train.checkpointing import (
     write_checkpoint,
 )
 from raytune_st.train.config import TrainConfig
+from raytune_st.train.energy import EnergyTracker
 from raytune_st.train.plan import total_optimizer_steps
 from raytune_st.train.steps import check_best_metric_reported, completes_epoch, improves, step_actions
+from raytune_st.train.trackers import resolve_report_to
 
 ROWS_PER_READ = 256  # rows fetched from a shard at a time; batching happens afterwards
 
@@ -97,6 +99,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # classifier, the model's head): dropout and the rest continue exactly where the
         # checkpointed run was, so a resumed run repeats the uninterrupted one's losses.
         restore_rng_state(state.rng[worker.rank])
+
+    energy = None
+    if "codecarbon" in resolve_report_to(args.report_to):
+        energy = EnergyTracker(args.run_name or config.run.name, measure=ray.train.get_context().get_local_rank() == 0)
 
     # 5. The loop: gradient_accumulation_steps micro-batches per optimizer step, each from the
     #    data set the shared schedule names, so every worker runs exactly the same steps.
@@ -162,6 +168,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["resumed_from_step"], resumed_from = resumed_from, None
         if step == run.total_steps:
             metrics.update(_worker_agreement(step, padded_earlier, batchers, worker))
+            if energy is not None:
+                metrics.update(energy.finish(worker.world_size, worker.device))
         if not metrics and not save:
             continue
         metrics.update(step=step)

@@ -29,7 +29,7 @@ def ray_in_project():
     os.chdir(before)
 
 
-def test_a_custom_loss_evaluator_and_model_factory_train_and_the_evaluator_ranks_checkpoints(ray_in_project, tmp_path, tiny_bi_encoder, debian_sets):
+def test_a_custom_loss_evaluator_and_model_factory_train_the_evaluator_ranks_checkpoints_and_codecarbon_counts(ray_in_project, tmp_path, tiny_bi_encoder, debian_sets):
     from sentence_transformers import SentenceTransformer
 
     from raytune_st.config.core import read_yaml
@@ -60,6 +60,7 @@ args:
   save_steps: 2
   load_best_model_at_end: true
   metric_for_best_model: dev_mean_similarity
+  report_to: [codecarbon]
 scaling: {{num_workers: 2, resources_per_worker: {{CPU: 0.5}}}}
 """
     )
@@ -76,6 +77,9 @@ scaling: {{num_workers: 2, resources_per_worker: {{CPU: 0.5}}}}
     model = SentenceTransformer(str(tmp_path / "out" / "final"), device="cpu")
     assert model.get_embedding_dimension() == 16
     assert model.encode(["apt"]).shape == (1, 16)
+    # report_to: codecarbon: the last report carries the run's energy, summed over the workers.
+    last = history[-1]
+    assert last["step"] == 6 and last["energy_consumed_kwh"] > 0 and last["emissions_kg"] > 0
     # The resolved config names the components as the user wrote them.
     saved = read_yaml(tmp_path / "out" / "config.yaml")
     assert saved["loss"] == "my_project.losses:MarginLoss" and saved["model"]["factory"] == "my_project.models:with_dense"

@@ -31,7 +31,7 @@ def test_report_to_takes_sentence_transformers_names_one_or_several():
     assert resolve_report_to("none") == [] and resolve_report_to([]) == []
     assert resolve_report_to("all", installed={"tensorboard"}) == ["tensorboard"]  # every installed tracker
     assert resolve_report_to(["all"], installed={"tensorboard", "wandb"}) == ["tensorboard", "wandb"]
-    with pytest.raises(ConfigError, match=r"unknown tracker 'tensorbord'; valid: tensorboard, wandb, all, none"):
+    with pytest.raises(ConfigError, match=r"unknown tracker 'tensorbord'; valid: tensorboard, mlflow, wandb, trackio, codecarbon, all, none"):
         resolve_report_to(["tensorbord"])
     with pytest.raises(ConfigError, match="'none' cannot be combined"):
         resolve_report_to(["none", "wandb"])
@@ -98,6 +98,99 @@ def test_an_offline_wandb_run_gets_every_report_at_its_step_the_params_and_the_m
     for path in glob.glob(str(tmp_path / "wandb" / "**" / "*"), recursive=True):
         if path.endswith((".wandb", ".log", ".json", ".yaml", ".txt")):
             assert "fake-wandb-token-1234" not in open(path, errors="replace").read(), path
+
+
+def test_a_run_logged_to_a_real_mlflow_server_reads_back_with_its_metrics_params_and_model(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from raytune_st.testing import MlflowTestServer
+
+    model = tmp_path / "final"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 32}')
+    with MlflowTestServer(str(tmp_path / "mlflow")) as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "raytune-st-test")
+        check_trackers(["mlflow"])  # the server answers its health check
+        with TrainConsole(bar=False, queue=LocalQueue(), trackers=["mlflow"]) as console:
+            params = {"args.learning_rate": "2e-05", "args.output_dir": "s3://***@bucket/run"}
+            console.queue.put(tracking_start("t1", "trial-one", params, group="sweep-a"))
+            console.queue.put({"tag": "t1", "total_steps": 2, "record": {"step": 1, "loss": 1.5, "learning_rate": 2e-5}, "saved": False})
+            console.queue.put({"tag": "t1", "total_steps": 2, "record": {"step": 2, "loss": 1.25, "eval_dev_ndcg@10": 0.5}, "saved": True})
+            console.finish("t1", {"loss": 1.25, "eval_dev_ndcg@10": 0.5, "step": 2}, str(model))
+
+        client = MlflowClient(server.uri)
+        experiment = client.get_experiment_by_name("raytune-st-test")
+        (run,) = client.search_runs([experiment.experiment_id])
+        run_id = run.info.run_id
+        assert (run.info.run_name, run.info.status, run.data.tags["raytune_st.group"]) == ("trial-one", "FINISHED", "sweep-a")
+        assert run.data.params == params
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 1.5), (2, 1.25)]
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "learning_rate")] == [(1, 2e-5)]
+        # MLflow allows no '@' in a metric name.
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "eval_dev_ndcg_10")] == [(2, 0.5)]
+        assert (run.data.metrics["final/loss"], run.data.metrics["final/eval_dev_ndcg_10"]) == (1.25, 0.5)
+        assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/config.json"]
+        downloaded = client.download_artifacts(run_id, "model/config.json", str(tmp_path / "down"))
+        assert open(downloaded).read() == '{"hidden_size": 32}'
+
+
+TRACKIO_RUN = """
+import json, os, queue, sys
+from raytune_st.train.progress import TrainConsole, tracking_start
+
+
+class LocalQueue(queue.Queue):
+    def shutdown(self):
+        pass
+
+
+model = sys.argv[1]
+with TrainConsole(bar=False, queue=LocalQueue(), trackers=["trackio"]) as console:
+    console.queue.put(tracking_start("t1", "trial-one", {"args.learning_rate": "2e-05"}, group="sweep-a"))
+    console.queue.put({"tag": "t1", "total_steps": 2, "record": {"step": 1, "loss": 1.5}, "saved": False})
+    console.queue.put({"tag": "t1", "total_steps": 2, "record": {"step": 2, "loss": 1.25, "eval_dev_ndcg@10": 0.5}, "saved": True})
+    console.finish("t1", {"loss": 1.25, "step": 2}, model)
+
+from trackio.sqlite_storage import SQLiteStorage  # reads TRACKIO_DIR, as the run did
+print("RESULT " + json.dumps({
+    "runs": SQLiteStorage.get_runs("rt-test"),
+    "config": SQLiteStorage.get_run_config("rt-test", "trial-one"),
+    "logs": [{k: v for k, v in row.items() if k != "timestamp"} for row in SQLiteStorage.get_logs("rt-test", "trial-one")],
+    "artifacts": [(a["name"], a["type"], a["size_bytes"]) for a in SQLiteStorage.get_artifacts("rt-test")],
+}))
+"""
+
+
+def test_a_trackio_run_in_its_local_store_reads_back_with_its_metrics_params_group_and_model(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model = tmp_path / "final"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    # A process of its own: trackio fixes its store directory (TRACKIO_DIR) when it is imported.
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "TRACKIO_PROJECT": "rt-test"}
+    out = subprocess.run([sys.executable, "-c", TRACKIO_RUN, str(model)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    run = json.loads(line.removeprefix("RESULT "))
+    assert run["runs"] == ["trial-one"]
+    assert run["config"]["args.learning_rate"] == "2e-05" and run["config"]["_Group"] == "sweep-a"
+    assert run["logs"] == [{"step": 1, "loss": 1.5}, {"step": 2, "loss": 1.25, "eval_dev_ndcg@10": 0.5}, {"step": 2, "final/loss": 1.25}]
+    assert run["artifacts"] == [["model-trial-one", "model", 2]]
+
+
+def test_preflight_refuses_an_mlflow_server_that_does_not_answer_without_showing_its_credentials():
+    from raytune_st.runtime import free_port
+
+    uri = f"http://alice:s3cr3t-pass@127.0.0.1:{free_port('127.0.0.1')}"
+    with pytest.raises(ConfigError, match=r"the MLflow tracking server at MLFLOW_TRACKING_URI=http://\*\*\*@127.0.0.1:\d+ does not answer") as refused:
+        check_trackers(["mlflow"], env={"MLFLOW_TRACKING_URI": uri})
+    assert "s3cr3t" not in str(refused.value)
+    check_trackers(["mlflow"], env={"MLFLOW_TRACKING_URI": "sqlite:///runs.db"})  # a local store: nothing to reach
 
 
 class FailingTracker:
