@@ -167,6 +167,23 @@ def save_tiny_cross_encoder(
     return out
 
 
+def _wait_for(url: str, process, timeout: float, stop, failure: str) -> None:
+    """Until `url` answers; `stop()` and RuntimeError(`failure`) when `process` exits or `timeout` passes."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop()
+                raise RuntimeError(failure)
+            time.sleep(0.2)
+
+
 class S3TestServer:
     """An S3 API on 127.0.0.1 (moto's server, from the `dev` extra) for tests of object storage.
 
@@ -199,8 +216,6 @@ class S3TestServer:
     def start(self, timeout: float = 60) -> "S3TestServer":
         import subprocess
         import sys
-        import time
-        import urllib.request
 
         server = os.path.join(os.path.dirname(sys.executable), "moto_server")
         if not os.path.exists(server):
@@ -209,16 +224,8 @@ class S3TestServer:
             [server, "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2).close()
-                return self
-            except OSError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"moto_server did not answer at {self.endpoint}")
-                time.sleep(0.2)
+        _wait_for(f"{self.endpoint}/moto-api/", self._process, timeout, self.stop, f"moto_server did not answer at {self.endpoint}")
+        return self
 
     def client(self):
         import boto3
@@ -269,8 +276,6 @@ class MlflowTestServer:
     def start(self, timeout: float = 120) -> "MlflowTestServer":
         import subprocess
         import sys
-        import time
-        import urllib.request
 
         os.makedirs(self.root, exist_ok=True)
         self._log = open(os.path.join(self.root, "server.log"), "wb")
@@ -282,16 +287,8 @@ class MlflowTestServer:
             ],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
-                return self
-            except OSError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"mlflow server did not answer at {self.uri}; see {self.root}/server.log")
-                time.sleep(0.5)
+        _wait_for(f"{self.uri}/health", self._process, timeout, self.stop, f"mlflow server did not answer at {self.uri}; see {self.root}/server.log")
+        return self
 
     def stop(self) -> None:
         import signal
