@@ -19,8 +19,9 @@ runs on the driver, before any worker starts:
   (:func:`check_loss`); its keyword arguments fit its signature;
 - an evaluator is a sentence-transformers ``SentenceEvaluator`` class; its keyword arguments
   and its data's columns fit its constructor (:func:`check_evaluator`);
-- a model factory is a function returning a SentenceTransformer or CrossEncoder
-  (:func:`build_model`).
+- a model factory is a function whose keyword arguments fit (:func:`check_model_factory`); what
+  it returns is checked where it is called, on the workers (:func:`build_model`), and every
+  caller gets the same model (a fixed seed for new layers' weights).
 
 A custom loss's columns cannot be known; a class (or function) that sets ``loss_format`` to
 the name of a built-in loss with the same inputs, e.g. ``loss_format = "TripletLoss"``, has its

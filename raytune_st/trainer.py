@@ -92,21 +92,67 @@ def args_section(args: Any) -> dict[str, Any]:
         section["warmup_steps"] = int(warmup)
     if section.get("warmup_ratio") is None:
         section["warmup_ratio"] = 0.0
-    if not section.get("report_to"):
-        section["report_to"] = "none"  # an empty list is transformers' "none"
+    section["report_to"] = _report_to(section.get("report_to"))
+    for key in ("eval_steps", "save_steps", "logging_steps"):
+        value = section.get(key)
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(
+                    f"{type(args).__name__}: {key}={value} is a ratio of the total steps, which raytune_st does not take; "
+                    "give a number of steps"
+                )
+            section[key] = int(value)
+    if section.get("eval_strategy") == "no":
+        section["eval_steps"] = None  # sentence-transformers ignores it without evaluation
     return section
+
+
+def _report_to(value: Any) -> Any:
+    """transformers' report_to for the job: [] is none, and "all" comes expanded to every installed integration."""
+    from raytune_st.train.trackers import VALUES
+
+    names = [value] if isinstance(value, str) else list(value or [])
+    if not names:
+        return "none"
+    try:
+        from transformers.integrations import get_available_reporting_integrations
+
+        expanded = set(get_available_reporting_integrations())
+    except ImportError:  # pragma: no cover - transformers always has it
+        expanded = set()
+    if expanded and set(names) == expanded:
+        return "all"
+    unknown = [n for n in names if n not in VALUES]
+    if unknown:
+        raise ConfigError(
+            f"report_to: raytune_st does not report to {', '.join(unknown)}; it takes {', '.join(VALUES)}"
+        )
+    return names
 
 
 # --- losses ----------------------------------------------------------------------------------------
 
 
-def dump_without_model(obj: Any, model: Any, path: str, *, what: str) -> None:
-    """Pickle `obj` to `path` without `model` (put back by :func:`load_with_model`)."""
+def dump_without_model(obj: Any, model: Any, path: str, *, what: str, require_model: bool = False) -> None:
+    """Pickle `obj` to `path` without `model`, its modules and parameters (put back by
+    :func:`load_with_model`); `require_model`: refuse an `obj` that holds no part of it."""
     import ray.cloudpickle
+
+    # The model, each of its submodules and parameters, by their names in the model: a loss may
+    # hold the model, one of its modules (model[0]) or a parameter, and each must be the worker's.
+    ids: dict[int, str] = {}
+    if model is not None:
+        ids[id(model)] = _MODEL_KEY
+        ids.update((id(module), f"{_MODEL_KEY}:module:{name}") for name, module in model.named_modules() if name)
+        ids.update((id(param), f"{_MODEL_KEY}:param:{name}") for name, param in model.named_parameters())
+    found: list[str] = []
 
     class ModelOut(ray.cloudpickle.CloudPickler):
         def persistent_id(self, candidate: Any) -> Optional[str]:
-            return _MODEL_KEY if model is not None and candidate is model else None
+            key = ids.get(id(candidate))
+            if key is not None:
+                found.append(key)
+            return key
 
     buffer = io.BytesIO()
     try:
@@ -116,6 +162,11 @@ def dump_without_model(obj: Any, model: Any, path: str, *, what: str) -> None:
             f"{what} ({type(obj).__name__}) cannot be pickled to go to the workers: {error}; "
             "define it in a module at top level (no lambdas, locks or open files in it), or name it by import path"
         ) from None
+    if model is not None and not found and require_model:
+        raise ConfigError(
+            f"{what} ({type(obj).__name__}) holds no part of the model passed to RayTrainer, so training it would not "
+            "train that model; build the loss on that model object"
+        )
     with open(path, "wb") as handle:
         handle.write(buffer.getvalue())
 
@@ -128,9 +179,13 @@ class _ModelIn(pickle.Unpickler):
         self._model = model
 
     def persistent_load(self, pid: str) -> Any:
-        if pid != _MODEL_KEY:
+        if pid == _MODEL_KEY:
+            return self._model
+        key, _, rest = pid.partition(":")
+        kind, _, name = rest.partition(":")
+        if key != _MODEL_KEY or kind not in ("module", "param"):
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        return self._model
+        return self._model.get_submodule(name) if kind == "module" else self._model.get_parameter(name)
 
 
 def load_with_model(path: str, model: Any) -> Any:
@@ -157,13 +212,17 @@ def loss_by_name(loss: Any, model: Any, model_type: str) -> Optional[tuple[str, 
     name = type(loss).__name__
     if (model_type, name) not in LOSS_FORMATS or not hasattr(loss, "get_config_dict"):
         return None
+    params = inspect.signature(type(loss).__init__).parameters
+    settings = loss.get_config_dict()
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()) or not set(params) - {"self", "model"} <= set(settings):
+        return None  # an argument the config dict does not show (e.g. reduction) would be lost
     model_params = {id(p) for p in model.parameters()}
     if any(id(p) not in model_params for p in loss.parameters()):
         return None  # e.g. SoftmaxLoss's classifier: its initial weights go with the object
     # Settings left at their defaults are left out, so the job's own defaults apply (on several
     # workers an in-batch-negatives loss gathers across them, as in the YAML job).
     defaults = {n: p.default for n, p in inspect.signature(type(loss).__init__).parameters.items()}
-    kwargs = {key: _plain(value) for key, value in loss.get_config_dict().items() if _plain(value) != _plain(defaults.get(key, inspect.Parameter.empty))}
+    kwargs = {key: _plain(value) for key, value in settings.items() if _plain(value) != _plain(defaults.get(key, inspect.Parameter.empty))}
     if "loss" in kwargs and isinstance(getattr(loss, "loss", None), torch.nn.Module):
         inner = loss_by_name(loss.loss, model, model_type)
         if inner is None:
@@ -193,7 +252,15 @@ class StagedEvaluator(_evaluator_base()):
         with open(path, "rb") as handle:
             self.evaluator = pickle.load(handle)
         self.name = name
-        self.primary_metric = getattr(self.evaluator, "primary_metric", None)
+
+    @property
+    def primary_metric(self) -> Any:
+        # The inner evaluator's, as it is now: many prefix it with their name on their first call.
+        return getattr(self.evaluator, "primary_metric", None)
+
+    @primary_metric.setter
+    def primary_metric(self, value: Any) -> None:
+        pass  # SentenceEvaluator.__init__ sets it; the inner evaluator's is the one that counts
 
     def __call__(self, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
         return self.evaluator(model, *args, **kwargs)
@@ -268,9 +335,10 @@ class RayTrainer:
         if args is None:  # as sentence-transformers' trainers do
             args = _default_args(model)
         self.model, self.args = model, args
-        self._own_staging = staging_dir is None
-        self.staging_dir = staging_dir or tempfile.mkdtemp(prefix="raytune-st-inputs-")
-        os.makedirs(self.staging_dir, exist_ok=True)
+        # A directory of this trainer's own, also inside a given staging_dir, removed after the run.
+        if staging_dir is not None:
+            os.makedirs(staging_dir, exist_ok=True)
+        self.staging_dir = tempfile.mkdtemp(prefix="raytune-st-inputs-", dir=staging_dir)
         try:
             self.config = self._config(train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address)
         except BaseException:
@@ -293,8 +361,7 @@ class RayTrainer:
         return metrics
 
     def _clean(self) -> None:
-        if self._own_staging:
-            shutil.rmtree(self.staging_dir, ignore_errors=True)
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
 
     def _config(self, train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address):
         from raytune_st.config.core import build
@@ -319,6 +386,12 @@ class RayTrainer:
                 raise ConfigError(f"loss: {', '.join(unknown)} name no train data set; the sets are {', '.join(train_sets)}")
             for name, one in losses.items():
                 data["train_datasets"][name].update(self._loss_section(one, model_type, f"loss[{name!r}]"))
+            missing = sorted(set(data.get("eval_datasets", {})) - set(losses))
+            if missing:
+                raise ConfigError(
+                    f"eval_dataset {', '.join(map(repr, missing))} has no loss in the loss dict; pass eval_dataset as a dict "
+                    f"named like the train sets ({', '.join(train_sets)}), or one loss for every set"
+                )
         else:
             section = self._loss_section(loss, model_type, "loss")
             data["loss"], data["loss_kwargs"] = section["loss"], section["loss_kwargs"]
@@ -326,7 +399,10 @@ class RayTrainer:
             evaluators = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
             data["evaluators"] = [self._evaluator_section(e, i) for i, e in enumerate(evaluators)]
         data["scaling"] = _scaling_section(scaling)
-        for key, value in (("run", run), ("stream", stream), ("ray_address", ray_address)):
+        # As SentenceTransformerTrainer.train() does, a call trains afresh: checkpoints of an earlier
+        # call under the same output_dir are replaced. Ray's restarts within the run still resume.
+        data["run"] = {"overwrite": True, **(run or {})}
+        for key, value in (("stream", stream), ("ray_address", ray_address)):
             if value is not None:
                 data[key] = value
         return build(TrainConfig, data)
@@ -354,13 +430,17 @@ class RayTrainer:
         if isinstance(loss, str):
             return {"loss": loss, "loss_kwargs": {}}
         if isinstance(loss, torch.nn.Module):
-            if not isinstance(self.model, str):
-                named = loss_by_name(loss, self.model, model_type)
-                if named is not None:
-                    return {"loss": named[0], "loss_kwargs": named[1]}
+            if isinstance(self.model, str):
+                raise ConfigError(
+                    f"{what}: a loss object holds its own model, not the workers' {self.model!r}; pass the model object "
+                    "it was built on, or the loss by name or as a function model -> loss"
+                )
+            named = loss_by_name(loss, self.model, model_type)
+            if named is not None:
+                return {"loss": named[0], "loss_kwargs": named[1]}
             safe = what.replace("[", "-").replace("]", "").replace("'", "")
             path = os.path.join(self.staging_dir, f"{safe}.pkl")
-            dump_without_model(loss, None if isinstance(self.model, str) else self.model, path, what=what)
+            dump_without_model(loss, self.model, path, what=what, require_model=True)
             return {"loss": "raytune_st.trainer:staged_loss", "loss_kwargs": {"path": path}}
         if callable(loss):
             target = f"{getattr(loss, '__module__', '')}:{getattr(loss, '__qualname__', '')}"
@@ -390,6 +470,14 @@ def _scaling_section(scaling: Any) -> dict[str, Any]:
         return {}
     if isinstance(scaling, dict):
         return dict(scaling)
+    import dataclasses as dc
+
     fields = ("num_workers", "use_gpu", "resources_per_worker")
-    section = {name: getattr(scaling, name) for name in fields if getattr(scaling, name, None) is not None}
-    return section
+    defaults = type(scaling)()
+    unsupported = [
+        f"{f.name}={getattr(scaling, f.name)!r}" for f in dc.fields(scaling)
+        if f.name not in fields and getattr(scaling, f.name) != getattr(defaults, f.name)
+    ]
+    if unsupported:
+        raise ConfigError(f"scaling: raytune_st takes num_workers, use_gpu and resources_per_worker; unsupported: {', '.join(unsupported)}")
+    return {name: getattr(scaling, name) for name in fields if getattr(scaling, name, None) is not None}

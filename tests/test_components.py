@@ -182,11 +182,13 @@ def test_metric_for_best_model_may_name_a_custom_evaluators_metric_by_its_prefix
 
 
 def test_the_loop_refuses_a_best_metric_the_first_evaluation_did_not_report():
-    from raytune_st.train.steps import check_best_metric_reported
+    from raytune_st.train.steps import check_metric_reported
 
-    check_best_metric_reported("eval_dev_mean_similarity", {"eval_dev_mean_similarity": 0.5, "loss": 1.0})
-    with pytest.raises(ConfigError, match="'eval_dev_recall' was not reported by the evaluation, which reported eval_dev_mean_similarity"):
-        check_best_metric_reported("eval_dev_recall", {"eval_dev_mean_similarity": 0.5, "loss": 1.0})
+    check_metric_reported("eval_dev_mean_similarity", {"eval_dev_mean_similarity": 0.5, "loss": 1.0})
+    with pytest.raises(ConfigError, match="args.metric_for_best_model 'eval_dev_recall' was not reported by the evaluation, which reported eval_dev_mean_similarity"):
+        check_metric_reported("eval_dev_recall", {"eval_dev_mean_similarity": 0.5, "loss": 1.0})
+    with pytest.raises(ConfigError, match="search.metric 'eval_dev_recall' was not reported .*; set search.metric to one of them"):
+        check_metric_reported("eval_dev_recall", {"eval_dev_mean_similarity": 0.5}, key="search.metric")
 
 
 def test_a_model_factory_builds_the_model_with_its_keyword_arguments(tiny_bert_dir):
@@ -195,6 +197,9 @@ def test_a_model_factory_builds_the_model_with_its_keyword_arguments(tiny_bert_d
     config = build(ModelConfig, {"factory": "my_project.models:with_dense", "kwargs": {"base": tiny_bert_dir, "dim": 16}, "max_seq_length": 24})
     model = config.load(device="cpu")
     assert model.get_embedding_dimension() == 16 and model.max_seq_length == 24
+    # The factory adds a randomly initialised Dense layer: every process that builds it gets the same one.
+    again = config.load(device="cpu")
+    assert all((a == b).all() for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert config.identity.startswith(f"my_project.models:with_dense({{\"base\": \"{tiny_bert_dir}\", \"dim\": 16}})#")
 
 

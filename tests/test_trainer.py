@@ -122,6 +122,8 @@ def test_what_cannot_reach_the_workers_is_refused_before_any_worker(tmp_path, ti
         RayTrainer(model=tiny_model, args=st_args(tmp_path), train_dataset=pairs, loss=loss, evaluator=Locked())
     with pytest.raises(ConfigError, match="loss: other name no train data set; the sets are train"):
         RayTrainer(model=tiny_model, args=st_args(tmp_path), train_dataset=pairs, loss={"other": loss})
+    with pytest.raises(ConfigError, match="eval_dataset 'train' has no loss in the loss dict; pass eval_dataset as a dict named like the train sets \\(nli\\)"):
+        RayTrainer(model=tiny_model, args=st_args(tmp_path), train_dataset={"nli": pairs}, eval_dataset=pairs, loss={"nli": loss})
     with pytest.raises(ConfigError, match="does not support: torch_compile=True"):
         RayTrainer(model=tiny_model, args=st_args(tmp_path, torch_compile=True), train_dataset=pairs, loss=loss)
     with pytest.raises(ConfigError, match="train_dataset 'train': expected a datasets.Dataset, a ray.data.Dataset or a source path, got list"):
@@ -145,10 +147,14 @@ def test_the_constructor_stages_objects_as_the_train_jobs_config(tmp_path, tiny_
         staging_dir=str(staging),
     )
     config = trainer.config
-    assert config.model.name == str(staging / "model") and config.model.type == "bi_encoder"
+    # A directory of the trainer's own inside staging_dir: a reused staging_dir never mixes runs' files.
+    assert os.path.dirname(trainer.staging_dir) == str(staging)
+    assert config.model.name == os.path.join(trainer.staging_dir, "model") and config.model.type == "bi_encoder"
     assert {name: entry.loss for name, entry in config.train_datasets.items()} == {"pairs": "MultipleNegativesRankingLoss", "more": "CoSENTLoss"}
-    assert config.train_datasets["pairs"].data.path == str(staging / "train-pairs")
+    assert config.train_datasets["pairs"].data.path == os.path.join(trainer.staging_dir, "train-pairs")
     assert config.scaling.num_workers == 2 and config.args.max_steps == 3
+    # Each train() trains afresh, as SentenceTransformerTrainer.train() does.
+    assert config.run.overwrite is True
 
 
 # --- through Ray -----------------------------------------------------------------------------------
@@ -254,5 +260,90 @@ def test_a_cross_encoder_with_its_training_arguments_becomes_a_cross_encoder_run
     model = CrossEncoder(save_tiny_cross_encoder(str(tmp_path / "ce")), device="cpu")
     pairs = Dataset.from_dict({"query": ["q1", "q2"] * 8, "passage": ["p1", "p2"] * 8, "label": [1.0, 0.0] * 8})
     args = CrossEncoderTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, learning_rate=1e-4)
-    config = RayTrainer(model=model, args=args, train_dataset=pairs, loss=BinaryCrossEntropyLoss(model)).config
-    assert (config.model.type, config.model.num_labels, config.loss, config.args.learning_rate) == ("cross_encoder", 1, "BinaryCrossEntropyLoss", 1e-4)
+    config = RayTrainer(model=model, args=args, train_dataset=pairs, loss=BinaryCrossEntropyLoss(model, reduction="sum")).config
+    assert (config.model.type, config.model.num_labels, config.args.learning_rate) == ("cross_encoder", 1, 1e-4)
+    # BinaryCrossEntropyLoss takes **kwargs (reduction) that its config dict does not show: it travels as itself.
+    assert config.loss == "raytune_st.trainer:staged_loss"
+
+
+def test_a_pickled_loss_gets_the_workers_modules_and_parameters_back_and_one_without_the_model_is_refused(tmp_path, tiny_model, tiny_bert_dir):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from raytune_st.trainer import dump_without_model, staged_loss
+
+    class HoldsParts(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.encoder = model[0]
+            self.bias = model[0].auto_model.embeddings.word_embeddings.weight
+
+        def forward(self, features, labels):
+            return self.encoder(features[0])["token_embeddings"].mean()
+
+    dump_without_model(HoldsParts(tiny_model), tiny_model, str(tmp_path / "parts.pkl"), what="loss", require_model=True)
+    worker_model = SentenceTransformer(tiny_bert_dir, device="cpu")
+    rebuilt = staged_loss(worker_model, str(tmp_path / "parts.pkl"))
+    assert rebuilt.encoder is worker_model[0]
+    assert rebuilt.bias is worker_model[0].auto_model.embeddings.word_embeddings.weight
+
+    with pytest.raises(ConfigError, match=r"loss \(Linear\) holds no part of the model passed to RayTrainer"):
+        dump_without_model(torch.nn.Linear(2, 2), tiny_model, str(tmp_path / "other.pkl"), what="loss", require_model=True)
+
+
+def test_a_loss_object_needs_the_model_object_it_was_built_on(tmp_path, tiny_model, tiny_bert_dir, pairs):
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from raytune_st.trainer import RayTrainer
+
+    with pytest.raises(ConfigError, match="a loss object holds its own model, not the workers'"):
+        RayTrainer(model=tiny_bert_dir, args=st_args(tmp_path), train_dataset=pairs, loss=MultipleNegativesRankingLoss(tiny_model))
+    config = RayTrainer(model=tiny_bert_dir, args=st_args(tmp_path), train_dataset=pairs, loss="MultipleNegativesRankingLoss").config
+    assert config.model.name == tiny_bert_dir and config.loss == "MultipleNegativesRankingLoss"
+
+
+def test_report_to_all_step_ratios_eval_steps_and_scaling_fields_are_read_as_sentence_transformers_means_them(tmp_path):
+    import ray.train
+
+    from raytune_st.trainer import _scaling_section, args_section
+
+    assert args_section(st_args(tmp_path, report_to="all"))["report_to"] == "all"  # transformers expands it
+    assert args_section(st_args(tmp_path, report_to=[]))["report_to"] == "none"
+    assert args_section(st_args(tmp_path, eval_steps=100))["eval_steps"] is None  # no evaluation: ignored, as there
+    with pytest.raises(ConfigError, match="eval_steps=0.1 is a ratio of the total steps, which raytune_st does not take"):
+        args_section(st_args(tmp_path, eval_strategy="steps", eval_steps=0.1))
+    assert _scaling_section(ray.train.ScalingConfig(num_workers=3)) == {"num_workers": 3, "use_gpu": False}
+    with pytest.raises(ConfigError, match="scaling: raytune_st takes num_workers, use_gpu and resources_per_worker; unsupported: placement_strategy='SPREAD'"):
+        _scaling_section(ray.train.ScalingConfig(num_workers=2, placement_strategy="SPREAD"))
+
+
+def test_a_staged_evaluator_reports_its_evaluators_primary_metric_as_it_is_when_asked(tmp_path):
+    import pickle
+
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+
+    from raytune_st.trainer import StagedEvaluator
+
+    path = tmp_path / "evaluator.pkl"
+    path.write_bytes(pickle.dumps(PrefixesOnCall(name="dev")))
+    staged = StagedEvaluator(str(path), name="dev")
+    assert isinstance(staged, SentenceEvaluator) and staged.primary_metric == "score"
+    assert staged(None) == {"dev_score": 1.0} and staged.primary_metric == "dev_score"
+
+
+def _evaluator_base():
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+
+    return SentenceEvaluator
+
+
+class PrefixesOnCall(_evaluator_base()):
+    """Like CrossEncoderCorrelationEvaluator: primary_metric gets its name prefix on the first call."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name, self.primary_metric = name, "score"
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        self.primary_metric = f"{self.name}_score"
+        return {self.primary_metric: 1.0}

@@ -144,7 +144,8 @@ class EvaluateConfig:
         check_custom_resources("resources", self.resources, built_in_key="num_gpus (the worker takes one CPU)")
         if not self.evaluators:
             raise ConfigError("evaluators: give at least one evaluator, e.g. [{type: InformationRetrievalEvaluator, name: dev, data: ...}]")
-        labels = [e.label for e in self.evaluators]
+        # An unnamed custom evaluator prefixes its metrics itself: nothing to tell apart by name.
+        labels = [e.label for e in self.evaluators if e.name or not e.custom]
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:
             raise ConfigError(f"evaluators: the name {dup[0]!r} is used twice; give each evaluator its own name (metrics are prefixed with it)")

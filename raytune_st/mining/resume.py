@@ -36,6 +36,10 @@ def mining_settings(config: Any) -> dict[str, Any]:
     settings = to_dict(config)
     for section in ("output", "ray_address"):
         settings.pop(section, None)
+    for section in ("model", "cross_encoder"):
+        model = getattr(config, section, None)
+        if model is not None and model.factory is not None:
+            settings[section]["identity"] = model.identity  # the factory's source: an edit re-mines
     compute = settings.pop("compute")
     for key in ("num_cpus", "num_gpus", "use_gpu"):
         settings["index"].pop(key)

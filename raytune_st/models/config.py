@@ -94,9 +94,16 @@ class ModelConfig:
         return self._finish(load_model(path or self.name, self.type or "bi_encoder", **kwargs))
 
     def _from_factory(self, device: Optional[str]):
+        import torch
+
         from raytune_st.components import build_model
 
-        model = build_model(self.factory, self.kwargs, self.type or "bi_encoder")
+        # Every process that calls the factory (each embedding actor, each training worker) must
+        # get the same model: new layers' random weights come from a fixed seed, and the caller's
+        # random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_model(self.factory, self.kwargs, self.type or "bi_encoder")
         if device is not None:
             model.to(device)  # a factory may build on any device; the job decides where the model runs
         if self.max_seq_length is not None:

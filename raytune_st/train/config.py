@@ -357,7 +357,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"evaluators: {spec.type} is for a {spec.model_type}, but model.type is {self.model.type}"
                 )
-        labels = [e.label for e in self.evaluators]
+        # An unnamed custom evaluator prefixes its metrics itself: nothing to tell apart by name.
+        labels = [e.label for e in self.evaluators if e.name or not e.custom]
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:
             raise ConfigError(f"evaluators: the name {dup[0]!r} is used twice; give each evaluator its own name")

@@ -186,21 +186,28 @@ def checked_output(config: TrainConfig) -> OutputDir:
     return output
 
 
+STAGED_LOSS = "raytune_st.trainer:staged_loss"
+
+
 def check_loss_factories(config: TrainConfig) -> None:
     """Call each loss factory (a ``module:function`` loss) once on the model, on this CPU: what a
     function returns is known only by calling it, and a worker is the wrong place to find out."""
     from raytune_st.components import import_object, is_import_path
     from raytune_st.losses.build import build_loss
 
-    specs = {
-        spec.name: spec
-        for section, sets in (("train_datasets", config.train_datasets), ("eval_datasets", config.eval_datasets))
-        for spec in (config.loss_for(section, name) for name in sets)
-        if is_import_path(spec.name) and not isinstance(import_object(spec.name, what="loss"), type)
-    }
+    specs = []
+    for section, sets in (("train_datasets", config.train_datasets), ("eval_datasets", config.eval_datasets)):
+        for spec in (config.loss_for(section, name) for name in sets):
+            if (
+                is_import_path(spec.name)
+                and spec.name != STAGED_LOSS  # RayTrainer's pickled loss object: it was a loss when pickled
+                and not isinstance(import_object(spec.name, what="loss"), type)
+                and spec not in specs
+            ):
+                specs.append(spec)
     if specs:
         model = config.model.load(device="cpu")
-        for spec in specs.values():
+        for spec in specs:
             build_loss(spec.name, spec.kwargs, model, spec.model_type)
 
 

@@ -47,7 +47,7 @@ from raytune_st.train.checkpointing import (
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.energy import EnergyTracker
 from raytune_st.train.plan import total_optimizer_steps
-from raytune_st.train.steps import check_best_metric_reported, completes_epoch, improves, step_actions
+from raytune_st.train.steps import check_metric_reported, completes_epoch, improves, step_actions
 from raytune_st.train.trackers import resolve_report_to
 
 ROWS_PER_READ = 256  # rows fetched from a shard at a time; batching happens afterwards
@@ -159,7 +159,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics.update(_evaluate(worker, run))
             run.ddp_model.train()
             if args.metric_for_best_model and worker.rank == 0:
-                check_best_metric_reported(args.best_metric, metrics)
+                check_metric_reported(args.best_metric, metrics)
             if args.save_strategy == "best" and args.best_metric in metrics:
                 if improves(metrics[args.best_metric], state.best_value, args.higher_is_better):
                     state.best_value = metrics[args.best_metric]
@@ -306,11 +306,14 @@ def setup(config: TrainConfig, model: Any, state: TrainingState, worker: WorkerC
         spec = config.loss_for("train_datasets", name)
         losses[name] = build_loss(spec.name, spec.kwargs, model, spec.model_type, world_size=worker.world_size).to(worker.device)
     eval_losses = {}
+    train_specs = {name: config.loss_for("train_datasets", name) for name in config.train_datasets}
     for name in config.eval_datasets:
         spec = config.loss_for("eval_datasets", name)
-        # Evaluate with the training loss of the same name (it may own trained weights, e.g. SoftmaxLoss).
-        if name in losses:
-            eval_losses[name] = losses[name]
+        # Evaluate with a training loss of the same settings (it may own trained weights, e.g.
+        # SoftmaxLoss's classifier): the train set of the same name first, else any with that loss.
+        shared = name if name in losses else next((n for n, s in train_specs.items() if s == spec), None)
+        if shared is not None:
+            eval_losses[name] = losses[shared]
         else:
             eval_losses[name] = build_loss(spec.name, spec.kwargs, model, spec.model_type).to(worker.device)
     for name, loss_state in state.losses.items():
@@ -522,7 +525,8 @@ def _point_loss_at(loss: Any, wrapped: Any, model: Any) -> None:
             setattr(wrapped, attr, getattr(model, attr))
     for name, child in list(loss.named_children()):
         if child is model:
-            loss.model = wrapped
+            # Under whatever name the loss keeps it (model, sentence_embedder, encoder, ...).
+            setattr(loss, name, wrapped)
         elif isinstance(child, torch.nn.Module) and name != "guide":
             _point_loss_at(child, wrapped, model)
 
@@ -539,10 +543,10 @@ def _evaluation_view(loss: Any, model: Any) -> Iterator[None]:
             saved.append((module, "gather_across_devices", True))
             module.gather_across_devices = False
         for name, child in list(module.named_children()):
-            if name == "model" and child is not model:
-                saved.append((module, "model", child))
-                module.model = model
-            elif isinstance(child, torch.nn.Module) and name not in ("model", "guide"):
+            if child is not model and getattr(child, "module", None) is model:  # the DDP wrapper _point_loss_at set
+                saved.append((module, name, child))
+                setattr(module, name, model)
+            elif isinstance(child, torch.nn.Module) and child is not model and name != "guide":
                 visit(child)
 
     visit(loss)

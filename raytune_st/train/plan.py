@@ -63,12 +63,12 @@ def _say_unchecked(loss: str, dataset: str, columns: list[str]) -> None:
     if (loss, dataset) in _UNCHECKED:
         return
     _UNCHECKED.add((loss, dataset))
-    warnings.warn(
-        f"{dataset}: the columns {columns} were not checked against loss {loss!r}, which declares no loss_format; "
-        "set loss_format on it to the built-in loss whose inputs it takes (e.g. loss_format = \"TripletLoss\") to check them",
-        RaytuneWarning,
-        stacklevel=3,
-    )
+    if loss == "raytune_st.trainer:staged_loss":
+        what, fix = "the loss object given to RayTrainer", "pass a sentence-transformers loss by name to have them checked"
+    else:
+        what = f"loss {loss!r}, which declares no loss_format"
+        fix = 'set loss_format on it to the built-in loss whose inputs it takes (e.g. loss_format = "TripletLoss") to check them'
+    warnings.warn(f"{dataset}: the columns {columns} were not checked against {what}; {fix}", RaytuneWarning, stacklevel=3)
 
 
 def check_dataset(config: TrainConfig, section: str, name: str, count_rows: Any = None) -> DatasetPlan:

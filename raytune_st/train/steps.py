@@ -64,16 +64,16 @@ def improves(value: float, best: Optional[float], higher_is_better: bool) -> boo
     return value > best if higher_is_better else value < best
 
 
-def check_best_metric_reported(best_metric: str, metrics: dict[str, Any]) -> None:
-    """Refuse an evaluation that lacks args.metric_for_best_model.
+def check_metric_reported(metric: str, metrics: dict[str, Any], *, key: str = "args.metric_for_best_model") -> None:
+    """Refuse an evaluation's report that lacks the metric `key` names (metric_for_best_model, search.metric).
 
     Pre-flight knows every built-in evaluator's metric names; a custom evaluator's are known
     only now, at the first evaluation.
     """
-    if best_metric not in metrics:
+    if metric not in metrics:
         reported = sorted(name for name in metrics if name.startswith("eval_"))
         raise ConfigError(
-            f"args.metric_for_best_model {best_metric!r} was not reported by the evaluation, which reported "
+            f"{key} {metric!r} was not reported by the evaluation, which reported "
             + (", ".join(reported) or "nothing")
-            + "; set metric_for_best_model to one of them"
+            + f"; set {key} to one of them"
         )

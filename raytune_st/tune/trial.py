@@ -18,6 +18,7 @@ from raytune_st.train.config import TrainConfig
 from raytune_st.train.job import fit_and_write, make_run_config, plan_run
 from raytune_st.train.plan import planned_steps
 from raytune_st.train.progress import console_callback, tracking_start
+from raytune_st.train.steps import check_metric_reported
 from raytune_st.train.rerun import check_rerun
 from raytune_st.train.trackers import params_of
 from raytune_st.tune.config import TuneConfig
@@ -45,10 +46,18 @@ def _report_callback(metric: Optional[str]):
 
     class MetricReportCallback(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
+            _check_evaluated(metric, metrics[0])
             if metric is None or metric in metrics[0]:
                 super().after_report(run_context, metrics, checkpoint)
 
     return MetricReportCallback()
+
+
+def _check_evaluated(metric: Optional[str], report: dict[str, Any]) -> None:
+    """An evaluation's report must carry an eval_ search.metric (a custom evaluator's name is
+    known only then); a report of logging alone need not."""
+    if metric and metric.startswith("eval_") and any(key.startswith("eval_") for key in report):
+        check_metric_reported(metric, report, key="search.metric")
 
 
 def _queue_callback(queue: Any, metric: Optional[str]):
@@ -57,6 +66,7 @@ def _queue_callback(queue: Any, metric: Optional[str]):
 
     class QueueReportCallback(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
+            _check_evaluated(metric, metrics[0])
             if metric is None or metric in metrics[0]:
                 queue.put((dict(metrics[0]), checkpoint))
 

@@ -189,3 +189,14 @@ def test_a_truncated_part_in_object_storage_is_mined_again(tmp_path, bucket):
     with fs.open_output_stream(key) as handle:
         handle.write(data[:-10])
     assert pending() == [1]
+
+
+def test_an_edit_to_a_model_factorys_source_changes_the_mining_settings(tmp_path, monkeypatch):
+    factory = tmp_path / "factory_for_resume_test.py"
+    factory.write_text("def build(dim=3):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = ["model.name=null", "model.factory=factory_for_resume_test:build", "model.kwargs={dim: 4}"]
+    before = settings(tmp_path, *overrides)
+    assert before["model.identity"].startswith('factory_for_resume_test:build({"dim": 4})#')
+    factory.write_text("def build(dim=3):\n    return None  # edited\n")
+    assert resume.changed_settings(before, settings(tmp_path, *overrides)).startswith("model.identity:")
