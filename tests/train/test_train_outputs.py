@@ -68,7 +68,13 @@ def test_run_outputs(tmp_path, tiny_bi_encoder):
     write_run_outputs(str(tmp_path / "out"), config=config, model_dir=tiny_bi_encoder, history=HISTORY, metrics=final_metrics(HISTORY), best_step=2)
     out = tmp_path / "out"
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "runs"))
+    # report_to: tensorboard: every metric at its step, read back as TensorBoard reads it.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "runs"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0), (2, 1.5), (3, pytest.approx(1.2))]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("eval/dev_cosine_ndcg@10")] == [(2, 0.3)]
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "MultipleNegativesRankingLoss" in (out / "config.yaml").read_text()
     card = (out / "final" / "README.md").read_text()

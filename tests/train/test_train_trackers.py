@@ -100,7 +100,7 @@ def test_an_offline_wandb_run_gets_every_report_at_its_step_the_params_and_the_m
             assert "fake-wandb-token-1234" not in open(path, errors="replace").read(), path
 
 
-def test_a_run_logged_to_a_real_mlflow_server_reads_back_with_its_metrics_params_and_model(tmp_path, monkeypatch):
+def test_a_run_logged_to_a_real_mlflow_server_reads_back_with_its_metrics_params_and_model(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
     from raytune_st.testing import MlflowTestServer
@@ -110,6 +110,7 @@ def test_a_run_logged_to_a_real_mlflow_server_reads_back_with_its_metrics_params
     (model / "config.json").write_text('{"hidden_size": 32}')
     with MlflowTestServer(str(tmp_path / "mlflow")) as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "fake-mlflow-token-9876")  # sent as a header, never logged
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "raytune-st-test")
         check_trackers(["mlflow"])  # the server answers its health check
         with TrainConsole(bar=False, queue=LocalQueue(), trackers=["mlflow"]) as console:
@@ -133,6 +134,8 @@ def test_a_run_logged_to_a_real_mlflow_server_reads_back_with_its_metrics_params
         assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/config.json"]
         downloaded = client.download_artifacts(run_id, "model/config.json", str(tmp_path / "down"))
         assert open(downloaded).read() == '{"hidden_size": 32}'
+        assert not any("fake-mlflow-token" in str(v) for v in [*run.data.params.values(), *run.data.tags.values()])
+    assert "fake-mlflow-token" not in capsys.readouterr().out
 
 
 TRACKIO_RUN = """
