@@ -25,6 +25,8 @@ The constructor turns its objects into the train job's config (:func:`training_c
   worker puts back (:func:`staged_loss`).
 - `evaluator`: one or a list; each pickled and run on rank 0 (:class:`StagedEvaluator`).
 
+``trainer.tune(search)`` sweeps the same objects with Ray Tune instead (the tune job's `search`).
+
 The staging directory (`staging_dir`, default a temporary directory on this machine, removed
 after the run) must be readable by every worker: on a multi-node cluster pass a shared path,
 or pass paths and model names instead of objects.
@@ -41,7 +43,9 @@ import shutil
 import tempfile
 from typing import Any, Optional
 
+from raytune_st.config.core import build
 from raytune_st.errors import ConfigError
+from raytune_st.train.config import TrainConfig
 
 # TrainingArguments fields that follow from others or only name where a trainer logs; never refused.
 _DERIVED = {"do_eval", "do_train", "do_predict", "logging_dir", "output_dir", "overwrite_output_dir", "local_rank"}
@@ -340,15 +344,18 @@ class RayTrainer:
             os.makedirs(staging_dir, exist_ok=True)
         self.staging_dir = tempfile.mkdtemp(prefix="raytune-st-inputs-", dir=staging_dir)
         try:
-            self.config = self._config(train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address)
+            self._data = self._config_data(train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address)
+            self.config = build(TrainConfig, self._data)
         except BaseException:
             self._clean()
             raise
+        self._ran = False
 
     def train(self) -> dict[str, Any]:
         """Run the train job; returns its final metrics and loads the trained weights into `model`."""
         from raytune_st.train.job import train
 
+        self._start()
         try:
             metrics = train(self.config)
         finally:
@@ -360,13 +367,34 @@ class RayTrainer:
             self.model.load_state_dict(trained.state_dict())
         return metrics
 
+    def tune(self, search: dict[str, Any]) -> dict[str, Any]:
+        """Sweep with Ray Tune, every trial a whole training run of these objects.
+
+        `search` is the tune job's `search` section (space, metric, mode, num_samples,
+        search_alg, scheduler, name, ...), its space keyed by the train config's keys, e.g.
+        ``{"space": {"args.learning_rate": {"loguniform": [1e-5, 1e-4]}}, "num_samples": 8,
+        "metric": "eval_dev_cosine_ndcg@10"}``. Returns ``{"best": the best trial's row, "trials":
+        [...]}`` as the tune job does; the trials' models are under ``args.output_dir``, and
+        `model` is left as it is.
+        """
+        from raytune_st.tune.config import TuneConfig
+        from raytune_st.tune.job import tune
+
+        self._start()
+        try:
+            return tune(build(TuneConfig, {**self._data, "search": search}))
+        finally:
+            self._clean()
+
+    def _start(self) -> None:
+        if self._ran:
+            raise ConfigError("this RayTrainer has run (its staged objects are gone); build a new one to run again")
+        self._ran = True
+
     def _clean(self) -> None:
         shutil.rmtree(self.staging_dir, ignore_errors=True)
 
-    def _config(self, train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address):
-        from raytune_st.config.core import build
-        from raytune_st.train.config import TrainConfig
-
+    def _config_data(self, train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address) -> dict[str, Any]:
         data: dict[str, Any] = {"args": args_section(self.args), "model": self._model_section()}
         model_type = data["model"]["type"]
         train_sets = _named(train_dataset)
@@ -405,7 +433,7 @@ class RayTrainer:
         for key, value in (("stream", stream), ("ray_address", ray_address)):
             if value is not None:
                 data[key] = value
-        return build(TrainConfig, data)
+        return data
 
     def _model_section(self) -> dict[str, Any]:
         from sentence_transformers import CrossEncoder, SentenceTransformer

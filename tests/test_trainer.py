@@ -347,3 +347,27 @@ class PrefixesOnCall(_evaluator_base()):
     def __call__(self, model, output_path=None, epoch=-1, steps=-1):
         self.primary_metric = f"{self.name}_score"
         return {self.primary_metric: 1.0}
+
+
+@pytest.mark.ray
+def test_the_same_objects_sweep_with_tune_and_a_trainer_runs_once(ray_local, tmp_path, tiny_model):
+    from datasets import Dataset
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from raytune_st.trainer import RayTrainer
+
+    pairs = Dataset.from_dict({"anchor": [f"question {i}" for i in range(32)], "positive": [f"answer {i}" for i in range(32)]})
+    trainer = RayTrainer(
+        model=tiny_model,
+        args=st_args(tmp_path, max_steps=2, per_device_train_batch_size=8, logging_steps=1, report_to="none"),
+        train_dataset=pairs,
+        loss=MultipleNegativesRankingLoss(tiny_model),
+        scaling={"num_workers": 1, "resources_per_worker": {"CPU": 0.5}},
+    )
+    result = trainer.tune({"space": {"args.learning_rate": {"choice": [1e-4, 1e-3]}}, "search_alg": "grid", "metric": "loss", "mode": "min"})
+    assert sorted(row["args.learning_rate"] for row in result["trials"]) == [1e-4, 1e-3]
+    assert all(row["steps"] == 2 and row["loss"] > 0 for row in result["trials"])
+    assert result["best"]["loss"] == min(row["loss"] for row in result["trials"])
+    assert not os.path.exists(trainer.staging_dir)
+    with pytest.raises(ConfigError, match="this RayTrainer has run"):
+        trainer.train()
