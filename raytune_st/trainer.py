@@ -14,10 +14,11 @@ The constructor turns its objects into the train job's config (:func:`training_c
 - `args` (SentenceTransformerTrainingArguments or CrossEncoderTrainingArguments): every field
   the job supports becomes its `args.<field>`; any other field set to a non-default value is an
   error that lists them (:func:`args_section`).
-- `model`: saved once into the staging directory, which the workers load from.
+- `model`: saved once (safetensors weights and its sentence-transformers config) and put into
+  Ray's object store; each node writes one copy and its workers load it.
 - `train_dataset` / `eval_dataset`: a ``datasets.Dataset``, a dict or ``DatasetDict`` of them
-  (several named sets), a ``ray.data.Dataset`` (written by Ray Data, in parallel) or a source
-  path; in-memory sets are written once as Parquet, read by Ray Data as any source.
+  (several named sets), a ``ray.data.Dataset`` or a source path; an in-memory set goes into the
+  object store once as Arrow blocks, which Ray Data streams to the workers like any source.
 - `loss`: one loss object, a dict of them per data set, or a function ``model -> loss``. A
   sentence-transformers loss without weights of its own is named with its settings
   (``get_config_dict``), so it is built as the YAML job builds it (gather_across_devices on
@@ -25,24 +26,23 @@ The constructor turns its objects into the train job's config (:func:`training_c
   worker puts back (:func:`staged_loss`).
 - `evaluator`: one or a list; each pickled and run on rank 0 (:class:`StagedEvaluator`).
 
-``trainer.tune(search)`` sweeps the same objects with Ray Tune instead (the tune job's `search`).
+Objects reach the workers through Ray's object store, named in the config as
+``ray-object://...`` (:mod:`raytune_st.objects`), so nothing needs a shared filesystem.
 
-The staging directory (`staging_dir`, default a temporary directory on this machine, removed
-after the run) must be readable by every worker: on a multi-node cluster pass a shared path,
-or pass paths and model names instead of objects.
+``trainer.tune(search)`` sweeps the same objects with Ray Tune instead (the tune job's `search`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import io
 import os
 import pickle
-import shutil
-import tempfile
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+from raytune_st import objects
 from raytune_st.config.core import build
 from raytune_st.errors import ConfigError
 from raytune_st.train.config import TrainConfig
@@ -137,8 +137,8 @@ def _report_to(value: Any) -> Any:
 # --- losses ----------------------------------------------------------------------------------------
 
 
-def dump_without_model(obj: Any, model: Any, path: str, *, what: str, require_model: bool = False) -> None:
-    """Pickle `obj` to `path` without `model`, its modules and parameters (put back by
+def dump_without_model(obj: Any, model: Any, *, what: str, require_model: bool = False) -> bytes:
+    """`obj` pickled without `model`, its modules and parameters (put back by
     :func:`load_with_model`); `require_model`: refuse an `obj` that holds no part of it."""
     import ray.cloudpickle
 
@@ -171,8 +171,7 @@ def dump_without_model(obj: Any, model: Any, path: str, *, what: str, require_mo
             f"{what} ({type(obj).__name__}) holds no part of the model passed to RayTrainer, so training it would not "
             "train that model; build the loss on that model object"
         )
-    with open(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+    return buffer.getvalue()
 
 
 class _ModelIn(pickle.Unpickler):
@@ -192,9 +191,16 @@ class _ModelIn(pickle.Unpickler):
         return self._model.get_submodule(name) if kind == "module" else self._model.get_parameter(name)
 
 
-def load_with_model(path: str, model: Any) -> Any:
+def _pickled(path: str) -> bytes:
+    """The bytes RayTrainer put into the object store under `path` (or a pickle file there)."""
+    if objects.is_object(path):
+        return objects.blob(path)
     with open(path, "rb") as handle:
-        return _ModelIn(handle, model).load()
+        return handle.read()
+
+
+def load_with_model(path: str, model: Any) -> Any:
+    return _ModelIn(io.BytesIO(_pickled(path)), model).load()
 
 
 def staged_loss(model: Any, path: str) -> Any:
@@ -253,8 +259,7 @@ class StagedEvaluator(_evaluator_base()):
 
     def __init__(self, path: str, name: str = ""):
         super().__init__()
-        with open(path, "rb") as handle:
-            self.evaluator = pickle.load(handle)
+        self.evaluator = pickle.loads(_pickled(path))
         self.name = name
 
     @property
@@ -273,17 +278,16 @@ class StagedEvaluator(_evaluator_base()):
 # --- datasets --------------------------------------------------------------------------------------
 
 
-def _stage_dataset(data: Any, path: str, what: str) -> str:
-    """A source path for `data`: itself when it is one, else the Parquet written under `path`."""
+def _data_source(data: Any, what: str) -> str:
+    """A source path for `data`: itself when it is one, else the name of the object it becomes."""
     if isinstance(data, (str, os.PathLike)):
         return os.fspath(data)
     if type(data).__module__.startswith("ray.data"):
-        data.write_parquet(path)
-        return path
-    if hasattr(data, "to_parquet") and hasattr(data, "column_names"):
-        os.makedirs(path, exist_ok=True)
-        data.to_parquet(os.path.join(path, "part-0.parquet"))
-        return path
+        return objects.register_dataset(data)
+    if hasattr(data, "flatten_indices") and hasattr(data, "column_names"):
+        # A selected, shuffled or filtered Dataset reads through an indices mapping: apply it first.
+        flat = data.flatten_indices() if getattr(data, "_indices", None) is not None else data
+        return objects.register_table(flat.data.table, fingerprint=getattr(flat, "_fingerprint", None))
     raise ConfigError(
         f"{what}: expected a datasets.Dataset, a ray.data.Dataset or a source path, got {type(data).__name__}"
     )
@@ -313,8 +317,6 @@ class RayTrainer:
         scaling: a ray.train.ScalingConfig or a dict of its fields, e.g. {"num_workers": 4, "use_gpu": True}.
         run: the train job's `run` section: {name, storage_path, max_failures}.
         stream: the train job's `stream` section.
-        staging_dir: where objects are written for the workers (default: a temporary directory,
-            removed after the run); a path every node reads on a multi-node cluster.
         ray_address: the cluster to join (default: RAY_ADDRESS, else a local Ray).
     """
 
@@ -330,7 +332,6 @@ class RayTrainer:
         scaling: Any = None,
         run: Optional[dict[str, Any]] = None,
         stream: Optional[dict[str, Any]] = None,
-        staging_dir: Optional[str] = None,
         ray_address: Optional[str] = None,
     ):
         if model is None or train_dataset is None or loss is None:
@@ -339,10 +340,7 @@ class RayTrainer:
         if args is None:  # as sentence-transformers' trainers do
             args = _default_args(model)
         self.model, self.args = model, args
-        # A directory of this trainer's own, also inside a given staging_dir, removed after the run.
-        if staging_dir is not None:
-            os.makedirs(staging_dir, exist_ok=True)
-        self.staging_dir = tempfile.mkdtemp(prefix="raytune-st-inputs-", dir=staging_dir)
+        self._objects: list[str] = []  # names of the objects registered for the workers
         try:
             self._data = self._config_data(train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address)
             self.config = build(TrainConfig, self._data)
@@ -357,13 +355,16 @@ class RayTrainer:
 
         self._start()
         try:
-            metrics = train(self.config)
+            with self._shipped():
+                metrics = train(self.config)
         finally:
             self._clean()
-        if not isinstance(self.model, str) and "://" not in self.args.output_dir:
+        if not isinstance(self.model, str):
             from raytune_st.models.loading import load_model
+            from raytune_st.outputs import join
 
-            trained = load_model(os.path.join(self.args.output_dir, "final"), self.config.model.type, device="cpu")
+            # From a URI too (s3://, gs://): downloaded once into this node's model cache.
+            trained = load_model(join(self.args.output_dir, "final"), self.config.model.type, device="cpu")
             self.model.load_state_dict(trained.state_dict())
         return metrics
 
@@ -382,29 +383,43 @@ class RayTrainer:
 
         self._start()
         try:
-            return tune(build(TuneConfig, {**self._data, "search": search}))
+            with self._shipped():
+                return tune(build(TuneConfig, {**self._data, "search": search}))
         finally:
             self._clean()
 
     def _start(self) -> None:
         if self._ran:
-            raise ConfigError("this RayTrainer has run (its staged objects are gone); build a new one to run again")
+            raise ConfigError("this RayTrainer has run (its objects were released); build a new one to run again")
         self._ran = True
 
+    @contextlib.contextmanager
+    def _shipped(self) -> Iterator[None]:
+        """A Ray session (the job's own one inside) whose object store holds this trainer's objects."""
+        from raytune_st.runtime import ray_session
+
+        with ray_session(self.config.ray_address):
+            objects.ship(self._objects)
+            yield
+
     def _clean(self) -> None:
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        objects.release(self._objects)
+
+    def _register(self, name: str) -> str:
+        self._objects.append(name)
+        return name
 
     def _config_data(self, train_dataset, eval_dataset, loss, evaluator, scaling, run, stream, ray_address) -> dict[str, Any]:
         data: dict[str, Any] = {"args": args_section(self.args), "model": self._model_section()}
         model_type = data["model"]["type"]
         train_sets = _named(train_dataset)
         data["train_datasets"] = {
-            name: {"data": _stage_dataset(ds, os.path.join(self.staging_dir, f"train-{name}"), f"train_dataset {name!r}")}
+            name: {"data": self._register_data(ds, f"train_dataset {name!r}")}
             for name, ds in train_sets.items()
         }
         if eval_dataset is not None:
             data["eval_datasets"] = {
-                name: {"data": _stage_dataset(ds, os.path.join(self.staging_dir, f"eval-{name}"), f"eval_dataset {name!r}")}
+                name: {"data": self._register_data(ds, f"eval_dataset {name!r}")}
                 for name, ds in _named(eval_dataset).items()
             }
         losses = loss if isinstance(loss, dict) else None
@@ -435,6 +450,12 @@ class RayTrainer:
                 data[key] = value
         return data
 
+    def _register_data(self, data: Any, what: str) -> str:
+        path = _data_source(data, what)
+        if objects.is_object(path):
+            self._register(path)
+        return path
+
     def _model_section(self) -> dict[str, Any]:
         from sentence_transformers import CrossEncoder, SentenceTransformer
 
@@ -442,10 +463,9 @@ class RayTrainer:
             return {"name": self.model, "type": "cross_encoder" if "CrossEncoder" in type(self.args).__name__ else "bi_encoder"}
         if not isinstance(self.model, (SentenceTransformer, CrossEncoder)):
             raise ConfigError(f"model: expected a SentenceTransformer, a CrossEncoder or a model reference, got {type(self.model).__name__}")
-        path = os.path.join(self.staging_dir, "model")
-        self.model.save(path)  # device-independent: a model on a GPU the workers do not have still loads
+        # Saving is device-independent: a model on a GPU the workers do not have still loads on theirs.
         is_ce = isinstance(self.model, CrossEncoder)
-        section = {"name": path, "type": "cross_encoder" if is_ce else "bi_encoder"}
+        section = {"name": self._register(objects.register_model(self.model)), "type": "cross_encoder" if is_ce else "bi_encoder"}
         if is_ce:
             section["num_labels"] = self.model.num_labels
         return section
@@ -466,10 +486,8 @@ class RayTrainer:
             named = loss_by_name(loss, self.model, model_type)
             if named is not None:
                 return {"loss": named[0], "loss_kwargs": named[1]}
-            safe = what.replace("[", "-").replace("]", "").replace("'", "")
-            path = os.path.join(self.staging_dir, f"{safe}.pkl")
-            dump_without_model(loss, self.model, path, what=what, require_model=True)
-            return {"loss": "raytune_st.trainer:staged_loss", "loss_kwargs": {"path": path}}
+            pickled = dump_without_model(loss, self.model, what=what, require_model=True)
+            return {"loss": "raytune_st.trainer:staged_loss", "loss_kwargs": {"path": self._register(objects.register_blob(pickled))}}
         if callable(loss):
             target = f"{getattr(loss, '__module__', '')}:{getattr(loss, '__qualname__', '')}"
             if not is_import_path(target) or target.startswith("__main__:") or "<" in target:
@@ -481,9 +499,9 @@ class RayTrainer:
         raise ConfigError(f"{what}: expected a loss object, a function model -> loss or a loss name, got {type(loss).__name__}")
 
     def _evaluator_section(self, evaluator: Any, index: int) -> dict[str, Any]:
-        path = os.path.join(self.staging_dir, f"evaluator-{index}.pkl")
-        dump_without_model(evaluator, None, path, what=f"evaluator {getattr(evaluator, 'name', '') or index!r}")
-        return {"type": "raytune_st.trainer:StagedEvaluator", "name": getattr(evaluator, "name", "") or "", "path": path}
+        pickled = dump_without_model(evaluator, None, what=f"evaluator {getattr(evaluator, 'name', '') or index!r}")
+        name = getattr(evaluator, "name", "") or ""
+        return {"type": "raytune_st.trainer:StagedEvaluator", "name": name, "path": self._register(objects.register_blob(pickled))}
 
 
 def _default_args(model: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Tests run offline and quiet; set before anything imports transformers or Ray.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,6 +11,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Models put into the object store (raytune_st.objects) and downloaded ones are cached here, not in ~.
+os.environ.setdefault("RAYTUNE_ST_MODEL_CACHE", os.path.join(tempfile.gettempdir(), f"raytune-st-test-models-{os.getpid()}"))
 
 import sys
 

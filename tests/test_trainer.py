@@ -91,14 +91,17 @@ def test_a_pickled_loss_gets_the_workers_model_back(tmp_path, tiny_model, tiny_b
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import SoftmaxLoss
 
+    from raytune_st import objects
     from raytune_st.trainer import dump_without_model, staged_loss
 
     loss = SoftmaxLoss(tiny_model, tiny_model.get_embedding_dimension(), 3)
-    dump_without_model(loss, tiny_model, str(tmp_path / "loss.pkl"), what="loss")
-    # The model's weights are not in the file: it is much smaller than the model.
-    assert os.path.getsize(tmp_path / "loss.pkl") < sum(p.numel() for p in tiny_model.parameters()) * 4 / 2
+    pickled = dump_without_model(loss, tiny_model, what="loss")
+    # The model's weights are not in the pickle: it is much smaller than the model.
+    assert len(pickled) < sum(p.numel() for p in tiny_model.parameters()) * 4 / 2
     worker_model = SentenceTransformer(tiny_bert_dir, device="cpu")
-    rebuilt = staged_loss(worker_model, str(tmp_path / "loss.pkl"))
+    name = objects.register_blob(pickled)
+    rebuilt = staged_loss(worker_model, name)
+    objects.release([name])
     assert rebuilt.model is worker_model
     assert torch.equal(rebuilt.classifier.weight, loss.classifier.weight)
 
@@ -132,26 +135,32 @@ def test_what_cannot_reach_the_workers_is_refused_before_any_worker(tmp_path, ti
         RayTrainer(model=tiny_model, loss=loss)
 
 
-def test_the_constructor_stages_objects_as_the_train_jobs_config(tmp_path, tiny_model, pairs):
+def test_the_constructor_names_its_objects_in_the_train_jobs_config(tmp_path, tiny_model, pairs):
+    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import CoSENTLoss, MultipleNegativesRankingLoss
 
+    from raytune_st.data.sources import inspect_source
+    from raytune_st.models import resolve_model
     from raytune_st.trainer import RayTrainer
 
-    staging = tmp_path / "staging"
     trainer = RayTrainer(
         model=tiny_model,
         args=st_args(tmp_path, max_steps=3),
-        train_dataset={"pairs": pairs, "more": pairs},
+        train_dataset={"pairs": pairs, "more": pairs.select(range(5))},
         loss={"pairs": MultipleNegativesRankingLoss(tiny_model), "more": CoSENTLoss(tiny_model)},
         scaling={"num_workers": 2},
-        staging_dir=str(staging),
     )
     config = trainer.config
-    # A directory of the trainer's own inside staging_dir: a reused staging_dir never mixes runs' files.
-    assert os.path.dirname(trainer.staging_dir) == str(staging)
-    assert config.model.name == os.path.join(trainer.staging_dir, "model") and config.model.type == "bi_encoder"
+    # The model and the in-memory sets are objects for Ray's object store, named where paths would be.
+    assert config.model.name.startswith("ray-object://model/") and config.model.type == "bi_encoder"
+    copy = SentenceTransformer(resolve_model(config.model.name), device="cpu")
+    assert copy.encode("a query").tolist() == tiny_model.encode("a query").tolist()
     assert {name: entry.loss for name, entry in config.train_datasets.items()} == {"pairs": "MultipleNegativesRankingLoss", "more": "CoSENTLoss"}
-    assert config.train_datasets["pairs"].data.path == os.path.join(trainer.staging_dir, "train-pairs")
+    paths = {name: entry.data.path for name, entry in config.train_datasets.items()}
+    assert all(path.startswith("ray-object://data/") for path in paths.values()) and paths["pairs"] != paths["more"]
+    # A selection reads as the rows it selects.
+    assert inspect_source(config.train_datasets["more"].data).num_rows == 5
+    assert inspect_source(config.train_datasets["pairs"].data).columns == pairs.column_names
     assert config.scaling.num_workers == 2 and config.args.max_steps == 3
     # Each train() trains afresh, as SentenceTransformerTrainer.train() does.
     assert config.run.overwrite is True
@@ -281,14 +290,14 @@ def test_a_pickled_loss_gets_the_workers_modules_and_parameters_back_and_one_wit
         def forward(self, features, labels):
             return self.encoder(features[0])["token_embeddings"].mean()
 
-    dump_without_model(HoldsParts(tiny_model), tiny_model, str(tmp_path / "parts.pkl"), what="loss", require_model=True)
+    (tmp_path / "parts.pkl").write_bytes(dump_without_model(HoldsParts(tiny_model), tiny_model, what="loss", require_model=True))
     worker_model = SentenceTransformer(tiny_bert_dir, device="cpu")
     rebuilt = staged_loss(worker_model, str(tmp_path / "parts.pkl"))
     assert rebuilt.encoder is worker_model[0]
     assert rebuilt.bias is worker_model[0].auto_model.embeddings.word_embeddings.weight
 
     with pytest.raises(ConfigError, match=r"loss \(Linear\) holds no part of the model passed to RayTrainer"):
-        dump_without_model(torch.nn.Linear(2, 2), tiny_model, str(tmp_path / "other.pkl"), what="loss", require_model=True)
+        dump_without_model(torch.nn.Linear(2, 2), tiny_model, what="loss", require_model=True)
 
 
 def test_a_loss_object_needs_the_model_object_it_was_built_on(tmp_path, tiny_model, tiny_bert_dir, pairs):
@@ -368,6 +377,5 @@ def test_the_same_objects_sweep_with_tune_and_a_trainer_runs_once(ray_local, tmp
     assert sorted(row["args.learning_rate"] for row in result["trials"]) == [1e-4, 1e-3]
     assert all(row["steps"] == 2 and row["loss"] > 0 for row in result["trials"])
     assert result["best"]["loss"] == min(row["loss"] for row in result["trials"])
-    assert not os.path.exists(trainer.staging_dir)
     with pytest.raises(ConfigError, match="this RayTrainer has run"):
         trainer.train()

@@ -2,7 +2,8 @@
 
 A source is written ``{path, format, columns, rename, limit}``; a bare string is the path.
 Paths are local files or directories, or any URI pyarrow's filesystems understand
-(``s3://``, ``gs://``, ``hdfs://``).
+(``s3://``, ``gs://``, ``hdfs://``). A ``ray-object://data/...`` path is an in-memory data set
+that ``RayTrainer`` put into Ray's object store (format ``ray_object``, :mod:`raytune_st.objects`).
 
 Three entry points:
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     import pyarrow.fs
     import ray.data
 
-Format = Literal["parquet", "jsonl", "csv", "hf_disk"]
+Format = Literal["parquet", "jsonl", "csv", "hf_disk", "ray_object"]
 
 _SUFFIXES: list[tuple[str, Format]] = [
     (".parquet", "parquet"),
@@ -98,6 +99,10 @@ def _suffix_format(path: str) -> Optional[Format]:
 
 def infer_format(path: str) -> Format:
     """The format named by a path's suffix, or by a directory's contents."""
+    from raytune_st.objects import is_object
+
+    if is_object(path):
+        return "ray_object"
     fmt = _suffix_format(path)
     if fmt is not None:
         return fmt
@@ -218,6 +223,11 @@ def _raw_schema(source: Source) -> tuple[dict[str, str], Optional[int]]:
     of each JSONL file, each CSV header): every file must hold the columns the source reads,
     with the same types as the first file.
     """
+    if source.format == "ray_object":
+        from raytune_st.objects import table_info
+
+        schema, num_rows = table_info(source.path)
+        return {name: _arrow_type_name(schema.field(name).type) for name in schema.names}, num_rows
     if source.format == "hf_disk":
         path = _hf_disk_dir(source)
         import datasets
@@ -478,6 +488,11 @@ def iter_texts(source: Source, columns: list[str], batch_rows: int = 8192) -> It
 
 def _file_batches(source: Source, raw: list[str], batch_rows: int) -> Iterator[tuple[str, Iterator[Any]]]:
     """(file named for messages, its batches of the `raw` columns) for each file of the source."""
+    if source.format == "ray_object":
+        from raytune_st.objects import table_batches
+
+        yield source.path, table_batches(source.path, raw, batch_rows)
+        return
     if source.format == "hf_disk":
         import datasets
 
@@ -570,7 +585,11 @@ def read_source(source: Source, **read_args: Any) -> "ray.data.Dataset":
     """
     import ray.data
 
-    if source.format == "hf_disk":
+    if source.format == "ray_object":
+        from raytune_st.objects import ray_dataset
+
+        ds = ray_dataset(source.path)  # the blocks where they lie in the object store
+    elif source.format == "hf_disk":
         import datasets
 
         # load_from_disk memory-maps the Arrow files; from_huggingface wraps them without copying.

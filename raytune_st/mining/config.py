@@ -82,23 +82,30 @@ class MineSection:
 
     def warnings(self) -> list[str]:
         """The warnings sentence-transformers' mine_hard_negatives logs for these parameters, word for word."""
-        said = []
-        if self.include_positives:
-            filtered = (
-                self.range_min != 0 or self.range_max is not None or self.max_score is not None or self.min_score is not None
-                or self.absolute_margin is not None or self.relative_margin is not None or self.sampling_strategy != "top"
-            )
-            if filtered:
-                said.append(
-                    "When using `include_positives=True`, updating `range_min`, `range_max`, `max_score`, `min_score`, "
-                    "`absolute_margin`, `relative_margin`, or `sampling_strategy` from the default values may still "
-                    "discard the positive values."
-                )
-            if self.output_format != "n-tuple":
-                said.append(
-                    'When using `include_positives=True`, `output_format` will be set to `"n-tuple"` to ensure that the ranking order is preserved.'
-                )
-        return said
+        if not self.include_positives:
+            return []
+        filtered = (
+            self.range_min != 0 or self.range_max is not None or self.max_score is not None or self.min_score is not None
+            or self.absolute_margin is not None or self.relative_margin is not None or self.sampling_strategy != "top"
+        )
+        return include_positives_warnings(filtered, self.output_format)
+
+
+def include_positives_warnings(filtered: bool, output_format: str) -> list[str]:
+    """What sentence-transformers logs for include_positives=True: `filtered` when a filter or
+    sampling setting is off its default, `output_format` as asked."""
+    said = []
+    if filtered:
+        said.append(
+            "When using `include_positives=True`, updating `range_min`, `range_max`, `max_score`, `min_score`, "
+            "`absolute_margin`, `relative_margin`, or `sampling_strategy` from the default values may still "
+            "discard the positive values."
+        )
+    if output_format != "n-tuple":
+        said.append(
+            'When using `include_positives=True`, `output_format` will be set to `"n-tuple"` to ensure that the ranking order is preserved.'
+        )
+    return said
 
 
 @dataclass

@@ -16,9 +16,10 @@ name) and becomes the mine job's config; the job runs on the Ray cluster (the lo
 default) and its output comes back as a ``datasets.Dataset``. Keyword-only arguments add
 what a cluster needs: where to keep results too large to return, index shards, actors.
 
-Objects travel as files: a model or cross-encoder object is saved once into a temporary
-directory that every actor loads (pass a model name or directory to skip the copy), and the
-dataset and an extra corpus are written once as Parquet.
+A model or cross-encoder object is saved once and put into Ray's object store, named by the
+digest of its files (:mod:`raytune_st.objects`): each node writes one copy for its actors, and
+a later call with the same weights reuses the embedding cache. The dataset and an extra corpus
+are written once as Parquet, which the driver's prepare step reads.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import posixpath
 import tempfile
 from typing import Any, Literal, Optional, Sequence, Union
 
-from raytune_st.mining.config import ST_LOGGER
+from raytune_st import objects
+from raytune_st.mining.config import ST_LOGGER, include_positives_warnings
+from raytune_st.runtime import ray_session
 
 logger = logging.getLogger(ST_LOGGER)
 
@@ -112,13 +115,19 @@ def mine_hard_negatives(
     if positive_column_name not in columns and len(columns) < 2:
         raise ValueError("Dataset must contain at least two columns to select the positive column automatically.")
     positive = positive_column_name if positive_column_name in columns else columns[1]
-    output_format, output_scores, absolute_margin = _deprecated(as_triplets, margin, output_format, output_scores, absolute_margin)
+    filtered = (
+        range_min != 0 or range_max is not None or max_score is not None or min_score is not None
+        or absolute_margin is not None or relative_margin is not None or margin is not None or sampling_strategy != "top"
+    )
+    output_format, output_scores, absolute_margin = _deprecated(
+        as_triplets, margin, output_format, output_scores, absolute_margin, include_positives, filtered
+    )
 
     with tempfile.TemporaryDirectory(prefix="raytune-st-mine-") as work:
         pairs = os.path.join(work, "pairs.parquet")
         dataset.select_columns([anchor, positive]).to_parquet(pairs)
         config: dict[str, Any] = {
-            "model": _model_reference(model, os.path.join(work, "model")),
+            "model": _model_reference(model),
             "dataset": {"path": pairs, "anchor_column_name": anchor, "positive_column_name": positive},
             "output": {"path": output_path or os.path.join(work, "mined")},
             "mine": {
@@ -138,28 +147,40 @@ def mine_hard_negatives(
             pq.write_table(_text_table(corpus), corpus_path)
             config["corpus"] = {"path": corpus_path, "column": "text"}
         if cross_encoder is not None:
-            config["cross_encoder"] = {**_model_reference(cross_encoder, os.path.join(work, "cross-encoder")), "type": "cross_encoder"}
+            config["cross_encoder"] = {**_model_reference(cross_encoder), "type": "cross_encoder"}
         if cache_folder:
             config["output"]["embeddings_dir"] = cache_folder
         built = build(MineConfig, apply_overrides(config, list(overrides), MineConfig))
         printed = contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext()
-        with printed:
-            summary = mine(built)
+        shipped = [m.name for m in (built.model, built.cross_encoder) if m is not None and objects.is_object(m.name)]
+        try:
+            with printed, ray_session(built.ray_address):
+                objects.ship(shipped)
+                summary = mine(built, st_warnings=False)  # logged above, in sentence-transformers' order
+        finally:
+            objects.release(shipped)
         fs, root = filesystem(summary["output"])
         table = pq.read_table([posixpath.join(root, part) for part in summary["parts"]], filesystem=fs)
         return datasets.Dataset(table)
 
 
 def _deprecated(
-    as_triplets: Optional[bool], margin: Optional[float], output_format: str, output_scores: bool, absolute_margin: Optional[float]
+    as_triplets: Optional[bool], margin: Optional[float], output_format: str, output_scores: bool, absolute_margin: Optional[float],
+    include_positives: bool = False, filtered: bool = False,
 ) -> tuple[str, bool, Optional[float]]:
-    """sentence-transformers' deprecated parameters, mapped and warned about as it does."""
+    """sentence-transformers' deprecated parameters and include_positives, mapped and warned about
+    as it does, in its order: include_positives makes any format n-tuple before "n-tuple-scores"
+    is looked at, so that one then gives no scores column."""
     if as_triplets is not None:
         output_format = "triplet" if as_triplets else "n-tuple"
         logger.warning(
             "The `as_triplets` parameter is deprecated. Use the `output_format` parameter instead. "
             f"Setting `output_format` to `{output_format}`."
         )
+    if include_positives:
+        for warning in include_positives_warnings(filtered, output_format):
+            logger.warning(warning)
+        output_format = "n-tuple"
     if output_format == "n-tuple-scores":
         logger.warning(
             '`output_format="n-tuple-scores"` is deprecated. Use `output_format="n-tuple"` with '
@@ -175,11 +196,12 @@ def _deprecated(
     return output_format, output_scores, absolute_margin
 
 
-def _model_reference(model: Any, directory: str) -> dict[str, Any]:
-    """A model config for `model`: a reference as given, or an object saved once to `directory`.
+def _model_reference(model: Any) -> dict[str, Any]:
+    """A model config for `model`: a reference as given, or an object put into Ray's object store.
 
-    The actors load the saved copy, so the weights reach each node as files, not pickled into
-    every task. Half-precision weights stay half precision (``model.dtype``).
+    The weights reach each node once (:mod:`raytune_st.objects`), not pickled into every task,
+    and the name is the digest of the saved model, so the embedding cache knows the same weights
+    in the next call. Half-precision weights stay half precision (``model.dtype``).
     """
     if isinstance(model, str):
         return {"name": model}
@@ -187,9 +209,8 @@ def _model_reference(model: Any, directory: str) -> dict[str, Any]:
         raise TypeError(
             f"model must be a SentenceTransformer (cross_encoder: a CrossEncoder) or a model name or directory, got {type(model).__name__}"
         )
-    model.save(directory)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    return {"name": directory, **({"dtype": dtype} if dtype in ("float16", "bfloat16") else {})}
+    return {"name": objects.register_model(model), **({"dtype": dtype} if dtype in ("float16", "bfloat16") else {})}
 
 
 def _embed_actors(use_multi_process: Union[list[str], bool], embed_actors: Optional[int]) -> dict[str, Any]:

@@ -50,10 +50,10 @@ def _progress(stage: str, message: str, rows: int, seconds: float, unit: str = "
     print(f"[mine] {stage}: {message} in {seconds:.1f} s ({rate})", flush=True)
 
 
-def mine(config: MineConfig) -> dict[str, Any]:
+def mine(config: MineConfig, *, st_warnings: bool = True) -> dict[str, Any]:
     """Mine hard negatives as configured; returns the summary also written to stats.json."""
     with removed_on_failure(config.output.path, worth_keeping=lambda: _holds_work(config)):
-        return _mine(config)
+        return _mine(config, st_warnings)
 
 
 def _holds_work(config: MineConfig) -> bool:
@@ -72,13 +72,13 @@ class Embeddings:
     embed: Callable[[], dict[str, int]]
 
 
-def _mine(config: MineConfig) -> dict[str, Any]:
+def _mine(config: MineConfig, st_warnings: bool = True) -> dict[str, Any]:
     # 0. Everything checkable from metadata, before Ray starts.
     anchor, positive, corpus_column = config.check_inputs()
     settings = resume.mining_settings(config)
     resume.check_settings(config.output.path, settings, config.output.overwrite)
     output_format = config.mine.effective_output_format
-    for warning in config.mine.warnings():
+    for warning in config.mine.warnings() if st_warnings else ():  # raytune_st.mine_hard_negatives logs its own
         logging.getLogger(ST_LOGGER).warning(warning)
     filters = FilterParams(include_positives=config.mine.include_positives, **_filter_values(config))
     rescore = rescoring_needed(filters, config.cross_encoder is not None)

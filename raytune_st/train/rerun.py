@@ -161,6 +161,12 @@ def data_files(config: Any) -> dict[str, list[list[Any]]]:
     for section in ("train_datasets", "eval_datasets"):
         for name, entry in getattr(config, section).items():
             source = entry.data
+            if source.format == "ray_object":
+                from raytune_st.objects import table_info
+
+                # An object's name is its content's digest (or a name of its own): nothing on disk to list.
+                found[f"{section}.{name}"] = [[source.path, table_info(source.path)[1]]]
+                continue
             if source.format == "hf_disk":
                 fs, root = filesystem(source.path)
                 infos = [i for i in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)) if i.type == pyarrow.fs.FileType.File]

@@ -102,6 +102,11 @@ def _file_batches(source: Any, types: dict[str, str]) -> Iterator[tuple[str, Ite
     from raytune_st.data.sources import _csv_parse_options, _data_files, _hf_disk_dir
 
     raw = list(types)
+    if source.format == "ray_object":
+        from raytune_st.objects import table_batches
+
+        yield source.path, table_batches(source.path, raw, BATCH_ROWS)
+        return
     if source.format == "hf_disk":
         import datasets
 

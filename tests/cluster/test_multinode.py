@@ -258,3 +258,27 @@ def test_training_resumes_from_its_checkpoint_when_its_worker_node_dies(nodes, s
     assert len(resumed) == 1 and resumed[0] % 4 == 0 and 4 <= resumed[0] < 40, (resumed, output[-4000:])
     print(f"training, worker node killed after a checkpoint: resumed from step {resumed[0]} on the new node, final step {max(steps)}, "
           f"recovered in {time.monotonic() - killed_at:.0f} s")
+
+
+def test_a_script_with_python_objects_trains_on_another_node_without_shared_disk(nodes, store):
+    """RayTrainer under `ray job submit`: the model object, an in-memory Dataset and a loss class
+    defined in the script reach the worker node through the object store, not through a file."""
+    worker = nodes.workers[-1]
+    sid = f"trainer-{uuid.uuid4().hex[:8]}"
+    out = nodes.cluster.submit(
+        "python", "tests/cluster/trainer_script.py", f"s3://{BUCKET}/data/pairs.parquet", f"s3://{BUCKET}/models/start",
+        f"s3://{BUCKET}/from-script", submission_id=sid, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{")))
+    assert report["model"].startswith("ray-object://model/") and report["data"].startswith("ray-object://data/")
+    assert report["trained_weights_back"], report
+    placed = actors_by_class(nodes.head, ray_job_id(nodes.cluster, sid))
+    train_workers = {name: ids for name, ids in placed.items() if "TrainWorker" in name}
+    assert train_workers and all(ids == {worker.node_id()} for ids in train_workers.values()), placed
+    # The worker node wrote its one copy of the model object from the store.
+    digest = report["model"].rsplit("/", 1)[-1]
+    assert (cache_of(worker) / f"ray-object-{digest}" / "modules.json").is_file(), sorted(p.name for p in cache_of(worker).iterdir())
+    history = [json.loads(line) for line in store.open_input_stream(f"{BUCKET}/from-script/metrics.jsonl").read().decode().splitlines()]
+    assert max(r["step"] for r in history if "loss" in r) == 4
+    assert "final/model.safetensors" in objects(store, "from-script")

@@ -53,6 +53,39 @@ def test_bad_inputs_fail_as_sentence_transformers_fails_before_ray(tmp_path):
         mine_hard_negatives([("a", "b")], MINILM)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"include_positives": True, "output_format": "n-tuple-scores", "range_max": 3},
+        {"include_positives": True, "as_triplets": True, "margin": 0.1},
+        {"include_positives": True, "output_format": "n-tuple", "output_scores": True},
+        {"output_format": "n-tuple-scores", "as_triplets": False},
+    ],
+)
+def test_include_positives_and_deprecated_formats_warn_and_shape_the_columns_as_sentence_transformers(settings, tiny_bert_dir, caplog):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives as theirs
+
+    from raytune_st.mining.hard_negatives import _deprecated
+    from raytune_st.mining.rows import output_columns
+
+    dataset = Dataset.from_dict({"query": [f"q{i}" for i in range(6)], "passage": [f"p{i}" for i in range(6)]})
+    with caplog.at_level(logging.WARNING, logger=ST_LOGGER):
+        their_columns = theirs(dataset, SentenceTransformer(tiny_bert_dir, device="cpu"), num_negatives=2, verbose=False, **settings).column_names
+    their_warnings = [r.getMessage() for r in caplog.records if r.name == ST_LOGGER]
+    caplog.clear()
+
+    filtered = any(k in settings for k in ("range_max", "margin"))
+    with caplog.at_level(logging.WARNING, logger=ST_LOGGER):
+        output_format, output_scores, _ = _deprecated(
+            settings.get("as_triplets"), settings.get("margin"), settings.get("output_format", "triplet"),
+            settings.get("output_scores", False), None, settings.get("include_positives", False), filtered,
+        )
+    assert [r.getMessage() for r in caplog.records if r.name == ST_LOGGER] == their_warnings
+    assert [name for name, _ in output_columns(output_format, output_scores, "query", "passage", 2)] == their_columns
+
+
 # --- on a local Ray ------------------------------------------------------------------------------
 
 
@@ -132,5 +165,10 @@ def test_objects_a_corpus_the_cache_and_deprecated_parameters_work_as_in_sentenc
     assert set(ours["negative_1"]).union(ours["negative_2"]) & set(corpus)
     key = lambda d: sorted(zip(d["query"], d["negative_1"], d["negative_2"]))  # noqa: E731
     assert sum(a == b for a, b in zip(key(ours), key(theirs))) >= 0.95 * len(theirs)
-    # The results stay at output_path; the embeddings in cache_folder serve the next call.
+    # The results stay at output_path; the embeddings in cache_folder serve the next call, which
+    # knows the same model object by the digest of its weights: nothing is embedded again.
     assert sorted(p.name for p in (tmp_path / "out").glob("part-*.parquet")) and any((tmp_path / "cache").iterdir())
+    cached = sorted(p.relative_to(tmp_path) for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    again = mine_hard_negatives(dataset, model, cache_folder=str(tmp_path / "cache"), **settings)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "cache").rglob("*") if p.is_file()) == cached
+    assert key(again) == key(ours)
