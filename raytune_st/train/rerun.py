@@ -177,6 +177,43 @@ def data_files(config: Any) -> dict[str, list[list[Any]]]:
             found[f"{section}.{name}"] = sorted(
                 [posixpath.relpath(i.path, root), i.size, content_digest(fs, i.path, i.size)] for i in infos
             )
+    found.update(code_files(config))
+    return found
+
+
+CODE_KEY = "code "
+# RayTrainer's pickled objects: their bytes are named in the config (ray-object://blob/<digest>).
+_PICKLED = {"raytune_st.trainer:staged_loss", "raytune_st.trainer:StagedEvaluator"}
+
+
+def code_files(config: Any) -> dict[str, list[list[Any]]]:
+    """The source file of each component the config names by import path (losses, evaluators, a
+    model factory): {"code module.path:Name": [[file, bytes, digest]]}, so that a rerun sees the
+    code edited though the config names the same path."""
+    import hashlib
+    import inspect
+    import os
+
+    from raytune_st.components import import_object, is_import_path
+
+    paths = []
+    for section in ("train_datasets", "eval_datasets"):
+        for name in getattr(config, section):
+            spec = config.loss_for(section, name)
+            inner = spec.kwargs.get("loss")
+            inner = inner.get("name") if isinstance(inner, dict) else inner
+            paths += [p for p in (spec.name, inner) if is_import_path(p)]
+    paths += [e.type for e in config.evaluators if is_import_path(e.type)]
+    if config.model.factory:
+        paths.append(config.model.factory)
+    found = {}
+    for path in sorted(set(paths) - _PICKLED):
+        source = inspect.getsourcefile(import_object(path, what=path))
+        if source is None:
+            continue
+        with open(source, "rb") as handle:
+            code = handle.read()
+        found[f"{CODE_KEY}{path}"] = [[os.path.basename(source), len(code), hashlib.sha256(code).hexdigest()[:16]]]
     return found
 
 
@@ -201,7 +238,8 @@ def file_differences(old: dict[str, Any], new: dict[str, Any], changed_keys: lis
             for files, verb in ((resized, "of another size"), (rewritten, "rewritten at the same size"), (added, "added"), (gone, "removed"))
             if files
         ]
-        out.append((f"{key}.data files", f"{len(before)} file(s)", "; ".join(parts)))
+        what = f"{key[len(CODE_KEY):]} (its source file)" if key.startswith(CODE_KEY) else f"{key}.data files"
+        out.append((what, f"{len(before)} file(s)", "; ".join(parts)))
     return out
 
 

@@ -218,3 +218,28 @@ def test_a_text_file_is_digested_by_its_ends_and_a_parquet_file_by_its_footer(tm
     assert changed_inside == digest(bytes(body))  # the middle of a large text file is not read: the limit, stated
     # A Parquet tail with an impossible footer length: digested as bytes, not an error.
     assert digest(b"PAR1\xff\xff\xff\x7fPAR1") != digest(b"PAR2\xff\xff\xff\x7fPAR1")
+
+
+def test_a_custom_loss_whose_code_changed_is_refused(tmp_path, monkeypatch):
+    """The config names the same import path; its source file is what changed."""
+    code = tmp_path / "code"
+    code.mkdir()
+    module = code / "rerun_edited_losses.py"
+    module.write_text(
+        "from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss\n\n\n"
+        "class MyLoss(MultipleNegativesRankingLoss):\n    loss_format = 'MultipleNegativesRankingLoss'\n"
+    )
+    monkeypatch.syspath_prepend(str(code))
+
+    def config():
+        made = config_with(tmp_path)
+        made.loss = "rerun_edited_losses:MyLoss"
+        return made
+
+    run_dir = tmp_path / "run"
+    checkpointed(run_dir, config())
+    assert data_files(config())["code rerun_edited_losses:MyLoss"][0][:2] == ["rerun_edited_losses.py", module.stat().st_size]
+    check_rerun(config(), str(run_dir))  # the same code: resumes
+    module.write_text(module.read_text().replace("MultipleNegativesRankingLoss'", "MultipleNegativesRankingLoss'  # scale 30"))
+    with pytest.raises(ConfigError, match=r"rerun_edited_losses:MyLoss \(its source file\): 1 file\(s\) -> 1 of another size \(rerun_edited_losses.py\)"):
+        check_rerun(config(), str(run_dir))
