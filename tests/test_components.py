@@ -113,6 +113,30 @@ def test_a_custom_loss_in_the_train_config_is_checked_when_the_config_is_built()
         train_config(loss="nowhere:Loss")
 
 
+def test_a_wrapper_takes_a_custom_inner_loss_with_its_declared_columns(tiny_bert_dir):
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    from raytune_st.losses.build import build_loss
+    from raytune_st.losses.formats import resolve_format
+    from raytune_st.models.config import ModelConfig
+    from my_project.losses import MarginLoss
+
+    wrapped = {"loss": {"name": "my_project.losses:MarginLoss", "margin": 0.3}, "matryoshka_dims": [32, 16]}
+    config = train_config(loss="MatryoshkaLoss", loss_kwargs=wrapped)
+    spec = config.loss_for("train_datasets", "pairs")
+    assert resolve_format(spec.name, "bi_encoder", spec.inner_name).name == "MultipleNegativesRankingLoss"
+    assert resolve_format("MatryoshkaLoss", "bi_encoder", "my_project.losses:UndeclaredMarginLoss") is None
+    model = ModelConfig(name=tiny_bert_dir).load(device="cpu")
+    loss = build_loss("MatryoshkaLoss", wrapped, model)
+    assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.loss, MarginLoss) and loss.loss.margin == 0.3
+    features = [model.tokenize([f"text {i}" for i in range(4)]) for _ in range(2)]
+    value = loss(features, torch.tensor([]))
+    assert value.ndim == 0 and torch.isfinite(value)
+    with pytest.raises(ConfigError, match="'scale' is not an argument of MarginLoss"):
+        train_config(loss="MatryoshkaLoss", loss_kwargs={"loss": {"name": "my_project.losses:MarginLoss", "scale": 2}, "matryoshka_dims": [16]})
+
+
 def test_a_declared_loss_format_checks_the_columns_and_an_undeclared_one_says_once_it_cannot(tmp_path):
     import pandas as pd
 

@@ -429,6 +429,8 @@ def resolve_format(loss: str, model_type: str, inner_loss: str | None = None) ->
             f"{loss} wraps another loss and takes that loss's columns; name it with inner_loss, "
             f"e.g. inner_loss='MultipleNegativesRankingLoss'."
         )
+    if is_import_path(inner_loss):
+        return resolve_format(inner_loss, model_type)  # a custom inner loss: its declared format, or unchecked
     inner = get_format(inner_loss, model_type)
     if inner.wrapper:
         raise ConfigError(
