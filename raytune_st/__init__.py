@@ -38,6 +38,11 @@ def mine(config, overrides=()):
     return _run("mine", config, overrides)
 
 
+def score(config, overrides=()):
+    """Run the score job: `config` is a ScoreConfig, a dict, or a YAML path (plus dotted overrides)."""
+    return _run("score", config, overrides)
+
+
 def __getattr__(name):
     # ``raytune_st.mine_hard_negatives``: sentence-transformers' function, same signature and
     # return type, on Ray; imported on first use (PEP 562) so that `import raytune_st` stays light.
@@ -68,4 +73,4 @@ class _JobPackage(types.ModuleType):
 
 from raytune_st import train, tune  # noqa: E402  (the callable job packages; both import lazily)
 
-__all__ = ["RayTrainer", "evaluate", "mine", "mine_hard_negatives", "train", "tune", "__version__"]
+__all__ = ["RayTrainer", "evaluate", "mine", "mine_hard_negatives", "score", "train", "tune", "__version__"]

@@ -41,6 +41,11 @@ JOBS: dict[str, Job] = {
         config="raytune_st.train.config:TrainConfig",
         run="raytune_st.train.job:train",
     ),
+    "score": Job(
+        help="score (query, passage, ...) rows with a cross-encoder or a bi-encoder, e.g. teacher labels for distillation",
+        config="raytune_st.scoring.config:ScoreConfig",
+        run="raytune_st.scoring.job:score",
+    ),
     "tune": Job(
         help="sweep losses and hyperparameters with Ray Tune; every trial is a whole Ray Train run",
         config="raytune_st.tune.config:TuneConfig",

@@ -1,0 +1,1 @@
+"""The score job: a teacher's (or a bi-encoder's) scores for every (query, passage...) row."""
