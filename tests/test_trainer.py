@@ -169,15 +169,6 @@ def test_the_constructor_names_its_objects_in_the_train_jobs_config(tmp_path, ti
 # --- through Ray -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def debian_triplets(root) -> dict[str, str]:
     """The guide's (anchor, positive, negative) columns from the Debian samples: each row's
     negative is the next row's passage."""

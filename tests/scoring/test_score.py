@@ -78,15 +78,6 @@ def test_data_that_cannot_be_scored_is_refused_before_any_work(tmp_path, tiny_be
 # --- on a local Ray ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_the_job_streams_every_row_in_order_with_its_scores(ray_local, tmp_path, tiny_cross_encoder_dir, capsys):
     from sentence_transformers import CrossEncoder
