@@ -38,6 +38,11 @@ def mine(config, overrides=()):
     return _run("mine", config, overrides)
 
 
+def pipeline(config, overrides=()):
+    """Run the pipeline job: `config` is a PipelineConfig, a dict, or a YAML path (plus dotted overrides)."""
+    return _run("pipeline", config, overrides)
+
+
 def score(config, overrides=()):
     """Run the score job: `config` is a ScoreConfig, a dict, or a YAML path (plus dotted overrides)."""
     return _run("score", config, overrides)
@@ -73,4 +78,4 @@ class _JobPackage(types.ModuleType):
 
 from raytune_st import train, tune  # noqa: E402  (the callable job packages; both import lazily)
 
-__all__ = ["RayTrainer", "evaluate", "mine", "mine_hard_negatives", "score", "train", "tune", "__version__"]
+__all__ = ["RayTrainer", "evaluate", "mine", "mine_hard_negatives", "pipeline", "score", "train", "tune", "__version__"]

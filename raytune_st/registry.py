@@ -41,6 +41,11 @@ JOBS: dict[str, Job] = {
         config="raytune_st.train.config:TrainConfig",
         run="raytune_st.train.job:train",
     ),
+    "pipeline": Job(
+        help="the retriever flywheel as one resumable job: rounds of mine, teacher-score, denoise, train and evaluate",
+        config="raytune_st.flywheel.config:PipelineConfig",
+        run="raytune_st.flywheel.job:pipeline",
+    ),
     "score": Job(
         help="score (query, passage, ...) rows with a cross-encoder or a bi-encoder, e.g. teacher labels for distillation",
         config="raytune_st.scoring.config:ScoreConfig",

@@ -1,0 +1,1 @@
+"""The pipeline job: the retriever flywheel (mine, teacher-score, denoise, train, evaluate, in rounds)."""
