@@ -58,7 +58,7 @@ class Source:
 
     path: str = option(help="local path or URI (s3://, gs://) of a file or a directory of files")
     format: Optional[Format] = option(
-        None, help="parquet | jsonl | csv | hf_disk; inferred from the path when omitted"
+        None, help="parquet | jsonl | csv | hf_disk; inferred from the path when omitted (ray_object: an object RayTrainer put in Ray's object store)"
     )
     columns: Optional[list[str]] = option(
         None, help="select and order these columns (names as in the file); default: all, in file order"

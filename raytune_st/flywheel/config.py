@@ -120,6 +120,13 @@ class PipelineConfig:
             if unknown:
                 raise ConfigError(f"rounds_override.{key}: {', '.join(unknown)} is not a round section; a round sets {', '.join(SECTIONS)}")
         self.plan()  # every round's job configs, checked now
+        teacher = self.teacher_configs()
+        if teacher is not None:
+            from raytune_st.mining.config import MineConfig
+            from raytune_st.train.config import TrainConfig
+
+            build(MineConfig, copy.deepcopy(teacher[0]), key="teacher.mine")
+            build(TrainConfig, copy.deepcopy(teacher[1]), key="teacher.train")
 
     @property
     def teacher_dir(self) -> str:

@@ -129,6 +129,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     preflight(config)
     teacher_jobs = config.teacher_configs()
     stages = Stages(config.output_dir)
+    stages.output.write("config.yaml", dump_yaml(config))
     rows: list[dict[str, Any]] = []
     with ray_session(config.ray_address):
         teacher = None

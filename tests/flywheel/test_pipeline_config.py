@@ -84,6 +84,8 @@ def test_a_round_inherits_what_it_does_not_set_from_the_round_before(project):
         (["rounds_override={2: {model: x}}"], r"rounds_override.2: model is not a round section"),
         (["train.args.learning_rate=fast"], r"train \(round 1\)"),
         (["teacher={name: a, train: {}}"], "teacher: set name .* not both"),
+        (["teacher={train: {loss: BinaryCrossEntropyLoss}}", "score={}"], "teacher.train.model: name the cross-encoder to train"),
+        (["teacher={train: {model: m, loss: NoSuchLoss}}", "score={}"], r"teacher.train"),
     ],
 )
 def test_a_pipeline_that_cannot_run_is_refused_before_any_stage(project, overrides, message):
