@@ -227,7 +227,7 @@ def denoise(config: DenoiseConfig) -> dict[str, Any]:
         out_fs.delete_dir_contents(out_root)
     out_fs.create_dir(out_root)
     rows_in = rows_out = removed = 0
-    writer = None
+    sink = writer = None
     try:
         for part in parts:
             table = pq.read_table(part, filesystem=fs)
@@ -238,11 +238,13 @@ def denoise(config: DenoiseConfig) -> dict[str, Any]:
             kept = table.filter(pa.array(keep, type=pa.bool_()))
             rows_out += kept.num_rows
             if writer is None:
-                writer = pq.ParquetWriter(out_fs.open_output_stream(f"{out_root}/part-00000.parquet"), kept.schema)
+                sink = out_fs.open_output_stream(f"{out_root}/part-00000.parquet")
+                writer = pq.ParquetWriter(sink, kept.schema)
             writer.write_table(kept)
     finally:
         if writer is not None:
             writer.close()
+            sink.close()
     if rows_out == 0:
         raise ConfigError(
             f"denoise: the teacher flags a negative in every one of the {rows_in} rows; nothing is left to train on. "

@@ -10,8 +10,8 @@
    ``[s(query, passage_1), ..., s(query, passage_n)]``, which is what MarginMSELoss and
    DistillKLDivLoss take as labels for (query, positive, negative_1, ...) rows.
 
-The parts are written by Ray Data as they are scored; ``stats.json`` is written last, so its
-presence means a complete run. A rerun into the same output.path is refused unless
+The driver writes the scored blocks in their order as ``part-00000.parquet``, ... (200,000 rows
+or so each) while the actors go on; ``stats.json`` is written last, so its presence means a complete run. A rerun into the same output.path is refused unless
 ``output.overwrite``.
 """
 
@@ -135,8 +135,7 @@ def score(config: ScoreConfig) -> dict[str, Any]:
                 resources=dict(compute.resources) or None,
             )
             fs, root = filesystem(config.output.path)
-            scored.write_parquet(root, filesystem=fs)
-        rows = _count_rows(config.output.path)
+            rows = write_parts(scored, fs, root)
         seconds = time.monotonic() - started
         summary = {
             "output": config.output.path, "rows": rows, "column": config.output.column, "query": query, "passages": passages,
@@ -171,10 +170,33 @@ def _ordered() -> Any:
     return options
 
 
-def _count_rows(path: str) -> int:
-    import pyarrow.fs
+PART_ROWS = 200_000
+
+
+def write_parts(dataset: Any, fs: Any, root: str, part_rows: int = PART_ROWS) -> int:
+    """Write `dataset`'s rows in their order as part-00000.parquet, part-00001.parquet, ... under
+    `root` (a new part once one holds `part_rows` rows); returns the number of rows.
+
+    The driver writes the blocks as the actors finish them (Ray Data hands them over in order),
+    so that the parts are named and filled the same on every run, whatever the actors' timing."""
     import pyarrow.parquet as pq
 
-    fs, root = filesystem(path)
-    files = [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root)) if i.path.endswith(".parquet")]
-    return sum(pq.ParquetFile(fs.open_input_file(f)).metadata.num_rows for f in files)
+    rows = in_part = part = 0
+    sink = writer = None
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if writer is None or in_part >= part_rows:
+                if writer is not None:
+                    writer.close()
+                    sink.close()
+                sink = fs.open_output_stream(f"{root}/part-{part:05d}.parquet")
+                writer = pq.ParquetWriter(sink, batch.schema)
+                part, in_part = part + 1, 0
+            writer.write_table(batch if batch.schema == writer.schema else batch.cast(writer.schema))
+            rows += batch.num_rows
+            in_part += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+            sink.close()
+    return rows
