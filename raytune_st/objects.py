@@ -15,9 +15,11 @@ object is registered under a name that stands where a path would:
   worker gets a copy of the whole set.
 - ``ray-object://blob/<digest>``: bytes, e.g. a loss pickled without its model, an evaluator.
 
-Registering needs no Ray: a config naming the objects is built and checked first. :func:`ship`
-then puts what is registered into the object store of the current Ray session and files the
-references with a named actor (``raytune_st.objects``) that every process of the job asks.
+Registering needs no Ray (a ``ray.data.Dataset`` excepted: it runs in the caller's session): a
+config naming the objects is built and checked first. :func:`ship` then puts what is registered
+into the object store of the current Ray session and files the references with a named actor
+(``raytune_st.objects.<job id>``, on the driver's node) that every process of the job asks. One
+object registered twice (the same model for two trainers) is one entry with two users.
 The driver owns the objects: they live as long as it does, so a config naming them cannot be
 rerun by another driver (the error says to pass the objects again, or paths).
 """
@@ -25,6 +27,7 @@ rerun by another driver (the error says to pass the objects again, or paths).
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import math
@@ -54,6 +57,7 @@ class _Entry:
     local: list[Any] = field(default_factory=list)  # this process's values, put into the store by ship()
     stored: Optional[list[Any]] = None  # references this driver already holds (a ray.data.Dataset's blocks)
     refs: Optional[list[Any]] = None  # the references in the current session: set by ship(), or from the holder
+    users: int = 1  # registrations in this process (one object may serve two trainers): released at zero
 
 
 # This process's entries: registered here (the driver), or looked up from the holder.
@@ -62,6 +66,15 @@ _ENTRIES: dict[str, _Entry] = {}
 
 def _name(kind: str, digest: str) -> str:
     return f"{SCHEME}{kind}/{digest}"
+
+
+def _add(name: str, entry: _Entry) -> str:
+    """Register `entry` under `name`, or count one more user of the entry already there."""
+    if name in _ENTRIES and (_ENTRIES[name].local or _ENTRIES[name].stored):
+        _ENTRIES[name].users += 1
+    else:
+        _ENTRIES[name] = entry
+    return name
 
 
 # --- registering (no Ray) ----------------------------------------------------------------------
@@ -98,9 +111,7 @@ def register_model(model: Any) -> str:
                 os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    name = _name("model", key)
-    _ENTRIES[name] = _Entry("model", {"files": files}, local=[target])
-    return name
+    return _add(_name("model", key), _Entry("model", {"files": files}, local=[target]))
 
 
 def register_table(table: Any, fingerprint: Optional[str] = None) -> str:
@@ -113,36 +124,41 @@ def register_table(table: Any, fingerprint: Optional[str] = None) -> str:
     name = _name("data", digest.hexdigest()[:32])
     per_block = max(1, math.ceil(table.num_rows * BLOCK_BYTES / max(table.nbytes, 1)))
     blocks = [table.slice(start, per_block) for start in range(0, table.num_rows, per_block)] or [table]
-    _ENTRIES[name] = _Entry("data", {"schema": table.schema, "num_rows": table.num_rows}, local=blocks)
-    return name
+    return _add(name, _Entry("data", {"schema": table.schema, "num_rows": table.num_rows}, local=blocks))
 
 
 def register_dataset(dataset: Any) -> str:
-    """A ray.data.Dataset's object name: it is run once, its blocks kept in the object store."""
+    """A ray.data.Dataset's object name: it is run once (in the caller's Ray session, which the
+    run then uses), its blocks kept in the object store."""
     materialized = dataset.materialize()
+    schema = materialized.schema()
+    if schema is None or materialized.count() == 0:
+        raise ConfigError("the ray.data.Dataset holds no rows; pass a data set with rows")
     refs = materialized.to_arrow_refs()
-    name = _name("data", uuid.uuid4().hex)
-    meta = {"schema": _arrow_schema(materialized.schema()), "num_rows": materialized.count()}
-    _ENTRIES[name] = _Entry("data", meta, stored=refs)
-    return name
+    meta = {"schema": _arrow_schema(schema), "num_rows": materialized.count()}
+    return _add(_name("data", uuid.uuid4().hex), _Entry("data", meta, stored=refs))
 
 
 def register_blob(data: bytes) -> str:
-    name = _name("blob", hashlib.sha256(data).hexdigest()[:32])
-    _ENTRIES[name] = _Entry("blob", {}, local=[data])
-    return name
+    return _add(_name("blob", hashlib.sha256(data).hexdigest()[:32]), _Entry("blob", {}, local=[data]))
 
 
 def release(names: list[str]) -> None:
     """Forget `names` in this process and, in a Ray session that outlives the run (the caller's
     own ray.init), in the holder: the objects leave the store once nobody refers to them."""
+    gone = []
     for name in names:
-        _ENTRIES.pop(name, None)
+        entry = _ENTRIES.get(name)
+        if entry is not None:
+            entry.users -= 1
+            if entry.users <= 0:
+                del _ENTRIES[name]
+                gone.append(name)
     import ray
 
-    if names and ray.is_initialized():
+    if gone and ray.is_initialized():
         try:
-            ray.get(ray.get_actor(HOLDER_NAME).drop.remote(list(names)))
+            ray.get(ray.get_actor(_holder_name()).drop.remote(gone))
         except ValueError:  # no holder: nothing was shipped in this session
             pass
 
@@ -156,8 +172,16 @@ def _arrow_schema(schema: Any) -> Any:
 # --- shipping (the driver, in a Ray session) ----------------------------------------------------
 
 
+def _holder_name() -> str:
+    """The holder of this Ray job (a driver and all its workers, actors and trials share the job id)."""
+    import ray
+
+    return f"{HOLDER_NAME}.{ray.get_runtime_context().get_job_id()}"
+
+
 def _holder() -> Any:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     class ObjectHolder:
@@ -181,11 +205,14 @@ def _holder() -> Any:
 
     global _holder_handle
     try:
-        return ray.get_actor(HOLDER_NAME)
+        return ray.get_actor(_holder_name())
     except ValueError:  # none in this session yet
         pass
-    # A named actor lives while its creator's handle does: the driver keeps it for the session.
-    _holder_handle = ObjectHolder.options(name=HOLDER_NAME, get_if_exists=True).remote()
+    # A named actor lives while its creator's handle does: the driver keeps it for the session. It
+    # runs on the driver's node, which lives as long as the objects' owner: a worker node lost
+    # takes no reference with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    _holder_handle = ObjectHolder.options(name=_holder_name(), get_if_exists=True, scheduling_strategy=here).remote()
     return _holder_handle
 
 
@@ -199,7 +226,9 @@ def ship(names: list[str]) -> None:
 
     holder = _holder()
     for name in ray.get(holder.missing.remote(list(names))):
-        entry = _ENTRIES[name]
+        entry = _ENTRIES.get(name)
+        if entry is None:
+            raise ConfigError(f"{name} was released in this process before it was shipped; register the object again")
         if entry.kind == "model":
             directory = entry.local[0]
             # One object per file, read straight into a numpy buffer that workers on a node share.
@@ -225,7 +254,7 @@ def _lookup(name: str, kind: str, need_refs: bool = False) -> _Entry:
     found = None
     if ray.is_initialized():
         try:
-            found = ray.get(ray.get_actor(HOLDER_NAME).get.remote(name))
+            found = ray.get(ray.get_actor(_holder_name()).get.remote(name))
         except ValueError:  # no holder in this session
             found = None
     if found is None:
@@ -282,6 +311,9 @@ def model_dir(name: str) -> str:
         if os.path.isfile(marker):  # another process of this node wrote it meanwhile
             return target
         shutil.rmtree(target, ignore_errors=True)
+        # Copies cut short by a killed process: nobody else writes this copy while the lock is held.
+        for stale in glob.glob(glob.escape(target) + ".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging = f"{target}.tmp-{uuid.uuid4().hex}"
         try:
             for relpath, ref in zip(entry.meta["files"], entry.refs):

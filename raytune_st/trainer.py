@@ -286,7 +286,7 @@ def _data_source(data: Any, what: str) -> str:
         return objects.register_dataset(data)
     if hasattr(data, "flatten_indices") and hasattr(data, "column_names"):
         # A selected, shuffled or filtered Dataset reads through an indices mapping: apply it first.
-        flat = data.flatten_indices() if getattr(data, "_indices", None) is not None else data
+        flat = data.flatten_indices(keep_in_memory=True) if getattr(data, "_indices", None) is not None else data
         return objects.register_table(flat.data.table, fingerprint=getattr(flat, "_fingerprint", None))
     raise ConfigError(
         f"{what}: expected a datasets.Dataset, a ray.data.Dataset or a source path, got {type(data).__name__}"

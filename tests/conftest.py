@@ -35,6 +35,12 @@ def pytest_unconfigure(config):
     status is pytest's own, so a failing test still fails the run; a crash during the tests
     still crashes it.
     """
+    # The model cache the suite made for itself (models put into the object store); not a user's.
+    cache = os.environ.get("RAYTUNE_ST_MODEL_CACHE", "")
+    if os.path.basename(cache) == f"raytune-st-test-models-{os.getpid()}":
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
     if "code" in _exit_status:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -127,6 +127,8 @@ def test_a_wrapper_takes_a_custom_inner_loss_with_its_declared_columns(tiny_bert
     spec = config.loss_for("train_datasets", "pairs")
     assert resolve_format(spec.name, "bi_encoder", spec.inner_name).name == "MultipleNegativesRankingLoss"
     assert resolve_format("MatryoshkaLoss", "bi_encoder", "my_project.losses:UndeclaredMarginLoss") is None
+    with pytest.raises(ConfigError, match="AdaptiveLayerLoss cannot wrap my_project.losses:CachedStyleLoss, which declares the inputs of CachedMultipleNegativesRankingLoss"):
+        resolve_format("AdaptiveLayerLoss", "bi_encoder", "my_project.losses:CachedStyleLoss")
     model = ModelConfig(name=tiny_bert_dir).load(device="cpu")
     loss = build_loss("MatryoshkaLoss", wrapped, model)
     assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.loss, MarginLoss) and loss.loss.margin == 0.3

@@ -57,6 +57,18 @@ def test_a_table_reads_as_a_source_without_ray():
         objects.release([name])
 
 
+def test_one_object_registered_twice_stays_until_both_users_release_it():
+    table = pa.table({"anchor": ["a", "b"], "positive": ["c", "d"]})
+    first = objects.register_table(table, fingerprint="shared")
+    second = objects.register_table(table, fingerprint="shared")  # a second trainer on the same data set
+    assert first == second
+    objects.release([first])
+    assert inspect_source(Source(path=second)).num_rows == 2
+    objects.release([second])
+    with pytest.raises(ConfigError, match="cannot reach it"):
+        inspect_source(Source(path=second))
+
+
 def test_a_name_nobody_shipped_is_one_error_that_says_what_to_pass():
     with pytest.raises(ConfigError, match=r"ray-object://data/feed names an object .* cannot reach it .* pass the object again, or save it and pass its path"):
         inspect_source(Source(path="ray-object://data/feed"))

@@ -192,6 +192,13 @@ class PipelineConfig:
                     f"train.on ({where}): the round has no {train_on} stage (its data stages: {', '.join(present)}); "
                     f"set {train_on} (and a teacher), or train on one of those"
                 )
+            if score is not None or denoise is not None:
+                fmt = mine.get("output_format", "triplet")
+                if fmt not in ("triplet", "n-tuple") or mine.get("output_scores") or mine.get("include_positives"):
+                    raise ConfigError(
+                        f"mine ({where}): the teacher scores (query, positive, negative...) rows; mine them with output_format "
+                        f"triplet or n-tuple and without output_scores / include_positives (got output_format {fmt!r})"
+                    )
             loss = train.get("loss")
             distill = isinstance(loss, str) and loss in DISTILLATION_LOSSES
             if distill and score is None:

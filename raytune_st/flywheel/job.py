@@ -24,6 +24,7 @@ held-out metrics, rows mined, negatives removed, each stage's seconds) and ``rou
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import time
@@ -48,6 +49,11 @@ class Stage:
     skipped: bool
 
 
+# Settings that say where or with what a stage runs, not what it makes: not part of its key.
+_WHERE = {"ray_address": None, "compute": None, "num_gpus": None, "resources": None}
+STARTED = ".started.json"
+
+
 class Stages:
     """Runs stages once: a stage whose record holds its key is skipped (see the module docstring)."""
 
@@ -55,12 +61,24 @@ class Stages:
         self.output = OutputDir(output_dir)
         self.done: dict[str, Stage] = {}
 
-    def run(self, name: str, config_cls: type, data: dict[str, Any], job: Callable[[Any], Any], deps: list[Optional[Stage]]) -> Stage:
+    def key(self, config: Any, deps: list[Optional[Stage]]) -> str:
+        """What the stage makes depends on: its job's settings, the stages it reads from, and the
+        files of its data and local models as they are now."""
+        import yaml
+
+        settings = {k: v for k, v in yaml.safe_load(dump_yaml(config)).items() if k not in _WHERE}
+        what = {"config": settings, "after": [d.key for d in deps if d is not None], "inputs": input_files(config)}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def run(
+        self, name: str, config_cls: type, data: dict[str, Any], job: Callable[[Any], Any], deps: list[Optional[Stage]], directory: str
+    ) -> Stage:
+        """Run the job of stage `name` unless its record holds the key it has now. `directory`
+        holds what the job writes: emptied first unless it holds an interrupted run of this very key
+        (which the job resumes), so that output made with other inputs is never reused."""
         config = build(config_cls, copy.deepcopy(data), key=name)
-        key = hashlib.sha256(
-            json.dumps({"config": dump_yaml(config), "after": [d.key for d in deps if d is not None]}, sort_keys=True).encode()
-        ).hexdigest()[:32]
-        record_name = name + RECORD
+        key = self.key(config, deps)
+        record_name, started_name = name + RECORD, name + STARTED
         if self.output.exists(record_name):
             record = json.loads(self.output.read(record_name))
             if record.get("key") == key:
@@ -69,15 +87,66 @@ class Stages:
                 self.done[name] = stage
                 return stage
             self.output.delete(record_name)  # its stage runs again: the old record must not outlive a failure
-        print(f"[pipeline] {name}: running", flush=True)
+        resumes = self.output.exists(started_name) and json.loads(self.output.read(started_name)).get("key") == key
+        if not resumes:
+            _empty(directory)
+            self.output.write(started_name, json.dumps({"key": key}) + "\n")
+        print(f"[pipeline] {name}: {'resuming' if resumes else 'running'}", flush=True)
         started = time.monotonic()
         summary = _json_safe(job(config))
         seconds = time.monotonic() - started
         self.output.write(record_name, json.dumps({"key": key, "seconds": round(seconds, 2), "summary": summary}, indent=2) + "\n")
+        self.output.delete(started_name)
         print(f"[pipeline] {name}: done in {seconds:.1f} s", flush=True)
         stage = Stage(name, key, seconds, summary, skipped=False)
         self.done[name] = stage
         return stage
+
+
+def _empty(directory: str) -> None:
+    import pyarrow.fs
+
+    fs, root = filesystem(directory)
+    if fs.get_file_info(root).type == pyarrow.fs.FileType.Directory:
+        fs.delete_dir_contents(root)
+
+
+def input_files(config: Any) -> dict[str, Any]:
+    """The data sources and local model directories a job config reads, with what identifies their
+    content now: (file, bytes, digest) per data file, (file, bytes, mtime) per model file."""
+    import os
+
+    from raytune_st.data.sources import Source, _data_files
+    from raytune_st.models.config import ModelConfig
+    from raytune_st.train.rerun import content_digest
+
+    found: dict[str, Any] = {}
+
+    def visit(value: Any, where: str) -> None:
+        if isinstance(value, Source) and value.format not in ("hf_disk", "ray_object"):
+            try:
+                fs, files = _data_files(value)
+            except Exception:  # not there yet: the job names the problem
+                return
+            found[where] = [[f, i.size, content_digest(fs, f, i.size)] for f, i in zip(files, fs.get_file_info(files))]
+        elif isinstance(value, ModelConfig) and value.name and os.path.isdir(os.path.expanduser(value.name)):
+            root = os.path.expanduser(value.name)
+            found[where] = sorted(
+                [os.path.relpath(os.path.join(d, f), root), os.path.getsize(os.path.join(d, f)), os.stat(os.path.join(d, f)).st_mtime_ns]
+                for d, _, names in os.walk(root) for f in names
+            )
+        elif dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                visit(getattr(value, f.name), f"{where}.{f.name}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{where}.{i}")
+        elif isinstance(value, dict):
+            for k, item in value.items():
+                visit(item, f"{where}.{k}")
+
+    visit(config, "config")
+    return found
 
 
 def _json_safe(value: Any) -> Any:
@@ -134,34 +203,40 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     with ray_session(config.ray_address):
         teacher = None
         if teacher_jobs is not None:
-            mined = stages.run("teacher/mine", MineConfig, teacher_jobs[0], mine, [])
-            teacher = stages.run("teacher/train", TrainConfig, teacher_jobs[1], train, [mined])
+            mined = stages.run("teacher/mine", MineConfig, teacher_jobs[0], mine, [], join(config.teacher_dir, "mine"))
+            teacher = stages.run("teacher/train", TrainConfig, teacher_jobs[1], train, [mined], join(config.teacher_dir, "train"))
         base_evaluation = config.base_evaluate_config()
         if base_evaluation is not None:
-            evaluated = stages.run("round-0/evaluate", EvaluateConfig, base_evaluation, evaluate, [])
+            output = base_evaluation["output"]["path"]
+            evaluated = stages.run("round-0/evaluate", EvaluateConfig, base_evaluation, evaluate, [], output)
             rows.append(_row(0, None, {"evaluate": evaluated}))
         previous = None
         for spec in rounds:
-            prefix = f"round-{spec.number}"
+            prefix, where = f"round-{spec.number}", config.round_dir(spec.number)
             done: dict[str, Stage] = {}
             rescored = spec.mine_with == "teacher-rescored"
+            embedder = previous if spec.mine_with != "base" else None
+            mine_config = copy.deepcopy(spec.mine)
+            # A cache per embedding model: a retrained round writes its model to the same path, and its
+            # vectors must not be taken for the old ones'. The start model's serve every round.
+            mine_config["output"]["embeddings_dir"] = join(config.embeddings_dir, f"{embedder.name.replace('/', '-')}-{embedder.key[:12]}" if embedder else "start")
             done["mine"] = stages.run(
-                f"{prefix}/mine", MineConfig, spec.mine, mine,
-                [previous if spec.mine_with != "base" else None, teacher if rescored else None],
+                f"{prefix}/mine", MineConfig, mine_config, mine, [embedder, teacher if rescored else None], join(where, "mine")
             )
             if spec.score is not None:
-                done["score"] = stages.run(f"{prefix}/score", ScoreConfig, spec.score, score, [done["mine"], teacher])
+                done["score"] = stages.run(f"{prefix}/score", ScoreConfig, spec.score, score, [done["mine"], teacher], join(where, "score"))
             if spec.denoise is not None:
-                denoised = {"input": join(config.round_dir(spec.number), "score"), "output": join(config.round_dir(spec.number), "denoise"),
-                            **spec.denoise}
-                done["denoise"] = stages.run(f"{prefix}/denoise", DenoiseConfig, denoised, denoise, [done["score"]])
+                denoised = {"input": join(where, "score"), "output": join(where, "denoise"), **spec.denoise}
+                done["denoise"] = stages.run(f"{prefix}/denoise", DenoiseConfig, denoised, denoise, [done["score"]], join(where, "denoise"))
             train_config = with_train_columns(spec, done[spec.train_on])
             done["train"] = stages.run(
                 f"{prefix}/train", TrainConfig, train_config, train,
-                [done[spec.train_on], previous if spec.train_from == "previous" else None],
+                [done[spec.train_on], previous if spec.train_from == "previous" else None], join(where, "train"),
             )
             if spec.evaluate is not None:
-                done["evaluate"] = stages.run(f"{prefix}/evaluate", EvaluateConfig, spec.evaluate, evaluate, [done["train"]])
+                done["evaluate"] = stages.run(
+                    f"{prefix}/evaluate", EvaluateConfig, spec.evaluate, evaluate, [done["train"]], join(where, "evaluate")
+                )
             rows.append(_row(spec.number, spec, done))
             previous = done["train"]
     return write_table(config.output_dir, rows)
@@ -196,13 +271,15 @@ class DenoiseConfig:
     max_score: Optional[float] = None
 
 
-def removed_negatives(scores: list[float], config: DenoiseConfig) -> list[bool]:
+def removed_negatives(scores: list[float], config: DenoiseConfig, positive: Optional[float] = None) -> list[bool]:
     """For one row's teacher scores [positive, negative_1, ...]: which negatives go.
 
     As sentence-transformers' filters, on the teacher's scores: ``margin`` drops a negative
     above positive - margin, ``relative_margin`` above positive - |positive| * relative_margin,
-    ``max_score`` above max_score."""
-    positive, negatives = scores[0], scores[1:]
+    ``max_score`` above max_score. `positive`: the score to compare with, by default the row's
+    own; :func:`denoise` passes the lowest of the query's positives, as sentence-transformers does."""
+    positive = scores[0] if positive is None else positive
+    negatives = scores[1:]
     limits = []
     if config.margin is not None:
         limits.append(positive - config.margin)
@@ -214,27 +291,41 @@ def removed_negatives(scores: list[float], config: DenoiseConfig) -> list[bool]:
 
 
 def denoise(config: DenoiseConfig) -> dict[str, Any]:
-    """Keep the rows none of whose negatives the teacher flags (a row is one query with its
-    positive and negatives; an n-tuple row goes whole, as its columns must stay filled)."""
+    """Keep the rows none of whose negatives the teacher flags. A negative is compared with the
+    lowest teacher score of its query's positives (a query with several positives has a row per
+    positive), as sentence-transformers' filters do. A row is one query with its positive and
+    negatives; a flagged n-tuple row goes whole, as its columns must stay filled."""
     import pyarrow as pa
     import pyarrow.fs
     import pyarrow.parquet as pq
 
     fs, root = filesystem(config.input)
     parts = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root)) if i.path.endswith(".parquet"))
+    if not parts:
+        raise ConfigError(f"denoise: {config.input!r} holds no scored rows; rerun the pipeline to score them again")
+    query = pq.read_schema(parts[0], filesystem=fs).names[0]
+    lowest: dict[str, float] = {}  # query -> the lowest teacher score of its positives
+    for part in parts:
+        table = pq.read_table(part, columns=[query, TEACHER_SCORES], filesystem=fs)
+        for q, scores in zip(table.column(query).to_pylist(), table.column(TEACHER_SCORES).to_pylist()):
+            lowest[q] = min(lowest.get(q, scores[0]), scores[0])
     out_fs, out_root = filesystem(config.output)
     if out_fs.get_file_info(out_root).type != pyarrow.fs.FileType.NotFound:
         out_fs.delete_dir_contents(out_root)
     out_fs.create_dir(out_root)
-    rows_in = rows_out = removed = 0
+    rows_in = rows_out = flagged = removed = 0
     sink = writer = None
     try:
         for part in parts:
             table = pq.read_table(part, filesystem=fs)
-            flags = [removed_negatives(scores, config) for scores in table.column(TEACHER_SCORES).to_pylist()]
+            flags = [
+                removed_negatives(scores, config, lowest[q])
+                for q, scores in zip(table.column(query).to_pylist(), table.column(TEACHER_SCORES).to_pylist())
+            ]
             keep = [not any(row) for row in flags]
             rows_in += len(keep)
-            removed += sum(sum(row) for row in flags)
+            flagged += sum(sum(row) for row in flags)
+            removed += sum(len(row) for row, kept in zip(flags, keep) if not kept)
             kept = table.filter(pa.array(keep, type=pa.bool_()))
             rows_out += kept.num_rows
             if writer is None:
@@ -250,8 +341,9 @@ def denoise(config: DenoiseConfig) -> dict[str, Any]:
             f"denoise: the teacher flags a negative in every one of the {rows_in} rows; nothing is left to train on. "
             "Loosen the threshold (a larger margin or max_score), or drop denoise"
         )
-    summary = {"rows_in": rows_in, "rows_out": rows_out, "negatives_removed": removed}
-    print(f"[denoise] {rows_in:,} rows: {removed:,} negatives flagged by the teacher, {rows_out:,} rows kept", flush=True)
+    summary = {"rows_in": rows_in, "rows_out": rows_out, "negatives_flagged": flagged, "negatives_removed": removed}
+    print(f"[denoise] {rows_in:,} rows: {flagged:,} negatives flagged by the teacher; {rows_in - rows_out:,} rows "
+          f"({removed:,} negatives) removed, {rows_out:,} kept", flush=True)
     return summary
 
 

@@ -430,7 +430,14 @@ def resolve_format(loss: str, model_type: str, inner_loss: str | None = None) ->
             f"e.g. inner_loss='MultipleNegativesRankingLoss'."
         )
     if is_import_path(inner_loss):
-        return resolve_format(inner_loss, model_type)  # a custom inner loss: its declared format, or unchecked
+        # A custom inner loss: its declared format (checked as that loss would be), or unchecked.
+        declared = resolve_format(inner_loss, model_type)
+        if declared is not None and declared.name in fmt.incompatible_inner:
+            raise ConfigError(
+                f"{loss} cannot wrap {inner_loss}, which declares the inputs of {declared.name} (see the Requirements in "
+                f"the {loss} docstring)"
+            )
+        return declared
     inner = get_format(inner_loss, model_type)
     if inner.wrapper:
         raise ConfigError(

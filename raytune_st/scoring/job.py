@@ -64,10 +64,12 @@ class Scorer:
             flat = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True)
             scores = np.asarray(flat, dtype=np.float64).reshape(len(columns), len(queries))
         else:
+            # Queries and passages with the model's own query and document prompts, as mining embeds them.
             encode = dict(batch_size=self.batch_size, show_progress_bar=False, convert_to_tensor=True)
-            q = self.model.encode_query(queries, **encode) if hasattr(self.model, "encode_query") else self.model.encode(queries, **encode)
+            q = self.model.encode_query(queries, **encode)
             scores = np.stack([
-                self.model.similarity_pairwise(q, self.model.encode(passages, **encode)).float().cpu().numpy() for passages in columns
+                self.model.similarity_pairwise(q, self.model.encode_document(passages, **encode)).float().cpu().numpy()
+                for passages in columns
             ]).astype(np.float64)
         if len(columns) == 1:
             values = pa.array(scores[0], type=pa.float64())

@@ -84,6 +84,7 @@ def test_a_round_inherits_what_it_does_not_set_from_the_round_before(project):
         (["rounds_override={2: {model: x}}"], r"rounds_override.2: model is not a round section"),
         (["train.args.learning_rate=fast"], r"train \(round 1\)"),
         (["teacher={name: a, train: {}}"], "teacher: set name .* not both"),
+        (["teacher=some/reranker", "score={}", "mine.output_format=labeled-pair"], r"mine \(round 1\): the teacher scores .* output_format triplet or n-tuple"),
         (["teacher={train: {loss: BinaryCrossEntropyLoss}}", "score={}"], "teacher.train.model: name the cross-encoder to train"),
         (["teacher={train: {model: m, loss: NoSuchLoss}}", "score={}"], r"teacher.train"),
     ],
@@ -112,13 +113,14 @@ def test_denoise_drops_negatives_the_teacher_scores_close_to_the_positive(tmp_pa
     assert removed_negatives([0.9, 0.6, 0.4], DenoiseConfig("i", "o", max_score=0.5)) == [True, False]
 
     (tmp_path / "scored").mkdir()
-    rows = {"query": ["q1", "q2", "q3"], "passage": ["p1", "p2", "p3"], "negative": ["n1", "n2", "n3"],
-            TEACHER_SCORES: [[0.9, 0.1], [0.2, 0.3], [0.5, 0.45]]}
+    # q4 has two positives: its negatives are compared with the lower one (0.3), as sentence-transformers does.
+    rows = {"query": ["q1", "q2", "q3", "q4", "q4"], "passage": ["p1", "p2", "p3", "p4", "p4b"], "negative": ["n1", "n2", "n3", "n4", "n4b"],
+            TEACHER_SCORES: [[0.9, 0.1], [0.2, 0.3], [0.5, 0.45], [0.9, 0.5], [0.3, 0.1]]}
     pq.write_table(pa.table(rows), tmp_path / "scored" / "part-0.parquet")
     summary = denoise(DenoiseConfig(str(tmp_path / "scored"), str(tmp_path / "denoised"), margin=0.1))
-    assert summary == {"rows_in": 3, "rows_out": 1, "negatives_removed": 2}
-    assert pq.read_table(tmp_path / "denoised").column("query").to_pylist() == ["q1"]
-    with pytest.raises(ConfigError, match="flags a negative in every one of the 3 rows; nothing is left to train on"):
+    assert summary == {"rows_in": 5, "rows_out": 2, "negatives_flagged": 3, "negatives_removed": 3}
+    assert pq.read_table(tmp_path / "denoised").column("passage").to_pylist() == ["p1", "p4b"]
+    with pytest.raises(ConfigError, match="flags a negative in every one of the 5 rows; nothing is left to train on"):
         denoise(DenoiseConfig(str(tmp_path / "scored"), str(tmp_path / "denoised"), max_score=0.0))
 
 
@@ -128,19 +130,23 @@ def test_a_finished_stage_is_skipped_and_a_changed_one_reruns_with_what_reads_fr
     def job(name):
         def run(config):
             ran.append(name)
+            os.makedirs(tmp_path / name, exist_ok=True)
+            (tmp_path / name / f"made-{len(ran)}").write_text("output")
             return {"margin": config.margin}
         return run
 
     def pipeline(first_margin, second_margin, fail=False):
         stages = Stages(str(tmp_path))
-        first = stages.run("round-1/first", DenoiseConfig, {"input": "a", "output": "b", "margin": first_margin}, job("first"), [])
+        first = stages.run("round-1/first", DenoiseConfig, {"input": "a", "output": "b", "margin": first_margin}, job("first"), [],
+                           str(tmp_path / "first"))
 
         def second_job(config):
             if fail:
                 raise RuntimeError("killed")
             return job("second")(config)
 
-        stages.run("round-1/second", DenoiseConfig, {"input": "b", "output": "c", "margin": second_margin}, second_job, [first])
+        stages.run("round-1/second", DenoiseConfig, {"input": "b", "output": "c", "margin": second_margin}, second_job, [first],
+                   str(tmp_path / "second"))
 
     os.makedirs(tmp_path / "round-1")
     pipeline(0.1, 0.2)
@@ -153,9 +159,34 @@ def test_a_finished_stage_is_skipped_and_a_changed_one_reruns_with_what_reads_fr
     assert ran == ["first", "second", "second", "first", "second"]  # and what reads from a changed one
     record = json.loads((tmp_path / "round-1" / "second.done.json").read_text())
     assert record["summary"] == {"margin": 0.3} and record["seconds"] >= 0
+    # A stage that runs again starts from an empty directory: nothing made with other inputs is reused.
+    assert os.listdir(tmp_path / "second") == ["made-5"]
     with pytest.raises(RuntimeError, match="killed"):
         pipeline(0.5, 0.4, fail=True)
     assert not (tmp_path / "round-1" / "second.done.json").exists()  # no record outlives a failed rerun
+    # The interrupted stage resumes with what it left when its key is the same, and not otherwise.
+    (tmp_path / "second" / "partial").write_text("half")
+    pipeline(0.5, 0.4)
+    assert sorted(os.listdir(tmp_path / "second")) == ["made-6", "partial"]
+    assert not (tmp_path / "round-1" / "second.started.json").exists()
+
+
+def test_a_stage_key_follows_its_data_not_where_it_runs(tmp_path):
+    pq.write_table(pa.table({"q": ["a", "b"], "p": ["c", "d"]}), tmp_path / "pairs.parquet")
+    settings = {"model": "m", "dataset": str(tmp_path / "pairs.parquet"), "output": str(tmp_path / "out")}
+    stages = Stages(str(tmp_path))
+    key = stages.key(build_mine(settings), [])
+    assert stages.key(build_mine({**settings, "ray_address": "10.0.0.1:6379", "compute": {"embed_actors_max": 8}}), []) == key
+    assert stages.key(build_mine({**settings, "mine": {"num_negatives": 5}}), []) != key
+    pq.write_table(pa.table({"q": ["a", "b", "e"], "p": ["c", "d", "f"]}), tmp_path / "pairs.parquet")  # rewritten in place
+    assert stages.key(build_mine(settings), []) != key
+
+
+def build_mine(settings):
+    from raytune_st.config.core import build
+    from raytune_st.mining.config import MineConfig
+
+    return build(MineConfig, settings)
 
 
 def test_the_table_has_a_row_per_round_and_a_plot(tmp_path):

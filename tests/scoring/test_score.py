@@ -49,15 +49,20 @@ def test_a_cross_encoder_scores_each_pair_as_sentence_transformers_predict_does(
     assert len({round(v, 4) for row in scored.to_pylist() for v in row["label"]}) > 6  # the scores differ
 
 
-def test_a_bi_encoder_scores_pairs_by_its_similarity(tmp_path, tiny_bert_dir):
+def test_a_bi_encoder_scores_pairs_by_its_similarity_with_its_prompts(tmp_path, tiny_bert_dir):
     from sentence_transformers import SentenceTransformer
 
+    # A model with query and document prompts: both sides are encoded as mining encodes them.
+    prompted = SentenceTransformer(tiny_bert_dir, device="cpu", prompts={"query": "query: ", "document": "passage: "})
+    prompted.save(str(tmp_path / "prompted"))
     table = pq.read_table(rows(tmp_path / "rows.parquet", n=5, negatives=0))
-    model = config(tmp_path, {"name": tiny_bert_dir, "type": "bi_encoder"}, str(tmp_path / "rows.parquet")).model
+    model = config(tmp_path, {"name": str(tmp_path / "prompted"), "type": "bi_encoder"}, str(tmp_path / "rows.parquet")).model
     scored = Scorer(model, "query", ["positive"], "score", 2)(table)
-    reference = SentenceTransformer(tiny_bert_dir, device="cpu")
-    expected = reference.similarity_pairwise(reference.encode(table.column("query").to_pylist()), reference.encode(table.column("positive").to_pylist()))
+    queries, passages = table.column("query").to_pylist(), table.column("positive").to_pylist()
+    expected = prompted.similarity_pairwise(prompted.encode_query(queries), prompted.encode_document(passages))
     np.testing.assert_allclose(scored.column("score").to_numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    unprompted = prompted.similarity_pairwise(prompted.encode(queries), prompted.encode(passages))
+    assert not np.allclose(scored.column("score").to_numpy(), unprompted.numpy(), atol=1e-4)
 
 
 def test_the_parts_are_written_in_order_and_named_by_position(tmp_path):

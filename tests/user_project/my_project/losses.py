@@ -28,6 +28,12 @@ class UndeclaredMarginLoss(MarginLoss):
     loss_format = None
 
 
+class CachedStyleLoss(MarginLoss):
+    """Declares the inputs of a cached loss, which some wrappers cannot take."""
+
+    loss_format = "CachedMultipleNegativesRankingLoss"
+
+
 def margin_loss(model, margin: float = 0.2):
     """A loss factory: model -> loss."""
     return MarginLoss(model, margin=margin)
