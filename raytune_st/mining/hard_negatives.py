@@ -115,12 +115,10 @@ def mine_hard_negatives(
     if positive_column_name not in columns and len(columns) < 2:
         raise ValueError("Dataset must contain at least two columns to select the positive column automatically.")
     positive = positive_column_name if positive_column_name in columns else columns[1]
-    filtered = (
-        range_min != 0 or range_max is not None or max_score is not None or min_score is not None
-        or absolute_margin is not None or relative_margin is not None or margin is not None or sampling_strategy != "top"
-    )
-    output_format, output_scores, absolute_margin = _deprecated(
-        as_triplets, margin, output_format, output_scores, absolute_margin, include_positives, filtered
+    output_format, output_scores, absolute_margin = st_parameters(
+        range_min=range_min, range_max=range_max, max_score=max_score, min_score=min_score, absolute_margin=absolute_margin,
+        relative_margin=relative_margin, sampling_strategy=sampling_strategy, include_positives=include_positives,
+        output_format=output_format, output_scores=output_scores, as_triplets=as_triplets, margin=margin,
     )
 
     with tempfile.TemporaryDirectory(prefix="raytune-st-mine-") as work:
@@ -162,6 +160,20 @@ def mine_hard_negatives(
         fs, root = filesystem(summary["output"])
         table = pq.read_table([posixpath.join(root, part) for part in summary["parts"]], filesystem=fs)
         return datasets.Dataset(table)
+
+
+def st_parameters(
+    *, range_min: int, range_max: Optional[int], max_score: Optional[float], min_score: Optional[float],
+    absolute_margin: Optional[float], relative_margin: Optional[float], sampling_strategy: str, include_positives: bool,
+    output_format: str, output_scores: bool, as_triplets: Optional[bool], margin: Optional[float],
+) -> tuple[str, bool, Optional[float]]:
+    """(output_format, output_scores, absolute_margin) as sentence-transformers settles them from
+    these arguments of mine_hard_negatives, with its warnings (:func:`_deprecated`)."""
+    filtered = (
+        range_min != 0 or range_max is not None or max_score is not None or min_score is not None
+        or absolute_margin is not None or relative_margin is not None or margin is not None or sampling_strategy != "top"
+    )
+    return _deprecated(as_triplets, margin, output_format, output_scores, absolute_margin, include_positives, filtered)
 
 
 def _deprecated(

@@ -60,6 +60,8 @@ def test_bad_inputs_fail_as_sentence_transformers_fails_before_ray(tmp_path):
         {"include_positives": True, "as_triplets": True, "margin": 0.1},
         {"include_positives": True, "output_format": "n-tuple", "output_scores": True},
         {"output_format": "n-tuple-scores", "as_triplets": False},
+        {"include_positives": True, "sampling_strategy": "random", "output_format": "n-tuple"},
+        {"include_positives": True, "output_format": "n-tuple"},
     ],
 )
 def test_include_positives_and_deprecated_formats_warn_and_shape_the_columns_as_sentence_transformers(settings, tiny_bert_dir, caplog):
@@ -67,7 +69,8 @@ def test_include_positives_and_deprecated_formats_warn_and_shape_the_columns_as_
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives as theirs
 
-    from raytune_st.mining.hard_negatives import _deprecated
+    from raytune_st import mine_hard_negatives
+    from raytune_st.mining.hard_negatives import st_parameters
     from raytune_st.mining.rows import output_columns
 
     dataset = Dataset.from_dict({"query": [f"q{i}" for i in range(6)], "passage": [f"p{i}" for i in range(6)]})
@@ -76,12 +79,10 @@ def test_include_positives_and_deprecated_formats_warn_and_shape_the_columns_as_
     their_warnings = [r.getMessage() for r in caplog.records if r.name == ST_LOGGER]
     caplog.clear()
 
-    filtered = any(k in settings for k in ("range_max", "margin"))
+    names = inspect.signature(st_parameters).parameters
+    defaults = {n: p.default for n, p in inspect.signature(mine_hard_negatives).parameters.items() if n in names}
     with caplog.at_level(logging.WARNING, logger=ST_LOGGER):
-        output_format, output_scores, _ = _deprecated(
-            settings.get("as_triplets"), settings.get("margin"), settings.get("output_format", "triplet"),
-            settings.get("output_scores", False), None, settings.get("include_positives", False), filtered,
-        )
+        output_format, output_scores, _ = st_parameters(**{**defaults, **settings})
     assert [r.getMessage() for r in caplog.records if r.name == ST_LOGGER] == their_warnings
     assert [name for name, _ in output_columns(output_format, output_scores, "query", "passage", 2)] == their_columns
 
