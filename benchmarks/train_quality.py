@@ -160,10 +160,7 @@ def evaluate(args: dict) -> dict:
     """Score every model of args["models"] with the recipe's sentence-transformers evaluator."""
     import pandas as pd
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.evaluation import (
-        EmbeddingSimilarityEvaluator,
-        InformationRetrievalEvaluator,
-    )
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     from raytune_st.models.loading import resolve_model
 
@@ -174,16 +171,9 @@ def evaluate(args: dict) -> dict:
         )
         metric = "sts-dev_spearman_cosine"
     else:
-        dev = pd.read_parquet(os.path.join(DATA, "debian-dev.parquet"), columns=["query", "passage"])
-        corpus = {f"d{i}": passage for i, passage in enumerate(dev["passage"])}
-        qids: dict[str, str] = {}
-        relevant: dict[str, set[str]] = {}
-        for i, query in enumerate(dev["query"]):
-            qid = qids.setdefault(query, f"q{len(qids)}")
-            relevant.setdefault(qid, set()).add(f"d{i}")
-        evaluator = InformationRetrievalEvaluator(
-            {qid: query for query, qid in qids.items()}, corpus, relevant, name="debian-dev", ndcg_at_k=[10], batch_size=64
-        )
+        from retrieval import debian_dev_evaluator
+
+        evaluator = debian_dev_evaluator(DATA, name="debian-dev", ndcg_at_k=[10], batch_size=64)
         metric = "debian-dev_cosine_ndcg@10"
     scores = {}
     for label, path in args["models"].items():
