@@ -231,9 +231,7 @@ class PipelineConfig:
         return rounds
 
     def _base_model(self) -> dict[str, Any]:
-        from raytune_st.config.core import to_dict
-
-        return {k: v for k, v in to_dict(self.model).items() if v not in (None, {}, [])}
+        return _set_keys(self.model)
 
     def model_section(self, which: str, number: int) -> dict[str, Any]:
         """The model of `which` (base, or the previous round's trained one) as a config section."""
@@ -247,7 +245,7 @@ class PipelineConfig:
     def _mine_config(self, mine: dict[str, Any], model: dict[str, Any], output: str, *, teacher: bool) -> dict[str, Any]:
         settings = dict(mine)
         config: dict[str, Any] = {
-            "model": model, "dataset": _plain_source(self.data),
+            "model": model, "dataset": _set_keys(self.data),
             "output": {"path": output, "embeddings_dir": self.embeddings_dir, "overwrite": True},
             "index": settings.pop("index", {}), "compute": settings.pop("compute", {}), "mine": settings,
             "ray_address": self.ray_address,
@@ -317,10 +315,11 @@ def _merged(base: Any, change: Any) -> Any:
     return copy.deepcopy(change)
 
 
-def _plain_source(source: PairsSource) -> dict[str, Any]:
+def _set_keys(section: Any) -> dict[str, Any]:
+    """A built config section as data again, with only the keys that hold a value."""
     from raytune_st.config.core import to_dict
 
-    return {k: v for k, v in to_dict(source).items() if v not in (None, {}, [])}
+    return {k: v for k, v in to_dict(section).items() if v not in (None, {}, [])}
 
 
 def _check_denoise(denoise: dict[str, Any], where: str) -> None:

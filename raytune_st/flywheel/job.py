@@ -46,7 +46,6 @@ class Stage:
     key: str
     seconds: float
     summary: dict[str, Any]
-    skipped: bool
 
 
 # Settings that say where or with what a stage runs, not what it makes: not part of its key.
@@ -83,7 +82,7 @@ class Stages:
             record = json.loads(self.output.read(record_name))
             if record.get("key") == key:
                 print(f"[pipeline] {name}: finished in an earlier run ({record['seconds']:.1f} s), skipped", flush=True)
-                stage = Stage(name, key, record["seconds"], record["summary"], skipped=True)
+                stage = Stage(name, key, record["seconds"], record["summary"])
                 self.done[name] = stage
                 return stage
             self.output.delete(record_name)  # its stage runs again: the old record must not outlive a failure
@@ -98,7 +97,7 @@ class Stages:
         self.output.write(record_name, json.dumps({"key": key, "seconds": round(seconds, 2), "summary": summary}, indent=2) + "\n")
         self.output.delete(started_name)
         print(f"[pipeline] {name}: done in {seconds:.1f} s", flush=True)
-        stage = Stage(name, key, seconds, summary, skipped=False)
+        stage = Stage(name, key, seconds, summary)
         self.done[name] = stage
         return stage
 
