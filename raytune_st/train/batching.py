@@ -268,11 +268,23 @@ def _after(first: "Future", rest: Iterator[T]) -> Iterator[T]:
 
 
 def columns_to_rows(batch: dict[str, Any]) -> list[Row]:
-    """A columnar batch (numpy arrays or lists) as rows of plain Python values."""
-    columns = {name: (values.tolist() if hasattr(values, "tolist") else list(values)) for name, values in batch.items()}
+    """A columnar batch (numpy arrays or lists) as rows of plain Python values.
+
+    A list column may come as an object array of arrays (Ray Data's form for lists of
+    varying length); its cells become lists too, so that a row can be written to JSON
+    (a checkpoint keeps the rows still buffered) and collated like any other.
+    """
+    columns = {name: _plain_values(values) for name, values in batch.items()}
     names = list(columns)
     length = len(columns[names[0]]) if names else 0
     return [{name: columns[name][i] for name in names} for i in range(length)]
+
+
+def _plain_values(values: Any) -> list[Any]:
+    cells = values.tolist() if hasattr(values, "tolist") else list(values)
+    if getattr(values, "dtype", None) is not None and values.dtype == object:
+        cells = [cell.tolist() if hasattr(cell, "tolist") else cell for cell in cells]
+    return cells
 
 
 # --- batches -> model inputs ----------------------------------------------------------------

@@ -191,6 +191,20 @@ def test_columns_to_rows_gives_python_values():
     assert type(out[0]["score"]) is float
 
 
+def test_columns_to_rows_turns_list_cells_into_lists():
+    # Teacher scores (MarginMSELoss / DistillKLDivLoss labels) as Ray Data hands them to a
+    # worker: an object array of arrays. A checkpoint writes buffered rows as JSON.
+    import json
+
+    import pyarrow as pa
+    from ray.data._internal.arrow_block import ArrowBlockAccessor
+
+    table = pa.table({"query": ["a", "b"], "label": [[0.9, 0.1], [0.8, 0.3]]})
+    rows = columns_to_rows(ArrowBlockAccessor(table).to_numpy())
+    assert rows == [{"query": "a", "label": [0.9, 0.1]}, {"query": "b", "label": [0.8, 0.3]}]
+    assert json.loads(json.dumps(rows)) == rows
+
+
 # --- collation ----------------------------------------------------------------------------
 
 
