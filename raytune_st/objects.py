@@ -26,10 +26,7 @@ rerun by another driver (the error says to pass the objects again, or paths).
 
 from __future__ import annotations
 
-import fcntl
-import glob
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -85,32 +82,31 @@ def register_model(model: Any) -> str:
 
     Saving is device-independent: a model on a GPU the workers lack loads on theirs.
     """
-    from raytune_st.models.remote import COMPLETE_MARKER, model_cache_root
+    from raytune_st.models.remote import filled_once, model_cache_root
 
     root = model_cache_root()
     os.makedirs(root, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="ray-object-", suffix=".tmp", dir=root)
+    saved = tempfile.mkdtemp(prefix="ray-object-", suffix=".tmp", dir=root)
     try:
-        model.save(staging, create_model_card=False)
+        model.save(saved, create_model_card=False)
         files = sorted(
-            os.path.relpath(os.path.join(d, f), staging).replace(os.sep, "/") for d, _, names in os.walk(staging) for f in names
+            os.path.relpath(os.path.join(d, f), saved).replace(os.sep, "/") for d, _, names in os.walk(saved) for f in names
         )
         digest = hashlib.sha256()
         for relpath in files:
             digest.update(relpath.encode() + b"\0")
-            with open(os.path.join(staging, relpath), "rb") as handle:
+            with open(os.path.join(saved, relpath), "rb") as handle:
                 for chunk in iter(lambda: handle.read(8 << 20), b""):
                     digest.update(chunk)
         key = digest.hexdigest()[:32]
-        target = _model_copy(key)
-        with _locked(target):
-            if not os.path.isfile(os.path.join(target, COMPLETE_MARKER)):
-                shutil.rmtree(target, ignore_errors=True)
-                with open(os.path.join(staging, COMPLETE_MARKER), "w") as handle:
-                    json.dump({"object": _name("model", key), "files": len(files)}, handle)
-                os.rename(staging, target)
+
+        def move_in(staging: str) -> dict:
+            os.rename(saved, staging)
+            return {"object": _name("model", key), "files": len(files)}
+
+        target = filled_once(_model_copy(key), move_in)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(saved, ignore_errors=True)
     return _add(_name("model", key), _Entry("model", {"files": files}, local=[target]))
 
 
@@ -280,52 +276,21 @@ def _model_copy(key: str) -> str:
     return os.path.join(model_cache_root(), f"ray-object-{key}")
 
 
-class _locked:
-    """An exclusive file lock beside `target`, as the model cache uses for downloads."""
-
-    def __init__(self, target: str):
-        self.path = target + ".lock"
-
-    def __enter__(self) -> None:
-        self.handle = open(self.path, "w")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.handle.close()
-
-
 def model_dir(name: str) -> str:
     """A local directory holding the model `name`: this node's copy, written from the store once."""
-    from raytune_st.models.remote import COMPLETE_MARKER
+    from raytune_st.models.remote import filled_once
 
-    key = name.rsplit("/", 1)[-1]
-    target = _model_copy(key)
-    marker = os.path.join(target, COMPLETE_MARKER)
-    if os.path.isfile(marker):
-        return target
-    entry = _lookup(name, "model", need_refs=True)
-    import ray
+    def copy_out(staging: str) -> dict:
+        import ray
 
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with _locked(target):
-        if os.path.isfile(marker):  # another process of this node wrote it meanwhile
-            return target
-        shutil.rmtree(target, ignore_errors=True)
-        # Copies cut short by a killed process: nobody else writes this copy while the lock is held.
-        for stale in glob.glob(glob.escape(target) + ".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = f"{target}.tmp-{uuid.uuid4().hex}"
-        try:
-            for relpath, ref in zip(entry.meta["files"], entry.refs):
-                path = os.path.join(staging, *relpath.split("/"))
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                ray.get(ref).tofile(path)
-            with open(os.path.join(staging, COMPLETE_MARKER), "w") as handle:
-                json.dump({"object": name, "files": len(entry.meta["files"])}, handle)
-            os.rename(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+        entry = _lookup(name, "model", need_refs=True)
+        for relpath, ref in zip(entry.meta["files"], entry.refs):
+            path = os.path.join(staging, *relpath.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            ray.get(ref).tofile(path)
+        return {"object": name, "files": len(entry.meta["files"])}
+
+    return filled_once(_model_copy(name.rsplit("/", 1)[-1]), copy_out)
 
 
 def check_model_object(name: str) -> None:

@@ -14,11 +14,12 @@ import errno
 import os
 import posixpath
 import uuid
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Union
 
 from raytune_st.errors import DataError
 
 if TYPE_CHECKING:
+    import pyarrow
     import pyarrow.fs
 
 
@@ -92,6 +93,36 @@ def write_atomic(fs: "pyarrow.fs.FileSystem", target: str, data: bytes) -> None:
                 "output directory, then rerun: what was written whole is kept"
             ) from None
         raise
+
+
+PART_ROWS = 200_000
+
+
+def write_parts(tables: Iterable["pyarrow.Table"], fs: "pyarrow.fs.FileSystem", root: str, part_rows: int = PART_ROWS) -> int:
+    """Write the tables' rows in their order as part-00000.parquet, part-00001.parquet, ... under
+    `root` (a new part once one holds `part_rows` rows); returns the number of rows. A table whose
+    schema differs only in type width (string / large_string) is cast to the first one's."""
+    import pyarrow.parquet as pq
+
+    rows = in_part = part = 0
+    sink = writer = None
+    try:
+        for table in tables:
+            if writer is None or in_part >= part_rows:
+                if writer is not None:
+                    writer.close()
+                    sink.close()
+                sink = fs.open_output_stream(f"{root}/part-{part:05d}.parquet")
+                writer = pq.ParquetWriter(sink, table.schema)
+                part, in_part = part + 1, 0
+            writer.write_table(table if table.schema == writer.schema else table.cast(writer.schema))
+            rows += table.num_rows
+            in_part += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+            sink.close()
+    return rows
 
 
 @contextlib.contextmanager

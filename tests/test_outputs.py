@@ -189,3 +189,20 @@ def test_is_inside_compares_whole_path_components(tmp_path):
     assert not outputs.is_inside(str(tmp_path / "out"), str(tmp_path / "out"))
     assert outputs.is_inside("s3://bucket/run/ray/x", "s3://bucket/run")
     assert not outputs.is_inside("s3://bucket/run/ray", str(tmp_path))
+
+
+def test_the_parts_are_written_in_order_and_named_by_position(tmp_path):
+    import pyarrow as pa
+    import pyarrow.fs
+    import pyarrow.parquet as pq
+
+    def blocks():
+        """What the score job hands write_parts: a Ray Dataset's blocks, in order (a string column as large_string once)."""
+        for start in range(0, 15, 3):
+            text = pa.array([f"row {i}" for i in range(start, start + 3)], type=pa.large_string() if start == 6 else pa.string())
+            yield pa.table({"query": text, "label": pa.array([float(start)] * 3)})
+
+    assert outputs.write_parts(blocks(), pyarrow.fs.LocalFileSystem(), str(tmp_path), part_rows=5) == 15
+    assert sorted(os.listdir(tmp_path)) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [pq.read_metadata(tmp_path / f"part-0000{i}.parquet").num_rows for i in range(3)] == [6, 6, 3]
+    assert pq.read_table(tmp_path).column("query").to_pylist() == [f"row {i}" for i in range(15)]

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 from raytune_st.config.core import build, dump_yaml
 from raytune_st.errors import ConfigError
 from raytune_st.flywheel.config import TEACHER_SCORES, PipelineConfig, Round, model_kind
-from raytune_st.outputs import OutputDir, filesystem, join
+from raytune_st.outputs import OutputDir, filesystem, join, write_parts
 from raytune_st.runtime import ray_session
 
 RECORD = ".done.json"
@@ -312,9 +312,9 @@ def denoise(config: DenoiseConfig) -> dict[str, Any]:
     if out_fs.get_file_info(out_root).type != pyarrow.fs.FileType.NotFound:
         out_fs.delete_dir_contents(out_root)
     out_fs.create_dir(out_root)
-    rows_in = rows_out = flagged = removed = 0
-    sink = writer = None
-    try:
+    counts = {"rows_in": 0, "flagged": 0, "removed": 0}
+
+    def kept_rows():
         for part in parts:
             table = pq.read_table(part, filesystem=fs)
             flags = [
@@ -322,19 +322,13 @@ def denoise(config: DenoiseConfig) -> dict[str, Any]:
                 for q, scores in zip(table.column(query).to_pylist(), table.column(TEACHER_SCORES).to_pylist())
             ]
             keep = [not any(row) for row in flags]
-            rows_in += len(keep)
-            flagged += sum(sum(row) for row in flags)
-            removed += sum(len(row) for row, kept in zip(flags, keep) if not kept)
-            kept = table.filter(pa.array(keep, type=pa.bool_()))
-            rows_out += kept.num_rows
-            if writer is None:
-                sink = out_fs.open_output_stream(f"{out_root}/part-00000.parquet")
-                writer = pq.ParquetWriter(sink, kept.schema)
-            writer.write_table(kept)
-    finally:
-        if writer is not None:
-            writer.close()
-            sink.close()
+            counts["rows_in"] += len(keep)
+            counts["flagged"] += sum(sum(row) for row in flags)
+            counts["removed"] += sum(len(row) for row, kept in zip(flags, keep) if not kept)
+            yield table.filter(pa.array(keep, type=pa.bool_()))
+
+    rows_out = write_parts(kept_rows(), out_fs, out_root)
+    rows_in, flagged, removed = counts["rows_in"], counts["flagged"], counts["removed"]
     if rows_out == 0:
         raise ConfigError(
             f"denoise: the teacher flags a negative in every one of the {rows_in} rows; nothing is left to train on. "

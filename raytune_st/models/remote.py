@@ -32,7 +32,7 @@ import posixpath
 import shutil
 import uuid
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from raytune_st.errors import ModelError
 
@@ -141,25 +141,41 @@ def fetch_model_dir(uri: str, cache_root: Optional[str] = None) -> str:
     """
     files = list_model_files(uri)
     root = cache_root or model_cache_root()
-    target = os.path.join(root, cache_key(uri, files))
+
+    def download(staging: str) -> dict:
+        _download(uri, files, staging)
+        return {"uri": uri, "files": len(files), "bytes": sum(f.size for f in files)}
+
+    return filled_once(os.path.join(root, cache_key(uri, files)), download)
+
+
+def filled_once(target: str, fill: Callable[[str], dict]) -> str:
+    """`target`, a directory of the node's model cache, filled once by `fill(staging)`.
+
+    `fill` writes the files under `staging` (a path that does not exist yet) and returns what
+    the completion marker records. It runs under a file lock beside `target`, so that of many
+    processes of one node one fills it and the others wait and reuse it; the staging directory
+    is renamed into place only once it is complete, so a killed process never leaves a
+    directory that a later one trusts.
+    """
     if _is_complete(target):
         return target
-    os.makedirs(root, exist_ok=True)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
     with open(target + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _is_complete(target):  # another process finished it while we waited
             return target
         if os.path.exists(target):  # a copy without its marker: never trusted
             shutil.rmtree(target)
-        # Staging directories of downloads that were killed: nobody else downloads this copy
+        # Staging directories of processes that were killed: nobody else fills this copy
         # while the lock is held.
         for stale in glob.glob(glob.escape(target) + ".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         staging = f"{target}.tmp-{uuid.uuid4().hex}"
         try:
-            _download(uri, files, staging)
+            record = fill(staging)
             with open(os.path.join(staging, COMPLETE_MARKER), "w") as handle:
-                json.dump({"uri": uri, "files": len(files), "bytes": sum(f.size for f in files)}, handle)
+                json.dump(record, handle)
             os.rename(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -27,7 +27,7 @@ from raytune_st.config.core import dump_yaml
 from raytune_st.config.resources import check_custom_resources_exist
 from raytune_st.errors import ConfigError
 from raytune_st.models.config import ModelConfig
-from raytune_st.outputs import OutputDir, filesystem, removed_on_failure
+from raytune_st.outputs import OutputDir, filesystem, removed_on_failure, write_parts
 from raytune_st.console import verbose
 from raytune_st.runtime import logger_level, ray_address, ray_session
 from raytune_st.scoring.config import ScoreConfig
@@ -137,7 +137,9 @@ def score(config: ScoreConfig) -> dict[str, Any]:
                 resources=dict(compute.resources) or None,
             )
             fs, root = filesystem(config.output.path)
-            rows = write_parts(scored, fs, root)
+            # The driver writes the blocks as the actors finish them (Ray Data hands them over in
+            # order), so the parts are named and filled the same on every run, whatever the timing.
+            rows = write_parts(scored.iter_batches(batch_size=None, batch_format="pyarrow"), fs, root)
         seconds = time.monotonic() - started
         summary = {
             "output": config.output.path, "rows": rows, "column": config.output.column, "query": query, "passages": passages,
@@ -172,33 +174,3 @@ def _ordered() -> Any:
     return options
 
 
-PART_ROWS = 200_000
-
-
-def write_parts(dataset: Any, fs: Any, root: str, part_rows: int = PART_ROWS) -> int:
-    """Write `dataset`'s rows in their order as part-00000.parquet, part-00001.parquet, ... under
-    `root` (a new part once one holds `part_rows` rows); returns the number of rows.
-
-    The driver writes the blocks as the actors finish them (Ray Data hands them over in order),
-    so that the parts are named and filled the same on every run, whatever the actors' timing."""
-    import pyarrow.parquet as pq
-
-    rows = in_part = part = 0
-    sink = writer = None
-    try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if writer is None or in_part >= part_rows:
-                if writer is not None:
-                    writer.close()
-                    sink.close()
-                sink = fs.open_output_stream(f"{root}/part-{part:05d}.parquet")
-                writer = pq.ParquetWriter(sink, batch.schema)
-                part, in_part = part + 1, 0
-            writer.write_table(batch if batch.schema == writer.schema else batch.cast(writer.schema))
-            rows += batch.num_rows
-            in_part += batch.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-            sink.close()
-    return rows

@@ -65,25 +65,6 @@ def test_a_bi_encoder_scores_pairs_by_its_similarity_with_its_prompts(tmp_path, 
     assert not np.allclose(scored.column("score").to_numpy(), unprompted.numpy(), atol=1e-4)
 
 
-def test_the_parts_are_written_in_order_and_named_by_position(tmp_path):
-    import pyarrow.fs
-
-    from raytune_st.scoring.job import write_parts
-
-    class Blocks:
-        """What write_parts reads of a Ray Dataset: its blocks, in order (a string column as large_string once)."""
-
-        def iter_batches(self, batch_size, batch_format):
-            for start in range(0, 15, 3):
-                text = pa.array([f"row {i}" for i in range(start, start + 3)], type=pa.large_string() if start == 6 else pa.string())
-                yield pa.table({"query": text, "label": pa.array([float(start)] * 3)})
-
-    assert write_parts(Blocks(), pyarrow.fs.LocalFileSystem(), str(tmp_path), part_rows=5) == 15
-    assert sorted(os.listdir(tmp_path)) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    assert [pq.read_metadata(tmp_path / f"part-0000{i}.parquet").num_rows for i in range(3)] == [6, 6, 3]
-    assert pq.read_table(tmp_path).column("query").to_pylist() == [f"row {i}" for i in range(15)]
-
-
 def test_data_that_cannot_be_scored_is_refused_before_any_work(tmp_path, tiny_bert_dir):
     model = {"name": tiny_bert_dir, "type": "bi_encoder"}
     pq.write_table(pa.table({"query": ["q"], "passage": ["p"], "label": [1.0]}), tmp_path / "labeled.parquet")
