@@ -108,6 +108,8 @@ def write_parts(tables: Iterable["pyarrow.Table"], fs: "pyarrow.fs.FileSystem", 
     sink = writer = None
     try:
         for table in tables:
+            if table.num_rows == 0 and writer is not None:
+                continue  # no empty part after a full one; the first table makes a part even when empty
             if writer is None or in_part >= part_rows:
                 if writer is not None:
                     writer.close()

@@ -197,12 +197,14 @@ def test_the_parts_are_written_in_order_and_named_by_position(tmp_path):
     import pyarrow.parquet as pq
 
     def blocks():
-        """What the score job hands write_parts: a Ray Dataset's blocks, in order (a string column as large_string once)."""
-        for start in range(0, 15, 3):
+        """What the score job hands write_parts: a Ray Dataset's blocks, in order (a string column
+        as large_string once), and a last block with no rows, which comes after a full part."""
+        for start in range(0, 12, 3):
             text = pa.array([f"row {i}" for i in range(start, start + 3)], type=pa.large_string() if start == 6 else pa.string())
             yield pa.table({"query": text, "label": pa.array([float(start)] * 3)})
+        yield pa.table({"query": pa.array([], pa.string()), "label": pa.array([], pa.float64())})
 
-    assert outputs.write_parts(blocks(), pyarrow.fs.LocalFileSystem(), str(tmp_path), part_rows=5) == 15
-    assert sorted(os.listdir(tmp_path)) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    assert [pq.read_metadata(tmp_path / f"part-0000{i}.parquet").num_rows for i in range(3)] == [6, 6, 3]
-    assert pq.read_table(tmp_path).column("query").to_pylist() == [f"row {i}" for i in range(15)]
+    assert outputs.write_parts(blocks(), pyarrow.fs.LocalFileSystem(), str(tmp_path), part_rows=5) == 12
+    assert sorted(os.listdir(tmp_path)) == ["part-00000.parquet", "part-00001.parquet"]
+    assert [pq.read_metadata(tmp_path / f"part-0000{i}.parquet").num_rows for i in range(2)] == [6, 6]
+    assert pq.read_table(tmp_path).column("query").to_pylist() == [f"row {i}" for i in range(12)]

@@ -281,10 +281,9 @@ def columns_to_rows(batch: dict[str, Any]) -> list[Row]:
 
 
 def _plain_values(values: Any) -> list[Any]:
-    cells = values.tolist() if hasattr(values, "tolist") else list(values)
-    if getattr(values, "dtype", None) is not None and values.dtype == object:
-        cells = [cell.tolist() if hasattr(cell, "tolist") else cell for cell in cells]
-    return cells
+    if getattr(values, "dtype", None) == object:  # cells that may be arrays themselves, at any depth
+        return [_plain_values(cell) if hasattr(cell, "tolist") else cell for cell in values]
+    return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
 # --- batches -> model inputs ----------------------------------------------------------------
