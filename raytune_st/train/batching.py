@@ -270,8 +270,8 @@ def _after(first: "Future", rest: Iterator[T]) -> Iterator[T]:
 def columns_to_rows(batch: dict[str, Any]) -> list[Row]:
     """A columnar batch (numpy arrays or lists) as rows of plain Python values.
 
-    A list column may come as an object array of arrays (Ray Data's form for lists of
-    varying length); its cells become lists too, so that a row can be written to JSON
+    A list column comes as an object array of arrays (Ray Data's numpy form of every list
+    column, of equal lengths or not); its cells become lists too, so that a row can be written to JSON
     (a checkpoint keeps the rows still buffered) and collated like any other.
     """
     columns = {name: _plain_values(values) for name, values in batch.items()}
