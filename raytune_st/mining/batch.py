@@ -5,7 +5,8 @@
 1. search every index shard and merge their top-k (exact for Flat: :func:`merge_topk`);
 2. score each (query, positive) pair with the same embeddings;
 3. with a cross-encoder, rescore every candidate and every positive, in its grouping;
-4. filter the candidates (range, margins, scores) and pick the negatives (top or seeded random);
+4. filter the candidates (the query's own text, positives, margins, scores) and pick the
+   negatives (top or seeded random);
 5. build the output rows and the counters behind the statistics.
 
 How the batch reaches the index, the corpus texts and the cross-encoder is handed in as
@@ -36,7 +37,7 @@ class MineSettings:
     filters: FilterParams
     range_min: int
     range_max: int
-    k: int  # candidates retrieved per query: range_max + max_positives
+    k: int  # candidates retrieved per query: select.candidates_per_query(range_max, max_positives)
     num_negatives: int
     sampling_strategy: str
     seed: int
@@ -45,7 +46,7 @@ class MineSettings:
     anchor_column: str
     positive_column: str
     shard_starts: tuple[int, ...]  # global corpus id of each shard's first passage
-    rescore: bool  # rescore with the cross-encoder (a margin, max_score or min_score is set)
+    rescore: bool  # rescore every candidate and positive with the cross-encoder (one is given)
 
     def columns(self) -> list[tuple[str, str]]:
         """The output's (column, kind) pairs, exactly sentence-transformers' columns."""
@@ -81,9 +82,14 @@ def mine_queries(
     queries: Sequence[str],
     query_vectors: np.ndarray,
     positive_ids: Sequence[Sequence[int]],
+    self_ids: Sequence[int],
     sources: BatchSources,
 ) -> MinedBatch:
-    """Mine the negatives of one batch of unique queries (batch number `batch`, which seeds the sampling)."""
+    """Mine the negatives of one batch of unique queries (batch number `batch`, which seeds the sampling).
+
+    `positive_ids` and `self_ids` are, per query, the corpus ids of its positives and of its own
+    text (-1: none), as prepare.read_positives gives them.
+    """
     # 1. Search every shard and merge their top-k.
     scores, ids = merge_topk(sources.search(query_vectors, settings.k), settings.k, offsets=settings.shard_starts)
 
@@ -108,7 +114,7 @@ def mine_queries(
         positive_scores = np.asarray(rescored[-1], dtype=np.float32)
 
     # 4. Filter and pick the negatives.
-    filtered, skipped = filter_candidates(scores, ids, positive_ids, positive_scores, settings.filters)
+    filtered, skipped = filter_candidates(scores, ids, positive_ids, positive_scores, self_ids, settings.filters)
     negative_ids, negative_scores = select_negatives(
         filtered,
         ids,

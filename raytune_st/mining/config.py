@@ -15,7 +15,7 @@ from raytune_st.config.core import option
 from raytune_st.config.resources import check_custom_resources, check_resources
 from raytune_st.data.sources import Source
 from raytune_st.errors import ConfigError, DataError
-from raytune_st.mining.select import FAISS_GPU_MAX_K, range_problem
+from raytune_st.mining.select import FAISS_GPU_MAX_K, candidates_per_query, range_problem
 from raytune_st.models.config import ModelConfig
 
 # sentence-transformers logs its warnings about mine_hard_negatives' parameters here; raytune_st
@@ -212,7 +212,7 @@ class MineConfig:
     dataset: PairsSource = option(help="the (anchor, positive) pairs: a source, plus anchor_column_name / positive_column_name")
     output: MineOutput = option(help="output directory of the mined data set")
     cross_encoder: Optional[ModelConfig] = option(
-        None, help="rescore the candidates with this cross-encoder (only when a margin, max_score or min_score is set)"
+        None, help="rescore every candidate and positive with this cross-encoder; its scores rank the negatives"
     )
     corpus: Optional[CorpusSource] = option(None, help="extra passages to draw negatives from (a source plus column)")
     mine: MineSection = option(default_factory=MineSection, help="mine_hard_negatives' parameters")
@@ -228,10 +228,11 @@ class MineConfig:
             if self.cross_encoder.type == "bi_encoder":
                 raise ConfigError("cross_encoder.type: must be cross_encoder (or left out)")
             self.cross_encoder.type = "cross_encoder"
-        if self.index.gpu and self.mine.range_max is not None and self.mine.range_max + 1 > FAISS_GPU_MAX_K:
+        if self.index.gpu and self.mine.range_max is not None and candidates_per_query(self.mine.range_max, 1) > FAISS_GPU_MAX_K:
             raise ConfigError(
                 f"mine.range_max={self.mine.range_max} asks a GPU index for more than {FAISS_GPU_MAX_K} neighbours per query "
-                f"(range_max plus the positives), FAISS on GPU's limit; lower mine.range_max or set index.use_gpu=false"
+                f"(range_max plus the positives and the query itself), FAISS on GPU's limit; lower mine.range_max "
+                "or set index.use_gpu=false"
             )
         check_factory(self.index.factory)
 

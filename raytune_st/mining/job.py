@@ -39,7 +39,7 @@ from raytune_st.mining.batch import MineSettings
 from raytune_st.mining.index import IndexShard, check_index_fits, search_threads, shard_bounds
 from raytune_st.mining.miner import CrossEncoderScorer, MinePlan, mine_batch, part_name, read_counters, sidecar_name
 from raytune_st.mining.prepare import PrepareSummary, prepare_inputs
-from raytune_st.mining.select import FILTERS, FilterParams, rescoring_needed, resolve_range_max
+from raytune_st.mining.select import FILTERS, FilterParams, candidates_per_query, resolve_range_max
 from raytune_st.mining.stats import score_histogram_png, stats_json, summarize
 from raytune_st.outputs import OutputDir, is_inside, removed_on_failure
 from raytune_st.runtime import ray_address, ray_session
@@ -81,7 +81,7 @@ def _mine(config: MineConfig, st_warnings: bool = True) -> dict[str, Any]:
     for warning in config.mine.warnings() if st_warnings else ():  # raytune_st.mine_hard_negatives logs its own
         logging.getLogger(ST_LOGGER).warning(warning)
     filters = FilterParams(include_positives=config.mine.include_positives, **_filter_values(config))
-    rescore = rescoring_needed(filters, config.cross_encoder is not None)
+    rescore = config.cross_encoder is not None  # sentence-transformers 6.3 rescores whenever one is given
     work = store.join(config.output.path, "_work")
     parts_dir = store.join(work, "parts")
     timings: dict[str, float] = {}
@@ -110,7 +110,7 @@ def _mine(config: MineConfig, st_warnings: bool = True) -> dict[str, Any]:
             filters=filters,
             range_min=config.mine.range_min,
             range_max=range_max,
-            k=range_max + prep.max_positives,
+            k=candidates_per_query(range_max, prep.max_positives),
             num_negatives=config.mine.num_negatives,
             sampling_strategy=config.mine.sampling_strategy,
             seed=config.mine.seed,

@@ -3,7 +3,7 @@
 :func:`mine_batch` runs as a Ray task per batch: it reads its queries, their embeddings and
 positives, hands them to :func:`raytune_st.mining.batch.mine_queries` (the arithmetic) with
 the ways to the IndexShard and cross-encoder actors, and writes the part. It holds only its
-batch: the query embeddings, a ``[batch, range_max + max_positives]`` candidate matrix and
+batch: the query embeddings, a ``[batch, range_max + max_positives + 1]`` candidate matrix and
 the texts of the rows it writes. The output part and its statistics sidecar are written atomically, then a
 manifest with their sizes and sha256 digests; a rerun skips a part only when its manifest
 exists and both files still match it (see raytune_st.mining.resume).
@@ -126,12 +126,14 @@ def shard_sources(shards: list, starts: Sequence[int], scorer: Optional[Any]) ->
 def mine_batch(plan: MinePlan, batch: int, shards: list, scorer: Optional[Any]) -> dict:
     """Mine batch `batch` of unique queries and write its part; returns its counters (a Ray task)."""
     start, end = plan.batch_range(batch)
+    positives, self_ids = read_positives(plan.positives, start, end)
     mined = mine_queries(
         plan.settings,
         batch,
         store.read_texts(plan.queries, start, end),
         store.read_vectors(plan.query_embeddings, start, end),
-        read_positives(plan.positives, start, end),
+        positives,
+        self_ids,
         shard_sources(shards, plan.settings.shard_starts, scorer),
     )
     rows = mined.rows

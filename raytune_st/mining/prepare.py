@@ -4,7 +4,9 @@ sentence-transformers builds its corpus as ``dict.fromkeys(corpus + positives)``
 queries as ``dict.fromkeys(anchors)``: exact strings, ids in order of first appearance, the
 extra corpus before the positives. :class:`Prepared` does the same over a stream of rows,
 keeping only a 16-byte digest per distinct text plus each query's positive ids in memory,
-and writing the texts to chunk files as soon as they are first seen.
+and writing the texts to chunk files as soon as they are first seen. Like
+sentence-transformers (6.3+), it also finds each query's own text in the corpus: that passage
+is never the query's negative.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class TextIds:
             return found, False
         self._ids[key] = len(self._ids)
         return self._ids[key], True
+
+    def find_all(self, other: "TextIds") -> np.ndarray:
+        """For each text of `other`, in its id order: its id here, or -1 when this set lacks it."""
+        return np.fromiter((self._ids.get(key, -1) for key in other._ids), np.int64, len(other._ids))
 
 
 def text_weight(text: str) -> int:
@@ -102,7 +108,7 @@ class PrepareSummary:
     query_digests: tuple[str, ...]
     corpus_weights: tuple[int, ...]  # per corpus chunk: its embedding cost (text_weight)
     query_weights: tuple[int, ...]
-    positives: store.Chunked  # per query, the corpus ids of its positives
+    positives: store.Chunked  # per query, the corpus ids of its positives, and of its own text (-1: none)
     digest: str  # of everything above that decides the output (a rerun on other data is refused)
 
 
@@ -117,6 +123,7 @@ class Prepared:
     positives: list[list[int]] = field(default_factory=list)  # per query: distinct corpus ids, in order
     raw_counts: list[int] = field(default_factory=list)  # per query: its input rows (duplicates included)
     num_rows: int = 0
+    self_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per query, set by finish()
 
     def __post_init__(self) -> None:
         self.corpus = ChunkWriter(self.directory, "corpus", self.chunk_rows)
@@ -152,18 +159,20 @@ class Prepared:
             self.num_rows += 1
 
     def finish(self) -> "PrepareSummary":
-        """Flush the chunks, write the positives per query chunk; return the run's summary."""
+        """Flush the chunks, write the positives (and own-text ids) per query chunk; return the run's summary."""
         if self.num_rows == 0:
             raise DataError("the dataset is empty; give mining a source with at least one (anchor, positive) row")
         self.corpus.flush()
         self.queries.flush()
+        # Only now: a query's text may enter the corpus as a later row's positive.
+        self.self_ids = self.corpus_ids.find_all(self.query_ids)
         positive_paths = []
         for i in range(len(self.queries.paths)):
             lo, hi = i * self.chunk_rows, min((i + 1) * self.chunk_rows, len(self.positives))
             offsets, ids = positive_offsets(self.positives[lo:hi])
             if self.directory is not None:
                 path = store.join(self.directory, f"positives-{i:05d}.npz")
-                store.write_npz(path, offsets=offsets, ids=ids)
+                store.write_npz(path, offsets=offsets, ids=ids, self_ids=self.self_ids[lo:hi])
                 positive_paths.append(path)
         counts = np.asarray(self.raw_counts)
         digest = store.text_digest(
@@ -195,15 +204,17 @@ def positive_offsets(positives: list[list[int]]) -> tuple[np.ndarray, np.ndarray
     return offsets, ids
 
 
-def read_positives(chunks: store.Chunked, start: int, end: int) -> list[list[int]]:
-    """Per query in [start, end): its distinct positive corpus ids."""
+def read_positives(chunks: store.Chunked, start: int, end: int) -> tuple[list[list[int]], np.ndarray]:
+    """Per query in [start, end): its distinct positive corpus ids, and the corpus id of its own
+    text (-1 when the corpus lacks it)."""
 
-    def load(path: str) -> list[list[int]]:
+    def load(path: str) -> list[tuple[list[int], int]]:
         data = store.read_npz(path)
-        offsets, ids = data["offsets"], data["ids"]
-        return [ids[offsets[i] : offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+        offsets, ids, self_ids = data["offsets"], data["ids"], data["self_ids"]
+        return [(ids[offsets[i] : offsets[i + 1]].tolist(), int(self_ids[i])) for i in range(len(offsets) - 1)]
 
-    return [p for piece in chunks.read_rows(start, end, load) for p in piece]
+    rows = [row for piece in chunks.read_rows(start, end, load) for row in piece]
+    return [positives for positives, _ in rows], np.fromiter((own for _, own in rows), np.int64, len(rows))
 
 
 def prepare_inputs(

@@ -22,6 +22,7 @@ from raytune_st.config import to_dict
 from raytune_st.errors import DataError
 from raytune_st.mining import store
 from raytune_st.mining.miner import manifest_name, part_name, sidecar_name
+from raytune_st.mining.select import SEMANTICS
 from raytune_st.outputs import OutputDir
 
 RESULT_FILES = ("stats.json", "config.yaml", "scores.png")
@@ -44,6 +45,7 @@ def mining_settings(config: Any) -> dict[str, Any]:
     for key in ("num_cpus", "num_gpus", "use_gpu"):
         settings["index"].pop(key)
     settings["compute"] = {key: compute[key] for key in ("embed_chunk_rows", "mine_batch_rows", "embedding_dtype")}
+    settings["semantics"] = SEMANTICS  # parts mined under older rules are not extended
     return _flatten(settings)
 
 

@@ -1,12 +1,13 @@
 """Choosing hard negatives among the retrieved candidates, exactly as sentence-transformers does.
 
-These functions mirror ``sentence_transformers.util.mine_hard_negatives`` step by step, on
-one batch of unique queries at a time, in numpy (float32, with numpy 2's rule that a Python
+These functions mirror ``sentence_transformers.util.mine_hard_negatives`` (of
+sentence-transformers 6.3, :data:`SEMANTICS`) step by step, on one batch of unique queries at a time, in numpy (float32, with numpy 2's rule that a Python
 float compared to a float32 array is taken as float32, like torch's):
 
 1. :func:`resolve_range_max`: the default ``range_max`` rule and its checks.
-2. :func:`filter_candidates`: positives, margins (against the query's lowest positive score),
-   ``max_score``, ``min_score``; a removed candidate's score becomes ``-inf``.
+2. :func:`filter_candidates`: the query's own text, positives, margins (against the query's
+   lowest positive score), ``max_score``, ``min_score``; a removed candidate's score becomes
+   ``-inf``.
 3. :func:`select_negatives`: the best ``range_max`` survivors, the first ``range_min`` of
    them dropped (so range_min counts after filtering), then the top ``num_negatives`` or a
    random sample of them, sorted by score.
@@ -26,6 +27,8 @@ import numpy as np
 from raytune_st.errors import ConfigError
 
 FAISS_GPU_MAX_K = 2048
+# Recorded with every mining run: an output mined under other rules is refused, not extended.
+SEMANTICS = "sentence-transformers 6.3 mine_hard_negatives"
 FILTERS = ("absolute_margin", "relative_margin", "max_score", "min_score")
 
 
@@ -38,11 +41,6 @@ class FilterParams:
     relative_margin: Optional[float] = None
     max_score: Optional[float] = None
     min_score: Optional[float] = None
-
-
-def rescoring_needed(params: FilterParams, has_cross_encoder: bool) -> bool:
-    """sentence-transformers rescores with the cross-encoder only when a score filter is set."""
-    return has_cross_encoder and any(getattr(params, name) is not None for name in FILTERS)
 
 
 def resolve_range_max(
@@ -59,8 +57,9 @@ def resolve_range_max(
 
     Without an explicit ``range_max`` it is ``range_min + num_negatives + max_positives``,
     or ``range_min + 10 * num_negatives + max_positives`` when a margin or max_score (or a
-    cross-encoder with min_score) may discard candidates. On a GPU index the search returns
-    at most 2048 neighbours, of which ``max_positives`` are reserved for the positives.
+    cross-encoder with min_score) may discard candidates. The search retrieves
+    ``range_max + max_positives + 1`` candidates (:func:`candidates_per_query`); on a GPU index
+    that is at most 2048.
     Raises ConfigError for a range that cannot hold ``num_negatives`` candidates.
     """
     problem = range_problem(range_min, None, num_negatives)
@@ -76,27 +75,34 @@ def resolve_range_max(
             or (has_cross_encoder and params.min_score is not None)
         )
         range_max = range_min + (num_negatives * 10 if widen else num_negatives) + max_positives
-        if gpu_index and range_max + max_positives > FAISS_GPU_MAX_K:
-            range_max = FAISS_GPU_MAX_K - max_positives
+        if gpu_index and candidates_per_query(range_max, max_positives) > FAISS_GPU_MAX_K:
+            range_max = FAISS_GPU_MAX_K - candidates_per_query(0, max_positives)
             cap_note = (
                 f" range_max was capped to {range_max} because FAISS on GPU retrieves at most {FAISS_GPU_MAX_K} "
-                "documents per query, some of which are reserved for the positives; set index.use_gpu=false to lift the cap."
+                "documents per query, some of which are reserved for excluded candidates; set index.use_gpu=false to lift the cap."
             )
             lines.append(
                 "Using FAISS on GPU, we can only retrieve up to 2048 documents per query, some of which "
-                f"are reserved for the positives. Setting range_max to {range_max}."
+                f"are reserved for excluded candidates. Setting range_max to {range_max}."
             )
         lines.append(f"Setting range_max to {range_max} based on the provided parameters.")
-    elif gpu_index and range_max + max_positives > FAISS_GPU_MAX_K:
+    elif gpu_index and candidates_per_query(range_max, max_positives) > FAISS_GPU_MAX_K:
         raise ConfigError(
-            f"mine.range_max={range_max} plus {max_positives} positive(s) per query asks the GPU index for "
-            f"{range_max + max_positives} neighbours, but FAISS on GPU returns at most {FAISS_GPU_MAX_K}; "
-            f"lower mine.range_max to {FAISS_GPU_MAX_K - max_positives} or set index.use_gpu=false"
+            f"mine.range_max={range_max} plus {max_positives} positive(s) per query and the query itself asks the GPU "
+            f"index for {candidates_per_query(range_max, max_positives)} neighbours, but FAISS on GPU returns at most "
+            f"{FAISS_GPU_MAX_K}; lower mine.range_max to {FAISS_GPU_MAX_K - candidates_per_query(0, max_positives)} "
+            "or set index.use_gpu=false"
         )
     problem = range_problem(range_min, range_max, num_negatives)
     if problem:
         raise ConfigError(f"mine.{problem}.{cap_note}")
     return range_max, lines
+
+
+def candidates_per_query(range_max: int, max_positives: int) -> int:
+    """How many candidates the search retrieves per query: ``range_max`` plus room for the
+    candidates excluded before ranking, the positives and the query's own text."""
+    return range_max + max_positives + 1
 
 
 def range_problem(range_min: int, range_max: Optional[int], num_negatives: int) -> Optional[str]:
@@ -132,6 +138,7 @@ def filter_candidates(
     ids: np.ndarray,
     positive_ids: Sequence[Sequence[int]],
     positive_scores: np.ndarray,
+    self_ids: Sequence[int],
     params: FilterParams,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Disqualify candidates (score -> -inf) the way sentence-transformers does.
@@ -140,6 +147,8 @@ def filter_candidates(
         scores, ids: ``[queries, k]`` candidate scores and global corpus ids (-1 = padding).
         positive_ids: per query, the corpus ids of its (distinct) positives.
         positive_scores: the score of every (query, positive) pair, queries in order.
+        self_ids: per query, the corpus id of its own text (-1: not in the corpus). That passage
+            is no negative, unless it is one of the query's positives and positives are included.
         params: the filters.
 
     Returns:
@@ -148,6 +157,11 @@ def filter_candidates(
     scores = np.array(scores, dtype=np.float32, copy=True)
     ids = np.asarray(ids)
     scores[ids == -1] = -np.inf
+    own = np.asarray(self_ids, dtype=np.int64)
+    excluded = own >= 0
+    if params.include_positives:
+        excluded &= np.fromiter((o not in p for o, p in zip(own.tolist(), positive_ids)), bool, len(own))
+    scores[(ids == own[:, None]) & excluded[:, None]] = -np.inf
     if not params.include_positives:
         for row, positives in enumerate(positive_ids):
             scores[row, np.isin(ids[row], np.asarray(positives, dtype=ids.dtype))] = -np.inf
@@ -171,9 +185,8 @@ def filter_candidates(
         scores[removed] = -np.inf
         skipped["max_score"] = int(removed.sum())
     if params.min_score is not None:
-        # As in sentence-transformers, candidates already at -inf (positives, padding, earlier
-        # filters) count as skipped by min_score too: its printed count includes them.
-        removed = scores < params.min_score
+        # Candidates already at -inf (padding, positives, earlier filters) are not counted again.
+        removed = (scores < params.min_score) & (scores != -np.inf)
         scores[removed] = -np.inf
         skipped["min_score"] = int(removed.sum())
     return scores, skipped
@@ -182,7 +195,7 @@ def filter_candidates(
 def skip_ratios(skipped: dict[str, int], num_candidates: int) -> dict[str, tuple[int, float]]:
     """(skipped, ratio) per filter that removed something, with sentence-transformers' denominators.
 
-    ``num_candidates`` is every retrieved slot (queries x (range_max + max_positives)); each
+    ``num_candidates`` is every retrieved slot (queries x :func:`candidates_per_query`); each
     margin filter's removals shrink the denominator of the filters after it, max_score's do not.
     """
     out: dict[str, tuple[int, float]] = {}

@@ -48,8 +48,19 @@ def test_chunks_round_trip_through_the_work_directory(tmp_path):
     info = prepared.finish()
     assert store.read_texts(info.queries, 1, 4) == ["q2", "q3", "q4"]
     assert store.read_texts(info.corpus, 0, 3) == ["p1", "p2", "p3"]
-    assert read_positives(info.positives, 0, 4) == [[0, 1], [1], [2], [0]]
-    assert read_positives(info.positives, 3, 4) == [[0]]
+    positives, self_ids = read_positives(info.positives, 0, 4)
+    assert positives == [[0, 1], [1], [2], [0]] and self_ids.tolist() == [-1, -1, -1, -1]
+    assert read_positives(info.positives, 3, 4)[0] == [[0]]
+
+
+def test_each_query_knows_the_passage_with_its_own_text(tmp_path):
+    prepared = Prepared(chunk_rows=2, directory=str(tmp_path))
+    prepared.add_corpus(["q3"])
+    # q2's text becomes a passage only in a later row
+    prepared.add_pairs(["q1", "q2", "q3", "q4"], ["p1", "p2", "q2", "q4"])
+    info = prepared.finish()
+    assert prepared.self_ids.tolist() == [-1, 3, 0, 4]
+    assert read_positives(info.positives, 1, 4)[1].tolist() == [3, 0, 4]
 
 
 def test_each_chunk_carries_its_embedding_cost():

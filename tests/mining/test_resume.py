@@ -144,6 +144,14 @@ def test_other_settings_are_refused_before_ray_with_the_difference_named(tmp_pat
     resume.check_settings(str(tmp_path / "empty"), changed, overwrite=False)
 
 
+def test_an_output_mined_under_older_sentence_transformers_rules_is_refused(tmp_path, out):
+    current = settings(tmp_path)
+    older = {key: value for key, value in current.items() if key != "semantics"}  # as raytune_st recorded it before 6.3
+    write_run(out, older)
+    with pytest.raises(DataError, match=r"semantics: None -> 'sentence-transformers 6.3 mine_hard_negatives'"):
+        resume.check_settings(str(out), current, overwrite=False)
+
+
 def test_other_data_is_refused_after_prepare(tmp_path, out):
     base = settings(tmp_path)
     write_run(out, base)

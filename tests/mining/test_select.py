@@ -10,8 +10,8 @@ import pytest
 from raytune_st.errors import ConfigError
 from raytune_st.mining.select import (
     FilterParams,
+    candidates_per_query,
     filter_candidates,
-    rescoring_needed,
     resolve_range_max,
     select_negatives,
     skip_ratios,
@@ -52,13 +52,18 @@ def test_explicit_range_max_prints_nothing():
     assert resolve_range_max(9, range_min=0, num_negatives=3, max_positives=5, params=NONE) == (9, [])
 
 
+def test_the_search_leaves_room_for_the_positives_and_the_query_itself():
+    assert candidates_per_query(7, 2) == 10
+
+
 def test_gpu_index_caps_the_default_and_refuses_an_explicit_range_over_2048():
     range_max, lines = resolve_range_max(
         None, range_min=0, num_negatives=300, max_positives=2, params=FilterParams(max_score=0.9), gpu_index=True
     )
-    assert range_max == 2046 and "Setting range_max to 2046" in lines[0]
-    with pytest.raises(ConfigError, match="2048"):
-        resolve_range_max(2047, range_min=0, num_negatives=3, max_positives=2, params=NONE, gpu_index=True)
+    assert range_max == 2045 and "Setting range_max to 2045" in lines[0]
+    assert resolve_range_max(2045, range_min=0, num_negatives=3, max_positives=2, params=NONE, gpu_index=True)[0] == 2045
+    with pytest.raises(ConfigError, match="lower mine.range_max to 2045"):
+        resolve_range_max(2046, range_min=0, num_negatives=3, max_positives=2, params=NONE, gpu_index=True)
 
 
 @pytest.mark.parametrize(
@@ -75,31 +80,37 @@ def test_impossible_ranges_are_refused(kwargs, match):
         resolve_range_max(kwargs.pop("range_max"), max_positives=1, params=NONE, **kwargs)
 
 
-def test_rescoring_only_when_a_score_filter_is_set():
-    assert not rescoring_needed(NONE, True)
-    assert not rescoring_needed(FilterParams(max_score=0.5), False)
-    assert rescoring_needed(FilterParams(min_score=0.5), True)
-
-
 # --- filters ------------------------------------------------------------------------------------
 
 SCORES = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.95, 0.4, 0.3, 0.2, 0.1]], np.float32)
 IDS = np.array([[10, 11, 12, 13, -1], [20, 21, 22, 23, 24]])
+NO_OWN = [-1, -1]  # neither query's text is in the corpus
 
 
 def test_positives_and_padding_are_removed_unless_positives_are_included():
-    scores, skipped = filter_candidates(SCORES, IDS, [[11], [20, 23]], np.array([0.8, 0.95, 0.2], np.float32), NONE)
+    scores, skipped = filter_candidates(SCORES, IDS, [[11], [20, 23]], np.array([0.8, 0.95, 0.2], np.float32), NO_OWN, NONE)
     assert np.isneginf(scores[0, [1, 4]]).all() and np.isneginf(scores[1, [0, 3]]).all()
     assert np.isfinite(scores[0, [0, 2, 3]]).all()
     assert skipped == {"absolute_margin": 0, "relative_margin": 0, "max_score": 0, "min_score": 0}
-    kept, _ = filter_candidates(SCORES, IDS, [[11], [20, 23]], np.array([0.8, 0.95, 0.2], np.float32), FilterParams(include_positives=True))
+    kept, _ = filter_candidates(
+        SCORES, IDS, [[11], [20, 23]], np.array([0.8, 0.95, 0.2], np.float32), NO_OWN, FilterParams(include_positives=True)
+    )
     assert np.isfinite(kept[1]).all() and np.isneginf(kept[0, 4])
+
+
+def test_the_passage_with_the_query_own_text_is_removed_unless_it_is_an_included_positive():
+    positives = np.array([0.8, 0.95, 0.2], np.float32)
+    # query 0's text is passage 12; query 1's is passage 23, also its positive
+    scores, _ = filter_candidates(SCORES, IDS, [[11], [20, 23]], positives, [12, 23], NONE)
+    assert np.isneginf(scores[0, 2]) and np.isfinite(scores[0, [0, 3]]).all()
+    kept, _ = filter_candidates(SCORES, IDS, [[11], [20, 23]], positives, [12, 23], FilterParams(include_positives=True))
+    assert np.isneginf(kept[0, 2]) and np.isfinite(kept[1]).all()
 
 
 def test_margins_use_the_lowest_positive_score_of_the_query():
     # query 1 has positives scoring 0.95 and 0.25: the margin is measured from 0.25
     positives = np.array([0.85, 0.95, 0.25], np.float32)
-    scores, skipped = filter_candidates(SCORES, IDS, [[11], [20, 23]], positives, FilterParams(absolute_margin=0.1))
+    scores, skipped = filter_candidates(SCORES, IDS, [[11], [20, 23]], positives, NO_OWN, FilterParams(absolute_margin=0.1))
     # query 0: keep score <= 0.75 -> 0.9 removed (0.8 is the positive); query 1: keep <= 0.15 -> 0.4, 0.3 removed
     assert np.isneginf(scores[0, 0]) and np.isfinite(scores[0, 2])
     assert np.isneginf(scores[1, [1, 2]]).all() and np.isfinite(scores[1, 4])
@@ -110,17 +121,17 @@ def test_relative_margin_is_sign_safe():
     # a negative positive score: the threshold is -0.5 - 0.5 * 0.1 = -0.55 (lower), not -0.45
     scores = np.array([[-0.5, -0.52, -0.56]], np.float32)
     ids = np.array([[0, 1, 2]])
-    out, skipped = filter_candidates(scores, ids, [[0]], np.array([-0.5], np.float32), FilterParams(relative_margin=0.1))
+    out, skipped = filter_candidates(scores, ids, [[0]], np.array([-0.5], np.float32), [-1], FilterParams(relative_margin=0.1))
     assert np.isneginf(out[0, 1]) and np.isfinite(out[0, 2]) and skipped["relative_margin"] == 1
 
 
-def test_min_score_counts_already_removed_candidates_like_sentence_transformers():
+def test_min_score_counts_only_candidates_it_removes():
     out, skipped = filter_candidates(
-        SCORES, IDS, [[11], [20, 23]], np.array([0.8, 0.95, 0.2], np.float32), FilterParams(max_score=0.85, min_score=0.35)
+        SCORES, IDS, [[11], [20, 23]], np.array([0.8, 0.95, 0.2], np.float32), NO_OWN, FilterParams(max_score=0.85, min_score=0.35)
     )
     assert skipped["max_score"] == 1  # 0.9 (0.95 is a positive, already -inf)
-    # below 0.35: 0.3, 0.1 plus the five -inf slots (three positives, the padding, the max_score removal)
-    assert skipped["min_score"] == 7
+    # below 0.35: 0.3 and 0.1; the -inf slots (positives, padding, the max_score removal) are not counted again
+    assert skipped["min_score"] == 2
     assert np.isfinite(out).sum() == 3
 
 
