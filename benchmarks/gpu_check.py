@@ -338,13 +338,13 @@ def _check_k_guard(report: Report, ctx: Context) -> None:
     from raytune_st.mining.config import MineConfig
 
     base = {"model": ctx.model, "dataset": {"path": ctx.data}, "output": {"path": str(ctx.workdir / "never")}, "index": {"num_gpus": 1}}
-    build(MineConfig, {**base, "mine": {"range_max": 2047}})
+    build(MineConfig, {**base, "mine": {"range_max": 2046}})
     try:
-        build(MineConfig, {**base, "mine": {"range_max": 2048}})
+        build(MineConfig, {**base, "mine": {"range_max": 2047}})
         message = None
     except ConfigError as exc:
         message = str(exc)
-    report.judge("mine config: k <= 2048 guard", message is not None and "2048" in message, f"range_max 2047 accepted, 2048 refused: {message}")
+    report.judge("mine config: k <= 2048 guard", message is not None and "2048" in message, f"range_max 2046 accepted, 2047 refused: {message}")
 
 
 # --- 3. mining end to end ---------------------------------------------------------------------------
