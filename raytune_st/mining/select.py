@@ -1,8 +1,9 @@
 """Choosing hard negatives among the retrieved candidates, exactly as sentence-transformers does.
 
 These functions mirror ``sentence_transformers.util.mine_hard_negatives`` (of
-sentence-transformers 6.3, :data:`SEMANTICS`) step by step, on one batch of unique queries at a time, in numpy (float32, with numpy 2's rule that a Python
-float compared to a float32 array is taken as float32, like torch's):
+sentence-transformers 6.3, :data:`SEMANTICS`) step by step, on one batch of unique queries at
+a time, in numpy (float32, with numpy 2's rule that a Python float compared to a float32 array
+is taken as float32, like torch's):
 
 1. :func:`resolve_range_max`: the default ``range_max`` rule and its checks.
 2. :func:`filter_candidates`: the query's own text, positives, margins (against the query's
