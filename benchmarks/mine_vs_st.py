@@ -19,6 +19,14 @@ every figure taken above it.
     python benchmarks/mine_vs_st.py --pairs 3000 --num-negatives 5 --range-max 40 --relative-margin 0.05 --batch-size 64 --repeats 2
     python benchmarks/mine_vs_st.py --pairs 1000 --shards 2 --index-num-cpus 0.5
 
+``--backends onnx,openvino`` adds, in each repeat, raytune_st with ``model.backend`` set to each
+and sentence-transformers' ``mine_hard_negatives`` given the same runtime (the model that
+``raytune_st.models.backends.accelerate`` returns), and compares their rows with
+sentence-transformers' torch rows. ``openvino-bf16`` is openvino computing in bfloat16
+(``backend_config: {INFERENCE_PRECISION_HINT: bf16}``):
+
+    python benchmarks/mine_vs_st.py --pairs 3000 --num-negatives 5 --range-min 2 --range-max 40 --relative-margin 0.05 --batch-size 64 --repeats 2 --backends onnx,openvino,openvino-bf16
+
 ``--driver-memory-at 5000,50000`` runs only raytune_st, once per size, and prints how the
 driver's and the largest worker's peak memory change with the corpus. ``--model tiny`` swaps
 in a random 2-layer BERT (``raytune_st.testing``) so that the 50,000-pair run measures the
@@ -49,6 +57,9 @@ import children
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "debian-train.parquet"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+# --backends names: (model.backend, model.backend_config)
+BACKENDS = {"torch": ("torch", {}), "onnx": ("onnx", {}), "openvino": ("openvino", {}),
+            "openvino-bf16": ("openvino", {"INFERENCE_PRECISION_HINT": "bf16"})}
 
 
 # --- the three measured runs (each runs in a child process) --------------------------------------
@@ -73,6 +84,11 @@ def run_st(args: dict) -> dict:
         import torch
 
         model.to(getattr(torch, args["st_dtype"]))
+    backend, backend_config = BACKENDS[args.get("backend", "torch")]
+    if backend != "torch":
+        from raytune_st.models.backends import accelerate
+
+        model = accelerate(model, backend, backend_config)
     result = mine_hard_negatives(
         datasets.Dataset.from_parquet(args["pairs"]),
         model,
@@ -120,12 +136,15 @@ def run_raytune(args: dict) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     began = time.perf_counter()
+    backend, backend_config = BACKENDS[args.get("backend", "torch")]
     config = load_config(
         MineConfig,
         None,
         [
             f"model={args['model']}",
             f"model.dtype={args['dtype']}",
+            f"model.backend={backend}",
+            *[f"model.backend_config.{key}={value}" for key, value in backend_config.items()],
             f"dataset.path={args['pairs']}",
             f"output.path={args['out']}",
             f"mine.num_negatives={args['num_negatives']}",
@@ -298,8 +317,16 @@ def main() -> None:
         "--driver-memory-at", metavar="N,N,...", help="run only raytune_st, at each of these pair counts, and compare peak memory"
     )
     parser.add_argument("--skip-encode", action="store_true", help="do not time the plain model.encode floor")
+    parser.add_argument(
+        "--backends", default="", metavar="NAME,...",
+        help=f"also run both sides with these runtimes ({', '.join(b for b in BACKENDS if b != 'torch')}), compared with torch",
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     cli = parser.parse_args()
+    cli.backends = [name for name in cli.backends.split(",") if name]
+    unknown = [name for name in cli.backends if name not in BACKENDS or name == "torch"]
+    if unknown:
+        parser.error(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(b for b in BACKENDS if b != 'torch')}")
     if cli.child:
         children.serve(RUNS, *cli.child)
         return
@@ -330,6 +357,7 @@ def main() -> None:
             return
         args["pairs"] = inputs["pairs"][str(cli.pairs)]
         st_runs, our_runs, floors, agreements, same_dtype = [], [], [], [], []
+        by_backend: dict[str, dict[str, list]] = {name: {"st": [], "ours": [], "agreement": [], "st_agreement": []} for name in cli.backends}
         for repeat in range(cli.repeats):
             print(f"repeat {repeat + 1} of {cli.repeats}", flush=True)
             st_out, our_out = os.path.join(tmp, f"st-{repeat}.parquet"), os.path.join(tmp, f"ours-{repeat}")
@@ -342,7 +370,15 @@ def main() -> None:
             if not cli.skip_encode:
                 floors.append(settled_child("encode", args, cli.settle))
             agreements.append(agreement(st_out, our_out))
+            for name, runs in by_backend.items():
+                st_b, ours_b = os.path.join(tmp, f"st-{name}-{repeat}.parquet"), os.path.join(tmp, f"ours-{name}-{repeat}")
+                runs["st"].append(settled_child("st", {**args, "backend": name, "out": st_b}, cli.settle))
+                runs["ours"].append(settled_child("raytune", {**args, "backend": name, "out": ours_b}, cli.settle))
+                runs["agreement"].append(agreement(st_out, ours_b))
+                runs["st_agreement"].append(agreement(st_out, st_b, single_file=True))
     print_comparison(cli, st_runs, our_runs, floors, agreements, same_dtype)
+    if by_backend:
+        print_backends(st_runs, our_runs, by_backend)
 
 
 def print_comparison(
@@ -389,6 +425,27 @@ def print_comparison(
         f"row-level agreement: {a['shared_rows']:,} of {a['rows']:,} rows identical ({a['agreement']:.2%}); "
         f"{a['ties']:,} more differ only by a negative of equal score (ties); with ties {a['agreement_with_ties']:.2%}  (target >= 99.5%)"
     )
+
+
+def print_backends(st_runs: list[dict], our_runs: list[dict], by_backend: dict[str, dict[str, list]]) -> None:
+    """Each --backends runtime on both sides, against sentence-transformers with torch."""
+    print()
+    print("model.backend runs (wall s: the whole process), each side against sentence-transformers with torch; rows against its torch rows")
+    print(f"{'backend':<14} {'raytune_st s':>18} {'x st torch':>18} {'st same backend s':>18} {'ours x st same':>16} {'rows same':>10} {'with ties':>10}")
+    fastest = None
+    for name, runs in by_backend.items():
+        ours = [r["process_s"] for r in runs["ours"]]
+        st_same = [r["process_s"] for r in runs["st"]]
+        vs_torch = [o / s["process_s"] for o, s in zip(ours, st_runs)]
+        vs_same = [o / s for o, s in zip(ours, st_same)]
+        a = runs["agreement"][-1]
+        print(f"{name:<14} {spread(ours):>18} {spread(vs_torch, '{:.2f}'):>18} {spread(st_same):>18} {spread(vs_same, '{:.2f}'):>16} "
+              f"{a['agreement']:>10.2%} {a['agreement_with_ties']:>10.2%}")
+        b = runs["st_agreement"][-1]
+        print(f"{'':<14} sentence-transformers with {name}: rows {b['agreement']:.2%} the same as with torch ({b['agreement_with_ties']:.2%} with ties)")
+        if fastest is None or statistics.median(vs_torch) < fastest[1]:
+            fastest = (name, statistics.median(vs_torch))
+    print(f"fastest: raytune_st with {fastest[0]} at {fastest[1]:.2f}x sentence-transformers' torch wall  (target <= 0.70; rows target >= 99%)")
 
 
 def print_driver_memory(cli: argparse.Namespace, runs: list[tuple[int, dict]]) -> None:

@@ -463,13 +463,13 @@ def inspect_source(source: Source) -> SourceInfo:
     return SourceInfo(columns=columns, num_rows=num_rows, types=types)
 
 
-def iter_texts(source: Source, columns: list[str], batch_rows: int = 8192) -> Iterator[list[list[Optional[str]]]]:
+def iter_texts(source: Source, columns: list[str], batch_rows: int = 8192, arrow: bool = False) -> Iterator[list[Any]]:
     """The values of the text `columns` (final names) of a source, batch by batch, in file order.
 
     Read with pyarrow in this process, one file after the other (a single sequential reader
     needs no Ray Data). Every batch is checked: each column holds text in every file, and
     the text is valid UTF-8; a DataError names the file and row otherwise. Missing cells
-    come as None.
+    come as None; with `arrow`, each column comes as a pyarrow string array (nulls for them).
     """
     raw_of = {new: old for old, new in source.rename.items()}
     raw = [raw_of.get(c, c) for c in columns]
@@ -480,7 +480,7 @@ def iter_texts(source: Source, columns: list[str], batch_rows: int = 8192) -> It
             if remaining is not None:
                 batch = batch.slice(0, remaining)
                 remaining -= batch.num_rows
-            yield [_texts(batch.column(c), name, c, row) for c in raw]
+            yield [_texts(batch.column(c), name, c, row, arrow) for c in raw]
             row += batch.num_rows
             if remaining is not None and remaining <= 0:
                 return
@@ -549,14 +549,14 @@ def _checked_reads(name: str, fmt: str, batches: Iterator[Any]) -> Iterator[Any]
         raise DataError(f"cannot read {name!r} as {fmt} ({message}); check the file or set the source's format") from None
 
 
-def _texts(column: Any, name: str, column_name: str, first_row: int) -> list[Optional[str]]:
+def _texts(column: Any, name: str, column_name: str, first_row: int, arrow: bool = False) -> Any:
     """A text column's values, after checking that it is text and valid UTF-8 (which Arrow does not on read)."""
     import re
 
     import pyarrow as pa
 
     if pa.types.is_null(column.type):
-        return [None] * len(column)
+        return pa.nulls(len(column), pa.string()) if arrow else [None] * len(column)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise DataError(
             f"column {column_name!r} of {name!r} holds {_arrow_type_name(column.type)}, expected text; "
@@ -575,6 +575,9 @@ def _texts(column: Any, name: str, column_name: str, first_row: int) -> list[Opt
                 "re-encode the file as UTF-8, or drop the row"
             ) from None
         offset += len(chunk)
+    if arrow:
+        combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        return combined.cast(pa.string()) if pa.types.is_large_string(combined.type) else combined
     return column.to_pylist()
 
 

@@ -161,7 +161,7 @@ class ComputeSection:
     embed_num_cpus: float = option(1.0, help="CPUs per embedding actor")
     embed_num_gpus: float = option(0.0, help="GPUs per embedding actor")
     embed_chunk_rows: int = option(
-        512, help="texts per embedding-cache file; an actor embeds several at once (one length sort) as the work allows"
+        2048, help="texts per embedding-cache file; an actor embeds several at once (one length sort) as the work allows"
     )
     embedding_dtype: Literal["float32", "float16"] = option("float32", help="storage of the embedding shards")
     mine_batch_rows: int = option(2048, help="unique queries per mining batch (one output part file)")

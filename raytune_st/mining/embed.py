@@ -50,10 +50,9 @@ class EmbedSpec:
 
     def cache_name(self, model: ModelConfig, dtype: str, chunk_digest: str) -> str:
         # The file format is part of the key: files of an older format (no seal) are never looked at.
-        # The weights' dtype joins the key only when it is not the default, so float32 caches stay valid.
-        weights = () if model.dtype == "float32" else (model.dtype,)
+        # The weights' dtype and the runtime join the key only when they are not the defaults, so torch float32 caches stay valid.
         key = store.text_digest(
-            CACHE_FORMAT, model.identity, model.max_seq_length, self.kind, self.prompt_name, self.prompt, dtype, chunk_digest, *weights
+            CACHE_FORMAT, model.identity, model.max_seq_length, self.kind, self.prompt_name, self.prompt, dtype, chunk_digest, *model.runtime_key
         )
         return f"{self.kind}-{key[:32]}.npz"
 

@@ -11,9 +11,9 @@ is never the query's negative.
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -21,8 +21,18 @@ from raytune_st.errors import DataError
 from raytune_st.mining import store
 
 
+# Query chunks per positives file: creating a file costs about a millisecond on some disks, and
+# the mining tasks read a file's few hundred KiB for a batch.
+POSITIVE_CHUNKS = 8
+
+
 class TextIds:
-    """Ids for distinct strings, in order of first appearance."""
+    """Ids for distinct strings, in order of first appearance.
+
+    Kept as a 16-byte key per distinct text, not the text: two SipHash-2-4 digests under
+    different keys (pandas' ``hash_array``, in C), 128 bits, so that telling a billion texts
+    apart by key is wrong with odds below 1e-20.
+    """
 
     def __init__(self) -> None:
         self._ids: dict[bytes, int] = {}
@@ -30,18 +40,110 @@ class TextIds:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, text: str) -> tuple[int, bool]:
-        """(id of `text`, whether it is new)."""
-        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        found = self._ids.get(key)
-        if found is not None:
-            return found, False
-        self._ids[key] = len(self._ids)
-        return self._ids[key], True
+    def add_all(self, texts: "pyarrow.StringArray") -> tuple[np.ndarray, "pyarrow.StringArray"]:
+        """The id of each of `texts` (new ones numbered on, in order of first appearance), and the
+        new texts in that order. A batch is deduplicated by exact string first (Arrow's
+        dictionary encoding keeps first appearances in order), then each of its distinct texts
+        is looked up once."""
+        encoded = texts.dictionary_encode()
+        distinct = encoded.dictionary
+        keys = _keys(distinct.to_numpy(zero_copy_only=False))
+        found = np.array(list(map(self._ids.get, keys, itertools.repeat(-1))), np.int64)  # dict lookups in C
+        new = np.flatnonzero(found < 0)
+        found[new] = np.arange(len(self._ids), len(self._ids) + len(new))  # distinct in the batch: no two alike
+        self._ids.update(zip(map(keys.__getitem__, new.tolist()), found[new].tolist()))
+        return found[encoded.indices.to_numpy()], distinct.take(new)
 
     def find_all(self, other: "TextIds") -> np.ndarray:
         """For each text of `other`, in its id order: its id here, or -1 when this set lacks it."""
         return np.fromiter((self._ids.get(key, -1) for key in other._ids), np.int64, len(other._ids))
+
+
+def _keys(texts: np.ndarray) -> list[bytes]:
+    from pandas.util import hash_array
+
+    halves = [hash_array(texts, encoding="utf8", hash_key=key, categorize=False) for key in _HASH_KEYS]
+    return np.stack(halves, axis=1).view("V16").ravel().tolist()
+
+
+_HASH_KEYS = ("raytune_st text1", "raytune_st text2")  # SipHash keys: 16 bytes each
+
+
+def _strings(texts: Any) -> "pyarrow.StringArray":
+    """`texts` (an Arrow array, or any iterable of str / None) as an Arrow string array."""
+    import pyarrow as pa
+
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if not isinstance(texts, pa.Array):
+        texts = pa.array(list(texts), pa.string())
+    return texts.cast(pa.string()) if not pa.types.is_string(texts.type) else texts
+
+
+def texts_digest(texts: "pyarrow.StringArray") -> str:
+    """The digest of a chunk's texts, in order (the embedding cache's key): SHA-256 over their
+    UTF-8 byte lengths (int64, little-endian) and then their bytes, read from Arrow's buffers."""
+    import hashlib
+
+    import pyarrow.compute as pc
+
+    lengths = pc.binary_length(texts).to_numpy(zero_copy_only=False).astype("<i8")
+    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + len(texts) + 1]
+    digest = hashlib.sha256(TEXTS_FORMAT.encode())
+    digest.update(lengths.tobytes())
+    if len(texts) and offsets[-1] > offsets[0]:
+        digest.update(memoryview(texts.buffers()[2])[offsets[0] : offsets[-1]])
+    return digest.hexdigest()
+
+
+TEXTS_FORMAT = "utf8-lengths-then-bytes-1"  # the chunk digest's layout; part of mining's recorded settings
+
+
+class PositivePairs:
+    """Each query's distinct positive ids in order of first appearance, and its input rows.
+
+    The (query, passage) ids of every batch are kept as arrays and folded to their first
+    appearances whenever the unfolded ones outnumber them, so memory follows the distinct pairs.
+    """
+
+    FOLD_AT = 1 << 16  # fewest unfolded pairs worth a fold
+
+    def __init__(self) -> None:
+        self.queries: list[np.ndarray] = []
+        self.docs: list[np.ndarray] = []
+        self.counts = np.zeros(0, np.int64)  # per query: input rows, duplicates included
+        self.distinct = 0  # pairs in the folded head of the lists
+        self.pending = 0
+
+    def add(self, queries: np.ndarray, docs: np.ndarray) -> None:
+        counts = np.bincount(queries, minlength=len(self.counts))
+        counts[: len(self.counts)] += self.counts
+        self.counts = counts
+        self.queries.append(queries)
+        self.docs.append(docs)
+        self.pending += len(queries)
+        if self.pending > max(self.distinct, self.FOLD_AT):
+            self._fold()
+
+    def _fold(self) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.concatenate(self.queries) if self.queries else np.zeros(0, np.int64)
+        docs = np.concatenate(self.docs) if self.docs else np.zeros(0, np.int64)
+        order = np.lexsort((docs, queries))  # stable: equal pairs keep input order, the first leads
+        q, d = queries[order], docs[order]
+        leads = np.ones(len(order), bool)
+        leads[1:] = (q[1:] != q[:-1]) | (d[1:] != d[:-1])
+        keep = np.sort(order[leads])
+        queries, docs = queries[keep], docs[keep]
+        self.queries, self.docs, self.distinct, self.pending = [queries], [docs], len(keep), 0
+        return queries, docs
+
+    def grouped(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR form: (offsets [queries + 1], each query's distinct positive ids in order of first appearance)."""
+        queries, docs = self._fold()
+        order = np.argsort(queries, kind="stable")
+        offsets = np.zeros(len(self.counts) + 1, np.int64)
+        np.cumsum(np.bincount(queries, minlength=len(self.counts)), out=offsets[1:])
+        return offsets, docs[order]
 
 
 def text_weight(text: str) -> int:
@@ -51,45 +153,84 @@ def text_weight(text: str) -> int:
     return min(len(text), 2048) + 8
 
 
+class Writes:
+    """Chunk files written by two threads while the caller reads on (creating a file costs about
+    a millisecond here, and file I/O releases the GIL); at most `depth` writes wait at once."""
+
+    def __init__(self, depth: int = 16) -> None:
+        self.depth = depth
+        self.pending: list = []
+        self.pool = None
+
+    def submit(self, write, *args, **kwargs) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(2, thread_name_prefix="prepare-write")
+        self.pending.append(self.pool.submit(write, *args, **kwargs))
+        if len(self.pending) >= self.depth:
+            self.pending.pop(0).result()  # raises the write's error (a full disk: DataError)
+
+    def wait(self) -> None:
+        """Every write done, or the first failure raised."""
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.pending = []
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
+
+
 class ChunkWriter:
     """Collect texts and write them as `<prefix>-00000.texts`, ... of `chunk_rows` texts each (Parquet)."""
 
-    def __init__(self, directory: Optional[str], prefix: str, chunk_rows: int):
+    def __init__(self, directory: Optional[str], prefix: str, chunk_rows: int, writes: Optional[Writes] = None):
         self.directory, self.prefix, self.chunk_rows = directory, prefix, chunk_rows
-        self.buffer: list[str] = []
+        self.writes = writes or Writes()
+        self.buffer: list = []  # Arrow string arrays, together under chunk_rows texts
+        self.buffered = 0
         self.paths: list[str] = []
         self.digests: list[str] = []
         self.weights: list[int] = []  # per chunk: the sum of its texts' text_weight
         self.num_rows = 0
         self.in_memory: list[str] = []  # the texts, only when there is no directory (tests, small runs)
 
-    def add(self, text: str) -> None:
-        self.buffer.append(text)
-        self.num_rows += 1
-        if len(self.buffer) == self.chunk_rows:
-            self.flush()
+    def add_all(self, texts: "pyarrow.StringArray") -> None:
+        start = 0
+        while start < len(texts):
+            taken = texts.slice(start, self.chunk_rows - self.buffered)
+            self.buffer.append(taken)
+            self.buffered += len(taken)
+            self.num_rows += len(taken)
+            start += len(taken)
+            if self.buffered == self.chunk_rows:
+                self.flush()
 
     def flush(self) -> None:
-        if not self.buffer:
+        if not self.buffered:
             return
-        self.digests.append(store.text_digest(*self.buffer))
-        self.weights.append(sum(text_weight(t) for t in self.buffer))
-        if self.directory is not None:
-            import pyarrow as pa
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
+        texts = pa.concat_arrays(self.buffer)
+        self.digests.append(texts_digest(texts))
+        characters = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
+        self.weights.append(int(np.minimum(characters, 2048).sum()) + 8 * len(texts))  # text_weight of each, summed
+        if self.directory is not None:
             # Parquet inside, but not named .parquet: whoever reads the output directory as a
             # data set must not pick the work files up.
             path = store.join(self.directory, f"{self.prefix}-{len(self.paths):05d}.texts")
-            store.write_parquet(path, pa.table({"text": pa.array(self.buffer, pa.string())}))
+            self.writes.submit(store.write_parquet, path, pa.table({"text": texts}))
             self.paths.append(path)
         else:
             self.paths.append(f"<memory>-{len(self.paths)}")
-            self.in_memory.extend(self.buffer)
-        self.buffer = []
+            self.in_memory.extend(texts.to_pylist())
+        self.buffer, self.buffered = [], 0
 
     def chunked(self) -> store.Chunked:
         return store.Chunked(tuple(self.paths), self.chunk_rows, self.num_rows)
-
 
 
 @dataclass(frozen=True)
@@ -120,43 +261,45 @@ class Prepared:
     directory: Optional[str] = None  # None: keep the texts in memory instead (unit tests)
     corpus_ids: TextIds = field(default_factory=TextIds)
     query_ids: TextIds = field(default_factory=TextIds)
-    positives: list[list[int]] = field(default_factory=list)  # per query: distinct corpus ids, in order
-    raw_counts: list[int] = field(default_factory=list)  # per query: its input rows (duplicates included)
+    pairs: PositivePairs = field(default_factory=PositivePairs)
     num_rows: int = 0
     self_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per query, set by finish()
 
     def __post_init__(self) -> None:
-        self.corpus = ChunkWriter(self.directory, "corpus", self.chunk_rows)
-        self.queries = ChunkWriter(self.directory, "queries", self.chunk_rows)
+        self.writes = Writes()
+        self.corpus = ChunkWriter(self.directory, "corpus", self.chunk_rows, self.writes)
+        self.queries = ChunkWriter(self.directory, "queries", self.chunk_rows, self.writes)
 
     def add_corpus(self, texts: Iterable[Optional[str]]) -> None:
         """Extra corpus passages (before any pair: sentence-transformers puts them first)."""
-        for text in texts:
-            if text is None:
-                continue  # an empty cell is no passage
-            doc, new = self.corpus_ids.add(text)
-            if new:
-                self.corpus.add(text)
+        texts = _strings(texts)
+        _, new = self.corpus_ids.add_all(texts.drop_null())  # an empty cell is no passage
+        self.corpus.add_all(new)
 
     def add_pairs(self, anchors: Iterable[Optional[str]], positives: Iterable[Optional[str]]) -> None:
-        for anchor, positive in zip(anchors, positives):
-            if anchor is None or positive is None:
-                raise DataError(
-                    f"dataset row {self.num_rows} has an empty {'anchor' if anchor is None else 'positive'}; "
-                    "drop rows with missing text before mining"
-                )
-            query, new_query = self.query_ids.add(anchor)
-            if new_query:
-                self.queries.add(anchor)
-                self.positives.append([])
-                self.raw_counts.append(0)
-            doc, new_doc = self.corpus_ids.add(positive)
-            if new_doc:
-                self.corpus.add(positive)
-            if doc not in self.positives[query]:
-                self.positives[query].append(doc)
-            self.raw_counts[query] += 1
-            self.num_rows += 1
+        """Rows of (anchor, positive): Arrow string arrays, or iterables of str."""
+        anchors, positives = _strings(anchors), _strings(positives)
+        if len(anchors) != len(positives):
+            raise ValueError(f"{len(anchors)} anchors but {len(positives)} positives")
+        if anchors.null_count or positives.null_count:
+            nulls = [column.is_null().to_numpy(zero_copy_only=False) for column in (anchors, positives)]
+            row = int(np.flatnonzero(nulls[0] | nulls[1])[0])
+            raise DataError(
+                f"dataset row {self.num_rows + row} has an empty {'anchor' if not anchors[row].is_valid else 'positive'}; "
+                "drop rows with missing text before mining"
+            )
+        queries, new_queries = self.query_ids.add_all(anchors)
+        self.queries.add_all(new_queries)
+        docs, new_docs = self.corpus_ids.add_all(positives)
+        self.corpus.add_all(new_docs)
+        self.pairs.add(queries, docs)
+        self.num_rows += len(anchors)
+
+    @property
+    def positives(self) -> list[list[int]]:
+        """Per query, its distinct positive corpus ids in order of first appearance."""
+        offsets, ids = self.pairs.grouped()
+        return [ids[offsets[i] : offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
 
     def finish(self) -> "PrepareSummary":
         """Flush the chunks, write the positives (and own-text ids) per query chunk; return the run's summary."""
@@ -166,22 +309,26 @@ class Prepared:
         self.queries.flush()
         # Only now: a query's text may enter the corpus as a later row's positive.
         self.self_ids = self.corpus_ids.find_all(self.query_ids)
+        offsets, ids = self.pairs.grouped()
         positive_paths = []
-        for i in range(len(self.queries.paths)):
-            lo, hi = i * self.chunk_rows, min((i + 1) * self.chunk_rows, len(self.positives))
-            offsets, ids = positive_offsets(self.positives[lo:hi])
+        per_file = self.chunk_rows * POSITIVE_CHUNKS
+        for i in range(-(-(len(offsets) - 1) // per_file)):
+            lo, hi = i * per_file, min((i + 1) * per_file, len(offsets) - 1)
             if self.directory is not None:
                 path = store.join(self.directory, f"positives-{i:05d}.npz")
-                store.write_npz(path, offsets=offsets, ids=ids, self_ids=self.self_ids[lo:hi])
+                chunk_offsets, chunk_ids = offsets[lo : hi + 1] - offsets[lo], ids[offsets[lo] : offsets[hi]]
+                self.writes.submit(store.write_npz, path, offsets=chunk_offsets, ids=chunk_ids, self_ids=self.self_ids[lo:hi])
                 positive_paths.append(path)
-        counts = np.asarray(self.raw_counts)
-        digest = store.text_digest(
-            self.corpus.digests, self.queries.digests, [p for ps in self.positives for p in (*ps, -1)], counts.tolist()
-        )
+        self.writes.wait()
+        counts = self.pairs.counts
+        # Each query's ids then -1, as one list: the digest earlier versions recorded for the same data.
+        separated = np.full(len(ids) + len(counts), -1, np.int64)
+        separated[np.arange(len(ids)) + np.repeat(np.arange(len(counts)), np.diff(offsets))] = ids
+        digest = store.text_digest(self.corpus.digests, self.queries.digests, separated.tolist(), counts.tolist())
         return PrepareSummary(
             num_rows=self.num_rows,
             num_queries=len(self.query_ids),
-            num_pairs=int(sum(len(p) for p in self.positives)),
+            num_pairs=len(ids),
             corpus_size=len(self.corpus_ids),
             max_positives=int(counts.max()),
             mean_positives=float(np.mean(counts)),
@@ -191,17 +338,9 @@ class Prepared:
             query_digests=tuple(self.queries.digests),
             corpus_weights=tuple(self.corpus.weights),
             query_weights=tuple(self.queries.weights),
-            positives=store.Chunked(tuple(positive_paths), self.chunk_rows, len(self.positives)),
+            positives=store.Chunked(tuple(positive_paths), per_file, len(counts)),
             digest=digest,
         )
-
-
-def positive_offsets(positives: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """CSR form of per-query id lists: (offsets [n+1], flat ids)."""
-    lengths = np.fromiter((len(p) for p in positives), dtype=np.int64, count=len(positives))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    ids = np.fromiter((i for p in positives for i in p), dtype=np.int64, count=int(offsets[-1]))
-    return offsets, ids
 
 
 def read_positives(chunks: store.Chunked, start: int, end: int) -> tuple[list[list[int]], np.ndarray]:
@@ -231,8 +370,8 @@ def prepare_inputs(
 
     prepared = Prepared(chunk_rows=chunk_rows, directory=directory)
     if corpus is not None:
-        for (texts,) in iter_texts(corpus, [corpus_column]):
+        for (texts,) in iter_texts(corpus, [corpus_column], arrow=True):
             prepared.add_corpus(texts)
-    for anchors, positives in iter_texts(dataset, [anchor, positive]):
+    for anchors, positives in iter_texts(dataset, [anchor, positive], arrow=True):
         prepared.add_pairs(anchors, positives)
     return prepared.finish()

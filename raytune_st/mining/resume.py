@@ -22,6 +22,7 @@ from raytune_st.config import to_dict
 from raytune_st.errors import DataError
 from raytune_st.mining import store
 from raytune_st.mining.miner import manifest_name, part_name, sidecar_name
+from raytune_st.mining.prepare import TEXTS_FORMAT
 from raytune_st.mining.select import SEMANTICS
 from raytune_st.outputs import OutputDir
 
@@ -41,11 +42,15 @@ def mining_settings(config: Any) -> dict[str, Any]:
         model = getattr(config, section, None)
         if model is not None and model.factory is not None:
             settings[section]["identity"] = model.identity  # the factory's source: an edit re-mines
+        if model is not None and model.backend == "torch":  # as recorded before backends existed
+            settings[section].pop("backend")
+            settings[section].pop("backend_config")
     compute = settings.pop("compute")
     for key in ("num_cpus", "num_gpus", "use_gpu"):
         settings["index"].pop(key)
     settings["compute"] = {key: compute[key] for key in ("embed_chunk_rows", "mine_batch_rows", "embedding_dtype")}
     settings["semantics"] = SEMANTICS  # parts mined under older rules are not extended
+    settings["prepare"] = TEXTS_FORMAT  # chunk digests of another layout name other cache files
     return _flatten(settings)
 
 

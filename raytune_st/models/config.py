@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from raytune_st.config.core import option
 from raytune_st.errors import ConfigError
+
+# What each inference runtime needs installed (raytune_st.models.backends runs them).
+RUNTIMES = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino",)}
 
 
 @dataclass
@@ -24,6 +29,16 @@ class ModelConfig:
         "float32",
         help="weights' dtype where the model only infers (mine, evaluate): float16 / bfloat16 halve its memory and speed "
         "up GPUs; training keeps float32 weights (mixed precision is args.fp16 / args.bf16)",
+    )
+    backend: Literal["torch", "onnx", "openvino"] = option(
+        "torch",
+        help="runtime where the model only infers (mine, evaluate, score, rescoring): onnx (onnxruntime) or openvino run "
+        "its transformer exported once per node, on the CPU, with the same outputs to float rounding; training uses torch",
+    )
+    backend_config: dict[str, Any] = option(
+        default_factory=dict,
+        help="the runtime's settings: onnxruntime SessionOptions attributes, or OpenVINO properties "
+        "(e.g. {INFERENCE_PRECISION_HINT: bf16}: faster on CPUs with bfloat16 units, embeddings within about 1e-3)",
     )
 
     factory: Optional[str] = option(
@@ -53,6 +68,33 @@ class ModelConfig:
             raise ConfigError(f"num_labels: must be at least 1, got {self.num_labels}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ConfigError(f"max_seq_length: must be at least 1 token, got {self.max_seq_length}")
+        self._check_backend()
+
+    def _check_backend(self) -> None:
+        if self.backend == "torch":
+            if self.backend_config:
+                raise ConfigError("model.backend_config sets the onnx or openvino runtime; set model.backend, or remove backend_config")
+            return
+        if self.dtype != "float32":
+            raise ConfigError(
+                f"model.dtype={self.dtype} halves torch weights; backend {self.backend} runs a float32 graph. Remove model.dtype "
+                "(openvino: backend_config {INFERENCE_PRECISION_HINT: bf16} computes in bfloat16)"
+            )
+        missing = [name for name in RUNTIMES[self.backend] if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ConfigError(
+                f"model.backend={self.backend} needs {' and '.join(missing)}, not installed here; "
+                f"run `pip install 'raytune_st[{self.backend}]'` (on a cluster, in its runtime environment too)"
+            )
+        if self.backend == "onnx":
+            import onnxruntime
+
+            unknown = sorted(key for key in self.backend_config if not hasattr(onnxruntime.SessionOptions, key))
+            if unknown:
+                raise ConfigError(
+                    f"model.backend_config: {', '.join(unknown)} is not an onnxruntime SessionOptions attribute "
+                    "(e.g. intra_op_num_threads, graph_optimization_level)"
+                )
 
     def check(self) -> None:
         """Raise ModelError unless `name` names a model, without loading it (a factory was checked when the config was built)."""
@@ -84,6 +126,8 @@ class ModelConfig:
         """
         from raytune_st.models.loading import load_model
 
+        if self.backend != "torch":
+            device = "cpu"  # onnxruntime and OpenVINO run the exported graph on the CPU
         if path is None and self.factory is not None:
             return self._finish(self._from_factory(device))
         kwargs: dict[str, Any] = {"device": device, "trust_remote_code": self.trust_remote_code}
@@ -118,4 +162,15 @@ class ModelConfig:
             import torch
 
             model.to(getattr(torch, self.dtype))
+        if self.backend != "torch":
+            from raytune_st.models.backends import accelerate
+
+            model = accelerate(model, self.backend, self.backend_config)
         return model
+
+    @property
+    def runtime_key(self) -> tuple[Any, ...]:
+        """What the outputs depend on besides the weights: empty for torch float32, so caches made before stay valid."""
+        weights = () if self.dtype == "float32" else (self.dtype,)
+        runtime = () if self.backend == "torch" else (self.backend, json.dumps(self.backend_config, sort_keys=True, default=str))
+        return weights + runtime

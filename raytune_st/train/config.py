@@ -73,6 +73,11 @@ class TrainModelConfig(ModelConfig):
                 f"model.dtype: training keeps float32 weights, got {self.dtype!r}; remove model.dtype and set "
                 f"args.{'bf16' if self.dtype == 'bfloat16' else 'fp16'}=true for mixed precision"
             )
+        if self.backend != "torch":
+            raise ConfigError(
+                f"model.backend: training runs torch, got {self.backend!r}; remove model.backend "
+                "(onnx and openvino serve mine, evaluate and score)"
+            )
 
 
 @dataclass

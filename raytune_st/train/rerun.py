@@ -48,6 +48,8 @@ NEUTRAL_KEYS = (
     "run.overwrite",
     "ray_address",
     "model.card",
+    "model.backend",  # training runs torch (TrainModelConfig refuses another): only "(not set)" -> torch
+    "model.backend_config",
     "scaling.resources_per_worker",
     "args.report_to",  # where the run is tracked: the rerun is tracked as a new run there
     "args.run_name",

@@ -71,3 +71,48 @@ def test_each_chunk_carries_its_embedding_cost():
     assert info.corpus_weights == (text_weight("ab") + text_weight(long), text_weight("abcd"))
     assert info.query_weights == (2 * text_weight("q1"), text_weight("q3"))
     assert text_weight(long) == text_weight("y" * 2048) > text_weight("y" * 2047) > text_weight("ab")
+
+
+def test_positives_survive_folding_across_batches(monkeypatch):
+    from raytune_st.mining.prepare import PositivePairs
+
+    monkeypatch.setattr(PositivePairs, "FOLD_AT", 2)  # fold after nearly every batch
+    prepared = Prepared(chunk_rows=3)
+    batches = [(["q1", "q2", "q1"], ["p1", "p2", "p1"]), (["q3", "q1", "q2"], ["p3", "p2", "p2"]), (["q1", "q3", "q1"], ["p3", "p1", "p1"])]
+    for anchors, positives in batches:
+        prepared.add_pairs(anchors, positives)
+    assert prepared.positives == [[0, 1, 2], [1], [2, 0]]
+    info = prepared.finish()
+    assert prepared.pairs.counts.tolist() == [5, 2, 2]
+    assert (info.num_rows, info.num_pairs, info.max_positives) == (9, 6, 5)
+    assert prepared.corpus.in_memory == ["p1", "p2", "p3"] and prepared.queries.in_memory == ["q1", "q2", "q3"]
+
+    unfolded = Prepared(chunk_rows=3)
+    unfolded.add_pairs(*(sum(column, []) for column in zip(*batches)))  # one batch: one fold, at the end
+    assert unfolded.finish().digest == info.digest
+
+
+def test_a_chunk_digest_depends_on_its_texts_only():
+    import pyarrow as pa
+
+    from raytune_st.mining.prepare import texts_digest
+
+    texts = ["a query", "", "ünïcode ✓", "x" * 3000]
+    whole = texts_digest(pa.array(texts))
+    # the same texts from a slice of a larger batch, or pieced together, are the same cache key
+    assert texts_digest(pa.array(["before"] + texts + ["after"]).slice(1, 4)) == whole
+    assert texts_digest(pa.concat_arrays([pa.array(texts[:2]), pa.array(texts[2:])])) == whole
+    assert texts_digest(pa.array(["ab", "c"])) != texts_digest(pa.array(["a", "bc"]))  # the lengths count
+    assert texts_digest(pa.array(texts[::-1])) != whole
+    assert texts_digest(pa.array([], pa.string())) != texts_digest(pa.array([""]))
+
+
+def test_arrow_batches_and_python_lists_prepare_the_same():
+    import pyarrow as pa
+
+    anchors, positives = ["q1", "q2", "q1", "q3"], ["a", "b", "c", "a"]
+    from_lists, from_arrow = Prepared(chunk_rows=3), Prepared(chunk_rows=3)
+    from_lists.add_pairs(anchors, positives)
+    from_arrow.add_pairs(pa.array(["x"] + anchors).slice(1), pa.chunked_array([positives[:1], positives[1:]]))
+    assert from_lists.finish() == from_arrow.finish()
+    assert from_arrow.positives == [[0, 2], [1], [0]]
