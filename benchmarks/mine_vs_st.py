@@ -156,7 +156,7 @@ def run_raytune(args: dict) -> dict:
             f"index.shards={args['shards']}",
             f"index.num_cpus={args['index_num_cpus']}",
             f"compute.embed_actors_max={args['embed_actors']}",
-            f"compute.embed_chunk_rows={args['chunk_rows']}",
+            *([f"compute.embed_chunk_rows={args['chunk_rows']}"] if args["chunk_rows"] else []),
             f"index.factory={args['index_factory']}",
             *([f"index.nprobe={args['nprobe']}"] if args["nprobe"] else []),
         ],
@@ -305,7 +305,7 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, help="index.nprobe (IVF factories only)")
     parser.add_argument("--index-num-cpus", type=float, default=1.0)
     parser.add_argument("--embed-actors", type=int, default=2, help="most embedding actors")
-    parser.add_argument("--chunk-rows", type=int, default=512, help="texts per embedding chunk (compute.embed_chunk_rows)")
+    parser.add_argument("--chunk-rows", type=int, help="texts per embedding chunk (compute.embed_chunk_rows; default: the config's)")
     parser.add_argument("--model", default=MINILM, help="embedding model; 'tiny' for a random 2-layer BERT")
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
