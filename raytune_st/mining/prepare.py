@@ -11,6 +11,7 @@ is never the query's negative.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
@@ -83,8 +84,6 @@ def _strings(texts: Any) -> "pyarrow.StringArray":
 def texts_digest(texts: "pyarrow.StringArray") -> str:
     """The digest of a chunk's texts, in order (the embedding cache's key): SHA-256 over their
     UTF-8 byte lengths (int64, little-endian) and then their bytes, read from Arrow's buffers."""
-    import hashlib
-
     import pyarrow.compute as pc
 
     lengths = pc.binary_length(texts).to_numpy(zero_copy_only=False).astype("<i8")
@@ -150,7 +149,10 @@ def text_weight(text: str) -> int:
     """A text's embedding cost, roughly: its characters up to what a 512-token model reads, plus a
     constant for the special tokens. Balances units of work between actors (passages cost
     several times what queries do)."""
-    return min(len(text), 2048) + 8
+    return min(len(text), _READ_CHARACTERS) + _SPECIAL_TOKENS
+
+
+_READ_CHARACTERS, _SPECIAL_TOKENS = 2048, 8
 
 
 class Writes:
@@ -217,7 +219,7 @@ class ChunkWriter:
         texts = pa.concat_arrays(self.buffer)
         self.digests.append(texts_digest(texts))
         characters = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
-        self.weights.append(int(np.minimum(characters, 2048).sum()) + 8 * len(texts))  # text_weight of each, summed
+        self.weights.append(int(np.minimum(characters, _READ_CHARACTERS).sum()) + _SPECIAL_TOKENS * len(texts))  # text_weight, summed
         if self.directory is not None:
             # Parquet inside, but not named .parquet: whoever reads the output directory as a
             # data set must not pick the work files up.
@@ -321,10 +323,9 @@ class Prepared:
                 positive_paths.append(path)
         self.writes.wait()
         counts = self.pairs.counts
-        # Each query's ids then -1, as one list: the digest earlier versions recorded for the same data.
-        separated = np.full(len(ids) + len(counts), -1, np.int64)
-        separated[np.arange(len(ids)) + np.repeat(np.arange(len(counts)), np.diff(offsets))] = ids
-        digest = store.text_digest(self.corpus.digests, self.queries.digests, separated.tolist(), counts.tolist())
+        arrays = (np.array([len(offsets), len(ids)]), offsets, ids, counts)  # the sizes first: one way to read the bytes
+        pairs = hashlib.sha256(b"".join(array.astype("<i8").tobytes() for array in arrays)).hexdigest()
+        digest = store.text_digest(self.corpus.digests, self.queries.digests, pairs)
         return PrepareSummary(
             num_rows=self.num_rows,
             num_queries=len(self.query_ids),

@@ -208,3 +208,18 @@ def test_an_edit_to_a_model_factorys_source_changes_the_mining_settings(tmp_path
     assert before["model.identity"].startswith('factory_for_resume_test:build({"dim": 4})#')
     factory.write_text("def build(dim=3):\n    return None  # edited\n")
     assert resume.changed_settings(before, settings(tmp_path, *overrides)).startswith("model.identity:")
+
+
+def test_an_output_prepared_with_older_chunk_digests_is_refused(tmp_path, out):
+    current = settings(tmp_path)
+    older = {key: value for key, value in current.items() if key != "prepare"}  # before the Arrow prepare
+    write_run(out, older)
+    with pytest.raises(DataError, match=r"prepare: None -> 'utf8-lengths-then-bytes-1'"):
+        resume.check_settings(str(out), current, overwrite=False)
+
+
+def test_the_model_backend_is_a_setting_only_when_it_is_not_torch(tmp_path):
+    # Outputs recorded before model.backend existed stay resumable with torch; another runtime re-mines.
+    assert not any(key.startswith("model.backend") for key in settings(tmp_path))
+    onnx = settings(tmp_path, "model.backend=onnx")
+    assert onnx["model.backend"] == "onnx" and onnx["model.backend_config"] == {}
