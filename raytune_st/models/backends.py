@@ -109,7 +109,13 @@ class _OpenVinoRuntime:
     def __init__(self, folder: str, config: dict[str, Any]) -> None:
         import openvino
 
-        properties = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32", **config}
+        properties = {
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            "INFERENCE_PRECISION_HINT": "f32",
+            # OpenVINO pins its threads to the first cores: two one-CPU actors on a node would share one.
+            "ENABLE_CPU_PINNING": False,
+            **config,
+        }
         try:
             self.compiled = openvino.Core().compile_model(os.path.join(folder, _FILES["openvino"]), "CPU", properties)
         except RuntimeError as exc:

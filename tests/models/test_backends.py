@@ -99,6 +99,7 @@ def test_openvino_settings_reach_the_runtime(tiny_bert_dir, cache):
     model = build(ModelConfig, {"name": tiny_bert_dir, "backend": "openvino", "backend_config": {"INFERENCE_NUM_THREADS": 1}}).load()
     assert model[0].model.runtime.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert str(model[0].model.runtime.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert model[0].model.runtime.compiled.get_property("ENABLE_CPU_PINNING") is False  # actors on a node share no core
     with pytest.raises(ModelError, match="OpenVINO refused model.backend_config"):
         build(ModelConfig, {"name": tiny_bert_dir, "backend": "openvino", "backend_config": {"NO_SUCH_PROPERTY": 1}}).load()
 
