@@ -65,8 +65,11 @@ def test_only_chunks_without_a_whole_cache_file_are_pending(tmp_path):
     assert pending == [ChunkJob("b", cut, 3, 3, 31), ChunkJob("c", missing, 6, 2, 20)]
 
 
-def test_an_actor_embeds_a_unit_of_chunks_as_each_text_alone(tmp_path, tiny_bert_dir):
-    """One encode over several chunks (one length sort) gives every chunk's file its own rows and ids."""
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
+def test_an_actor_embeds_a_unit_of_chunks_as_each_text_alone(tmp_path, tiny_bert_dir, backend, monkeypatch):
+    """One encode over several chunks (one length sort) gives every chunk's file its own rows and
+    ids, under each model.backend the torch model's vectors."""
+    monkeypatch.setenv("RAYTUNE_ST_MODEL_CACHE", str(tmp_path / "cache"))
     texts = [["short", "a much longer text about debian packages and their maintainers"], ["mid length text", "x"], ["last"]]
     jobs = []
     first = 0
@@ -75,10 +78,10 @@ def test_an_actor_embeds_a_unit_of_chunks_as_each_text_alone(tmp_path, tiny_bert
         store.write_parquet(path, pa.table({"text": chunk}))
         jobs.append(ChunkJob(path, str(tmp_path / f"o{i}.npz"), first, len(chunk), 1))
         first += len(chunk)
-    model = ModelConfig(name=tiny_bert_dir)
+    model = ModelConfig(name=tiny_bert_dir, backend=backend)
     embedder = ChunkEmbedder(model, batch_size=2, dtype="float32")
     assert embedder.embed(EmbedUnit(QUERY, tuple(jobs))) == 5
-    reference = model.load(device="cpu")
+    reference = ModelConfig(name=tiny_bert_dir).load(device="cpu")
     for job, chunk in zip(jobs, texts):
         data = store.get_sealed(job.out)
         assert data["ids"].tolist() == list(range(job.first_id, job.first_id + job.rows))
@@ -139,3 +142,6 @@ def test_the_cache_name_changes_with_the_weights_dtype_and_keeps_float32_names()
     # A float32 model keeps the key it had before model.dtype existed: its cache stays valid.
     key = store.text_digest(embed.CACHE_FORMAT, "m", 64, "corpus", None, None, "float32", "abc")
     assert CORPUS.cache_name(full, "float32", "abc") == f"corpus-{key[:32]}.npz"
+    # Another runtime's vectors (equal to float rounding) are never mixed into torch's cache.
+    onnx = ModelConfig(name="m", max_seq_length=64, backend="onnx")
+    assert CORPUS.cache_name(onnx, "float32", "abc") not in (CORPUS.cache_name(full, "float32", "abc"), CORPUS.cache_name(half, "float32", "abc"))

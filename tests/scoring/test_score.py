@@ -36,11 +36,13 @@ def config(tmp_path, model, data, **extra) -> ScoreConfig:
     return build(ScoreConfig, {"model": model, "data": data, "output": str(tmp_path / "scored"), **extra})
 
 
-def test_a_cross_encoder_scores_each_pair_as_sentence_transformers_predict_does(tmp_path, tiny_cross_encoder_dir):
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
+def test_a_cross_encoder_scores_each_pair_as_sentence_transformers_predict_does(tmp_path, tiny_cross_encoder_dir, backend, monkeypatch):
     from sentence_transformers import CrossEncoder
 
+    monkeypatch.setenv("RAYTUNE_ST_MODEL_CACHE", str(tmp_path / "cache"))
     table = pq.read_table(rows(tmp_path / "rows.parquet", n=6))
-    model = config(tmp_path, {"name": tiny_cross_encoder_dir, "type": "cross_encoder"}, str(tmp_path / "rows.parquet")).model
+    model = config(tmp_path, {"name": tiny_cross_encoder_dir, "type": "cross_encoder", "backend": backend}, str(tmp_path / "rows.parquet")).model
     scored = Scorer(model, "query", ["positive", "negative_1", "negative_2"], "label", 4)(table)
     reference = CrossEncoder(tiny_cross_encoder_dir, device="cpu")
     for row in scored.to_pylist():
