@@ -188,9 +188,9 @@ class Writes:
 class ChunkWriter:
     """Collect texts and write them as `<prefix>-00000.texts`, ... of `chunk_rows` texts each (Parquet)."""
 
-    def __init__(self, directory: Optional[str], prefix: str, chunk_rows: int, writes: Optional[Writes] = None):
+    def __init__(self, directory: Optional[str], prefix: str, chunk_rows: int, writes: Writes):
         self.directory, self.prefix, self.chunk_rows = directory, prefix, chunk_rows
-        self.writes = writes or Writes()
+        self.writes = writes  # the owner waits for them (Prepared.finish)
         self.buffer: list = []  # Arrow string arrays, together under chunk_rows texts
         self.buffered = 0
         self.paths: list[str] = []
