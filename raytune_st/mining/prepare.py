@@ -14,12 +14,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 
 from raytune_st.errors import DataError
 from raytune_st.mining import store
+
+if TYPE_CHECKING:
+    import pyarrow
 
 
 # Query chunks per positives file: creating a file costs about a millisecond on some disks, and
