@@ -65,12 +65,6 @@ BACKENDS = {"torch": ("torch", {}), "onnx": ("onnx", {}), "openvino": ("openvino
 # --- the three measured runs (each runs in a child process) --------------------------------------
 
 
-def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def run_st(args: dict) -> dict:
     import datasets
     import pandas as pd
@@ -104,37 +98,14 @@ def run_st(args: dict) -> dict:
     )
     wall = time.perf_counter() - began
     pd.DataFrame(result.to_dict()).to_parquet(args["out"], index=False)
-    return {"wall_s": wall, "peak_rss_mib": _peak_rss_mib(), "rows": len(result)}
+    return {"wall_s": wall, "peak_rss_mib": children.peak_rss_mib(), "rows": len(result)}
 
 
 def run_raytune(args: dict) -> dict:
-    import threading
-
-    import psutil
-
     from raytune_st import mine
     from raytune_st.config import load_config
     from raytune_st.mining.config import MineConfig
 
-    # Sample the RSS of every Ray process this driver starts (GCS, raylet, workers).
-    peaks: dict[int, tuple[float, str]] = {}
-    stop = threading.Event()
-
-    def sample() -> None:
-        me = psutil.Process()
-        while not stop.is_set():
-            for proc in me.children(recursive=True):
-                try:
-                    rss = proc.memory_info().rss / 2**20
-                    name = " ".join(proc.cmdline()[:1]) or proc.name()
-                except psutil.Error:
-                    continue
-                if rss > peaks.get(proc.pid, (0, ""))[0]:
-                    peaks[proc.pid] = (rss, name)
-            stop.wait(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     began = time.perf_counter()
     backend, backend_config = BACKENDS[args.get("backend", "torch")]
     config = load_config(
@@ -161,17 +132,15 @@ def run_raytune(args: dict) -> dict:
             *([f"index.nprobe={args['nprobe']}"] if args["nprobe"] else []),
         ],
     )
-    summary = mine(config)
+    with children.RayProcesses() as processes:
+        summary = mine(config)
     wall = time.perf_counter() - began
-    stop.set()
-    sampler.join()
-    workers = [(rss, name) for rss, name in peaks.values() if name.startswith("ray::")]
-    largest = max(workers, default=(0.0, ""))
+    largest = (processes.workers() or [{"peak_mib": 0.0, "name": ""}])[0]
     return {
         "wall_s": wall,
-        "peak_rss_mib": _peak_rss_mib(),
-        "largest_worker_mib": largest[0],
-        "largest_worker": largest[1],
+        "peak_rss_mib": children.peak_rss_mib(),
+        "largest_worker_mib": largest["peak_mib"],
+        "largest_worker": largest["name"],
         "rows": summary["rows"],
         "texts": summary["corpus_size"] + summary["unique_queries"],
         "stage_s": summary["seconds"],
@@ -198,7 +167,7 @@ def run_encode(args: dict) -> dict:
     model.encode_document(corpus, batch_size=args["batch_size"], normalize_embeddings=True)
     model.encode_query(queries, batch_size=args["batch_size"], normalize_embeddings=True)
     done = time.perf_counter()
-    return {"wall_s": done - began, "encode_s": done - loaded, "peak_rss_mib": _peak_rss_mib(), "texts": len(corpus) + len(queries)}
+    return {"wall_s": done - began, "encode_s": done - loaded, "peak_rss_mib": children.peak_rss_mib(), "texts": len(corpus) + len(queries)}
 
 
 def setup(args: dict) -> dict:
@@ -268,27 +237,11 @@ def agreement(st_path: str, ours: str, single_file: bool = False) -> dict:
     return {"rows": len(st), "shared_rows": shared, "ties": ties, "agreement": shared / n, "agreement_with_ties": (shared + ties) / n}
 
 
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
 def settled_child(name: str, args: dict, settle_s: float) -> dict:
-    """Run `name` once the 1-minute load average is below 0.5 (or `settle_s` has passed); records the load."""
-    deadline = time.monotonic() + settle_s
-    while load_average() >= 0.5 and time.monotonic() < deadline:
-        time.sleep(5)
-    load = load_average()
-    print(f"  {name}: 1-minute load average {load:.2f} before the run{'  (above 0.5: marked)' if load >= 0.5 else ''}", flush=True)
-    began = time.perf_counter()
-    result = child(name, args)
-    # The whole process, as a user waits for it: interpreter, imports, model load (and Ray start).
-    return {**result, "process_s": time.perf_counter() - began, "load": load}
+    return children.settled(__file__, name, args, settle_s)
 
 
-def spread(values: list[float], fmt: str = "{:.1f}") -> str:
-    """The median and, with several values, the range."""
-    median = fmt.format(statistics.median(values))
-    return median if len(values) == 1 else f"{median} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+spread = children.spread
 
 
 def main() -> None:
@@ -384,16 +337,13 @@ def main() -> None:
 def print_comparison(
     cli: argparse.Namespace, st_runs: list[dict], our_runs: list[dict], floors: list[dict], agreements: list[dict], same_dtype: list[dict]
 ) -> None:
-    loaded = [run["load"] for run in st_runs + our_runs + floors if run["load"] >= 0.5]
     print()
     print(
         f"pairs: {cli.pairs:,}  num_negatives={cli.num_negatives} range_min={cli.range_min} range_max={cli.range_max} "
         f"relative_margin={cli.relative_margin} top triplet  batch_size={cli.batch_size}  shards={cli.shards}  raytune_st dtype={cli.dtype}  "
         f"runs: {cli.repeats} each, alternated; medians (ranges)"
     )
-    loads = [run["load"] for run in st_runs + our_runs + floors]
-    print(f"1-minute load average before the runs: {spread(loads, '{:.2f}')}" + (
-        f"; {len(loaded)} run(s) started above 0.5: THESE FIGURES ARE MARKED AS TAKEN ON A LOADED MACHINE" if loaded else ""))
+    print(children.load_line(st_runs + our_runs + floors))
     print("wall s: the whole process (interpreter, imports, model load, Ray start); in-call: the mining call alone")
     print(f"{'run':<36} {'wall s':>18} {'in-call s':>18} {'peak MiB':>9} {'rows out':>9}")
     print(f"{'sentence-transformers (use_faiss)':<36} {spread([r['process_s'] for r in st_runs]):>18} "

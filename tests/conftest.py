@@ -49,10 +49,15 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray of two CPUs for the tests of one module (Ray takes ~10 s to start)."""
+    """A local Ray of two CPUs for the tests of one module (Ray takes ~10 s to start), its
+    processes given the environment a job gives them (raytune_st.runtime.worker_env)."""
     import ray
 
-    ray.init(num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+    from raytune_st.runtime import worker_env
+
+    ray.init(
+        num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False, runtime_env={"env_vars": worker_env()}
+    )
     yield
     ray.shutdown()
 

@@ -79,3 +79,36 @@ def test_the_gpu_check_dry_run_passes_every_device_independent_check(tmp_path):
         assert by_check[check]["status"] == "SKIP" and by_check[check]["value"] > 0, by_check[check]
     assert by_check["train: DDP over NCCL"]["detail"].startswith("not proven")
     assert "passed, 0 failed" in proc.stdout
+
+
+def _children():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import children
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return children
+
+
+def test_figures_are_medians_with_ranges_and_loaded_runs_are_marked():
+    children = _children()
+    assert children.spread([3.0, 1.0, 2.0]) == "2.0 (1.0-3.0)"
+    assert children.spread([1.234], "{:.2f}") == "1.23"
+    assert "above" not in children.load_line([{"load": 0.2}, {"load": 0.49}])
+    line = children.load_line([{"load": 0.2}, {"load": 0.7}])
+    assert line.startswith("1-minute load average before the runs: 0.45 (0.20-0.70)")
+    assert "1 run(s) above 0.5" in line
+
+
+def test_the_process_sampler_sees_a_child_processs_peak_memory_and_cpu():
+    """A child that touches 300 MiB, frees it and then spins: the sampler reports the peak the
+    kernel recorded (not the smaller resident size it sees afterwards) and the CPU it used."""
+    children = _children()
+    code = "import time; b = bytearray(300 << 20); del b; t = time.process_time()\nwhile time.process_time() - t < 1.0: pass\ntime.sleep(1)"
+    with children.RayProcesses(interval_s=0.1) as processes:
+        subprocess.run([sys.executable, "-c", code], check=True)
+    (entry,) = processes.seen.values()
+    assert entry["peak_mib"] >= 300
+    assert entry["cpu_s"] >= 0.9
+    assert processes.workers() == []  # not a ray:: process
+    assert sum(processes.cpu_by_name().values()) == entry["cpu_s"]

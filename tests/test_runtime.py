@@ -121,3 +121,40 @@ def test_only_the_benign_raylet_notices_are_dropped_from_the_console():
     printer({"lines": [died], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     printer({"lines": [benign], "pid": 1234, "is_err": False}, ignore_prefix=False)  # a worker's own output is not Ray's notice
     assert printed == [died, benign]
+
+
+def test_the_train_controller_poll_is_short_unless_the_user_set_one(monkeypatch):
+    from raytune_st.runtime import TRAIN_POLL_ENV, worker_env
+
+    monkeypatch.delenv(TRAIN_POLL_ENV, raising=False)
+    assert worker_env()[TRAIN_POLL_ENV] == "0.1"
+    monkeypatch.setenv(TRAIN_POLL_ENV, "5")
+    assert worker_env()[TRAIN_POLL_ENV] == "5"
+
+
+@pytest.mark.ray
+def test_reports_of_a_fast_loop_do_not_wait_for_the_train_controllers_default_poll(monkeypatch, tmp_path):
+    """Ray Train takes one report a poll; at its default (every 2 s) ten reports of a loop that
+    does nothing else took 20 s. The local Ray a job starts polls often enough that they don't."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+
+    timing = tmp_path / "seconds"
+
+    def loop(_config) -> None:
+        ray.train.report({"step": 0})  # the controller's first poll may come late: not timed
+        began = time.perf_counter()
+        for step in range(1, 11):
+            ray.train.report({"step": step})
+        timing.write_text(str(time.perf_counter() - began))
+
+    with ray_session():
+        TorchTrainer(
+            loop,
+            scaling_config=ray.train.ScalingConfig(num_workers=1),
+            run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
+        ).fit()
+    assert float(timing.read_text()) < 5.0

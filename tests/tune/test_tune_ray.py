@@ -67,10 +67,36 @@ def sweep_config(out: Path, model: str, pairs: str, **search) -> dict:
 
 
 def run_cli(*args: str, timeout: int = 600, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """`raytune-st ARGS` in its own process group. Past `timeout` the whole group (the CLI and
+    the local Ray it started) is killed, and the test fails with the run's output and the tails
+    of Ray's logs, so that a hang can be diagnosed from the CI log alone."""
     env = {**os.environ, "RAY_ADDRESS": "", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "raytune_st", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    command = [sys.executable, "-m", "raytune_st", *args]
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"`raytune-st {' '.join(args)}` ran past {timeout} s\n{stdout[-3000:]}\n{stderr[-3000:]}\n{ray_log_tails(stdout + stderr)}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def ray_log_tails(output: str, lines: int = 15) -> str:
+    """The last lines of each log file of the local Ray whose directory the run's output names."""
+    import re
+
+    found = re.search(r"Ray's own output is in ([^\s;]+)", output)
+    if not found:
+        return "(the output names no Ray log directory)"
+    tails = []
+    for path in sorted(Path(found.group(1)).glob("*")):
+        if path.is_file() and path.stat().st_size and path.suffix in (".out", ".err", ".log"):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            tails.append(f"--- {path.name}\n" + "\n".join(text))
+    return "\n".join(tails)[-20000:]
 
 
 def test_a_sweep_stops_poor_trials_keeps_the_best_and_resumes(tmp_path, tiny_bert_dir, pairs):
