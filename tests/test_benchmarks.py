@@ -106,9 +106,11 @@ def test_the_process_sampler_sees_a_child_processs_peak_memory_and_cpu():
     children = _children()
     code = "import time; b = bytearray(300 << 20); del b; t = time.process_time()\nwhile time.process_time() - t < 1.0: pass\ntime.sleep(1)"
     with children.RayProcesses(interval_s=0.1) as processes:
-        subprocess.run([sys.executable, "-c", code], check=True)
-    (entry,) = processes.seen.values()
+        child = subprocess.Popen([sys.executable, "-c", code])
+        assert child.wait() == 0
+    # The suite's process may have other children (an earlier test's Ray): look at this one.
+    entry = processes.seen[child.pid]
     assert entry["peak_mib"] >= 300
     assert entry["cpu_s"] >= 0.9
-    assert processes.workers() == []  # not a ray:: process
-    assert sum(processes.cpu_by_name().values()) == entry["cpu_s"]
+    assert entry not in processes.workers()  # not a ray:: process
+    assert processes.cpu_by_name()[os.path.basename(sys.executable)] >= entry["cpu_s"]
