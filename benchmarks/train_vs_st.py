@@ -256,14 +256,14 @@ def main(argv=None) -> int:
     ray_env = [item.split("=", 1) for item in cli.ray_env]
     if any(len(item) != 2 for item in ray_env):
         raise SystemExit("--ray-env takes NAME=VALUE")
-    model = cli.model
-    if model == "tiny":  # steps of milliseconds: what is left is the loops' and Ray's own costs
-        from raytune_st.testing import save_tiny_bi_encoder
-
-        model = save_tiny_bi_encoder(tempfile.mkdtemp(prefix="train-vs-st-tiny-"))
     names = ["st", "raytune"] + (["raytune_env"] if ray_env else []) + ([] if cli.skip_st_in_ray else ["st_in_ray"])
     runs: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="train-vs-st-") as workdir:
+        model = cli.model
+        if model == "tiny":  # steps of milliseconds: what is left is the loops' and Ray's own costs
+            from raytune_st.testing import save_tiny_bi_encoder
+
+            model = save_tiny_bi_encoder(os.path.join(workdir, "tiny-model"))
         for run in range(cli.repeats):
             for name in names:
                 args = {
