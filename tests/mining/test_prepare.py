@@ -116,3 +116,24 @@ def test_arrow_batches_and_python_lists_prepare_the_same():
     from_arrow.add_pairs(pa.array(["x"] + anchors).slice(1), pa.chunked_array([positives[:1], positives[1:]]))
     assert from_lists.finish() == from_arrow.finish()
     assert from_arrow.positives == [[0, 2], [1], [0]]
+
+
+def test_ids_follow_first_appearance_across_batches_with_repeats():
+    import random
+
+    import pyarrow as pa
+
+    from raytune_st.mining.prepare import TextIds
+
+    rng = random.Random(7)
+    vocabulary = ["", "ä", "a b", "x" * 300] + [f"text {i}" for i in range(60)]
+    texts = [rng.choice(vocabulary) for _ in range(2000)]  # repeats inside a batch and across batches
+    ids, added, start = TextIds(), [], 0
+    while start < len(texts):
+        end = start + rng.randint(1, 90)
+        batch_ids, new = ids.add_all(pa.array(["before"] + texts[start:end]).slice(1))
+        first = dict.fromkeys(texts[:end])  # sentence-transformers' ids: order of first appearance
+        assert batch_ids.tolist() == [list(first).index(text) for text in texts[start:end]]
+        added += new.to_pylist()
+        start = end
+    assert added == list(dict.fromkeys(texts)) and len(ids) == len(added)
