@@ -677,10 +677,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 report.skip(name, "Ray is not installed here (pip install 'ray[data,train,tune]')")
             ray_checks = []
         if ray_checks:
-            # Workers' output stays in Ray's log files: the console is this script's lines.
+            from raytune_st.runtime import worker_env
+
+            # Workers' output stays in Ray's log files: the console is this script's lines. The
+            # workers get the environment a job gives them (Ray Train's 0.1 s poll among it).
             ray.init(
                 num_cpus=os.cpu_count(), num_gpus=ctx.gpus, resources={DRY_SLOT: 1} if cli.dry_run else None,
-                include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                include_dashboard=False, logging_level="ERROR", log_to_driver=False, runtime_env={"env_vars": worker_env()},
             )
             try:
                 for name, check in ray_checks:

@@ -47,17 +47,22 @@ def pytest_unconfigure(config):
         os._exit(_exit_status["code"])
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray of two CPUs for the tests of one module (Ray takes ~10 s to start), its
-    processes given the environment a job gives them (raytune_st.runtime.worker_env)."""
-    import ray
-
+@pytest.fixture(scope="session")
+def ray_init_options() -> dict:
+    """``ray.init``'s arguments for a test module's local Ray: two CPUs, no dashboard, and the
+    environment a run of raytune_st gives the Ray processes it starts (``worker_env``: Ray
+    Train's controller polling every 0.1 s among it, or each report would wait up to 2 s)."""
     from raytune_st.runtime import worker_env
 
-    ray.init(
-        num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False, runtime_env={"env_vars": worker_env()}
-    )
+    return {"num_cpus": 2, "include_dashboard": False, "runtime_env": {"env_vars": worker_env()}}
+
+
+@pytest.fixture(scope="module")
+def ray_local(ray_init_options):
+    """A local Ray for the tests of one module (Ray takes ~10 s to start)."""
+    import ray
+
+    ray.init(**ray_init_options, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
 

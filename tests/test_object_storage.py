@@ -47,11 +47,11 @@ def store(s3_server, tmp_path_factory, tiny_bert_dir):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(store):
+def ray_cluster(store, ray_init_options):
     # Started after the S3 server, so that every Ray worker inherits its endpoint and credentials.
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(**ray_init_options, logging_level="WARNING")
     yield
     ray.shutdown()
 

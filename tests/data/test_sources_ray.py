@@ -17,11 +17,11 @@ ROWS = TABLE.to_pylist()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
+def ray_cluster(ray_init_options):
     import ray
     from ray.data import DataContext
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(**ray_init_options, logging_level="WARNING", log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

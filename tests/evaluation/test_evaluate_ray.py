@@ -18,10 +18,10 @@ STSB_DEV = REPO.parent / "shared" / "data" / "stsb-en-dev.parquet"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
+def ray_cluster(ray_init_options):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(**ray_init_options, logging_level="WARNING")
     yield
     ray.shutdown()
 

@@ -91,11 +91,10 @@ def test_include_positives_and_deprecated_formats_warn_and_shape_the_columns_as_
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(ray_init_options):
     import ray
 
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "RAY_USAGE_STATS_ENABLED")}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env}, logging_level="ERROR")
+    ray.init(**ray_init_options, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
 

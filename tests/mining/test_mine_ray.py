@@ -28,11 +28,10 @@ CORPUS_ROWS = 60
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(ray_init_options):
     import ray
 
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "RAY_USAGE_STATS_ENABLED")}
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="WARNING")
+    ray.init(**ray_init_options, logging_level="WARNING")
     yield
     ray.shutdown()
 

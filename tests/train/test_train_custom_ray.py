@@ -17,13 +17,13 @@ PROJECT = os.path.join(REPO, "tests", "user_project")
 
 
 @pytest.fixture(scope="module")
-def ray_in_project():
+def ray_in_project(ray_init_options):
     import ray
 
     # Ray gives its workers the driver's working directory as it is when Ray starts.
     before = os.getcwd()
     os.chdir(PROJECT)
-    ray.init(num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+    ray.init(**ray_init_options, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
     os.chdir(before)

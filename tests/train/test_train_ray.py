@@ -20,11 +20,11 @@ HALF_CPU = "scaling.resources_per_worker={CPU: 0.5}"
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(ray_init_options):
     import ray
     import ray.cloudpickle
 
-    ray.init(num_cpus=2, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+    ray.init(**ray_init_options, log_to_driver=False, logging_level="ERROR")
     # The UnevenShards DataConfig below runs in Ray's train controller, which cannot import this module.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
