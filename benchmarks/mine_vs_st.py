@@ -199,7 +199,8 @@ def run_prepare(args: dict) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="prepare-") as directory:
         began = time.perf_counter()
-        summary = prepare_inputs(Source(path=args["pairs"]), "query", "passage", None, None, directory, ComputeSection().embed_chunk_rows)
+        chunk_rows = args["chunk_rows"] or ComputeSection().embed_chunk_rows
+        summary = prepare_inputs(Source(path=args["pairs"]), "query", "passage", None, None, directory, chunk_rows)
         return {"seconds": time.perf_counter() - began, "rows": summary.num_rows}
 
 
@@ -279,7 +280,10 @@ def main() -> None:
         "--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
         help="raytune_st's model.dtype; other than float32, sentence-transformers also runs with the same dtype (rows still compared with its float32 run)",
     )
-    parser.add_argument("--repeats", type=int, default=1, help="alternate the runs this many times; figures are medians (ranges)")
+    parser.add_argument(
+        "--repeats", type=int, default=1,
+        help="alternate the runs this many times; figures are medians (ranges). With --driver-memory-at: how many times prepare_inputs runs alone",
+    )
     parser.add_argument("--settle", type=float, default=240, help="most seconds to wait for the load average to fall below 0.5")
     parser.add_argument(
         "--driver-memory-at", metavar="N,N,...", help="run only raytune_st, at each of these pair counts, and compare peak memory"
@@ -298,6 +302,8 @@ def main() -> None:
     if cli.child:
         children.serve(RUNS, *cli.child)
         return
+    if cli.repeats < 1:
+        parser.error(f"--repeats: at least 1, got {cli.repeats}")
 
     # The parent reads no data and loads no model: a child's peak RSS (ru_maxrss) starts from
     # its parent's RSS at the fork, so a heavy parent would inflate every child's figure.
@@ -323,7 +329,8 @@ def main() -> None:
             runs = [(n, settled_child("raytune", {**args, "pairs": inputs["pairs"][str(n)], "out": os.path.join(tmp, f"out-{n}")}, cli.settle)) for n in sizes]
             # The prepare stage's work alone at the largest size: in the job it also pays for its
             # task's launch and shares the cores with the first embedding actor's start-up.
-            alone = [settled_child("prepare", {"pairs": inputs["pairs"][str(sizes[-1])]}, cli.settle) for _ in range(cli.repeats)]
+            largest = {"pairs": inputs["pairs"][str(max(sizes))], "chunk_rows": cli.chunk_rows}
+            alone = [settled_child("prepare", largest, cli.settle) for _ in range(cli.repeats)]
             print_driver_memory(cli, runs, alone)
             return
         args["pairs"] = inputs["pairs"][str(cli.pairs)]
@@ -429,7 +436,7 @@ def print_driver_memory(cli: argparse.Namespace, runs: list[tuple[int, dict]], a
             f"{stage} {seconds:.1f} s ({run['stage_rows'][stage] / seconds:,.0f} rows/s)" for stage, seconds in run["stage_s"].items() if seconds > 0
         )
         print(f"{n:>9,} pairs: {stages}")
-    (small, first), (large, last) = runs[0], runs[-1]
+    (small, first), (large, last) = min(runs, key=lambda run: run[0]), max(runs, key=lambda run: run[0])
     print(
         f"driver peak at {large:,} pairs is {last['peak_rss_mib'] / first['peak_rss_mib']:.2f}x "
         f"its peak at {small:,} ({large / small:.0f}x the pairs)"
