@@ -17,11 +17,16 @@ def ray_address(configured: Optional[str] = None) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def ray_session(address: Optional[str] = None) -> Iterator[None]:
+def ray_session(address: Optional[str] = None, *, train: bool = False) -> Iterator[None]:
     """Make sure Ray is initialised for the body; shut down only what this call started.
 
     Inside a `ray job submit` job, or when the caller already called `ray.init()`, the
     existing connection is used as is.
+
+    `train`: the body runs Ray Train. A local Ray then also serves Ray's state API, which
+    Train's placement-group cleaner asks whether a run's controller is still alive. Without it
+    the placement group of a controller that was killed (a trial that PBT restarted from
+    another's checkpoint, a trial ASHA stopped) is never removed, and its CPUs stay taken.
     """
     import ray
 
@@ -41,7 +46,7 @@ def ray_session(address: Optional[str] = None) -> Iterator[None]:
                 ray.init(address=target, runtime_env={"env_vars": env} if env else None, **ray_console_options())
                 where = "in the cluster's log files (`ray logs`, or the dashboard)"
             else:
-                where = f"in {_init_local(env)}"
+                where = f"in {_init_local(env, state_api=train)}"
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             if target is None:
                 raise
@@ -165,7 +170,7 @@ def data_context(**settings: Any) -> Iterator[Any]:
 LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False}
 
 
-def _init_local(env: dict[str, str]) -> str:
+def _init_local(env: dict[str, str], *, state_api: bool) -> str:
     """Start a Ray of this run's own, beside any other Ray on the machine.
 
     - address "local", not None: None joins a `ray start` cluster that the user may run here.
@@ -174,9 +179,10 @@ def _init_local(env: dict[str, str]) -> str:
     - Its GCS on a port chosen here, named to every worker as RAY_ADDRESS (added to `env`):
       Ray's own helpers that look a cluster up (Train's placement-group cleaner, the state
       API) otherwise pick the last `ray start` cluster, or fail once two Rays run here.
-    - Only what a run needs: no dashboard (nothing here submits jobs to it) and no metrics
-      collection. On 2 cores that starts Ray in 2.5 s instead of 4.1 s and leaves its idle
-      processes 0.9 s of CPU per 30 s instead of 1.5 s, time the workers get back.
+    - Only what a run needs: no metrics collection, and no dashboard (nothing here submits
+      jobs to it) unless `state_api`, since Ray serves its state API from the dashboard's
+      process. On 2 cores, without it Ray starts in 2.5 s instead of 4.1 s and its idle
+      processes take 0.9 s of CPU per 30 s instead of 1.5 s, time the workers get back.
 
     Returns the directory of Ray's log files.
     """
@@ -197,7 +203,7 @@ def _init_local(env: dict[str, str]) -> str:
             address="local",
             _temp_dir=os.path.join(root, "ray"),
             runtime_env={"env_vars": env},
-            include_dashboard=False,
+            include_dashboard=state_api,
             _system_config=LOCAL_SYSTEM_CONFIG,
             **ray_console_options(),
         )

@@ -398,7 +398,7 @@ class RayTrainer:
         """A Ray session (the job's own one inside) whose object store holds this trainer's objects."""
         from raytune_st.runtime import ray_session
 
-        with ray_session(self.config.ray_address):
+        with ray_session(self.config.ray_address, train=True):
             objects.ship(self._objects)
             yield
 

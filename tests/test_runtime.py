@@ -158,3 +158,49 @@ def test_reports_of_a_fast_loop_do_not_wait_for_the_train_controllers_default_po
             run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
         ).fit()
     assert float(timing.read_text()) < 5.0
+
+
+@pytest.mark.ray
+def test_a_killed_train_runs_cpus_come_back_in_a_local_ray_for_training(monkeypatch, tmp_path):
+    """Train's placement group outlives a controller that was killed (a trial PBT restarts, one
+    ASHA stops): Train's cleaner removes it once Ray's state API says the controller is dead.
+    A local Ray started for training serves that API, so the CPUs come back; without it a
+    restarted PBT trial waited forever for a CPU to read its data."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    started = tmp_path / "started"
+
+    def loop(_config) -> None:
+        started.touch()
+        time.sleep(600)
+
+    @ray.remote(num_cpus=0)
+    class Trial:  # as a Tune trial's actor: it owns the Train run's controller
+        def fit(self) -> None:
+            TorchTrainer(
+                loop,
+                scaling_config=ray.train.ScalingConfig(num_workers=1),
+                run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
+            ).fit()
+
+    def wait_for(condition, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.5)
+        return False
+
+    with ray_session(train=True):
+        total = ray.cluster_resources()["CPU"]
+        trial = Trial.remote()
+        trial.fit.remote()
+        assert wait_for(started.exists, within=120), "the Train run never started"
+        assert ray.available_resources().get("CPU", 0) == total - 1
+        ray.kill(trial)
+        released = wait_for(lambda: ray.available_resources().get("CPU", 0) == total, within=60)
+        assert released, f"the killed run's CPU was not released: {ray.available_resources()}"
