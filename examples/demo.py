@@ -39,7 +39,7 @@ def step(title: str) -> None:
 
 def main() -> int:
     os.chdir(Path(__file__).resolve().parents[1])  # configs use paths relative to the repo root
-    with ray_session(train=True):  # one local Ray for every step
+    with ray_session():  # one local Ray for every step
         step("1/4 evaluate all-MiniLM-L6-v2 on the Debian dev sample")
         before = raytune_st.evaluate(CONFIGS / "evaluate-debian.yaml", ["output.path=demo-output/evaluate-before"])
 

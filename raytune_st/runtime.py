@@ -17,16 +17,17 @@ def ray_address(configured: Optional[str] = None) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def ray_session(address: Optional[str] = None, *, train: bool = False) -> Iterator[None]:
+def ray_session(address: Optional[str] = None, *, state_api: bool = False) -> Iterator[None]:
     """Make sure Ray is initialised for the body; shut down only what this call started.
 
     Inside a `ray job submit` job, or when the caller already called `ray.init()`, the
     existing connection is used as is.
 
-    `train`: the body runs Ray Train. A local Ray then also serves Ray's state API, which
-    Train's placement-group cleaner asks whether a run's controller is still alive. Without it
-    the placement group of a controller that was killed (a trial that PBT restarted from
-    another's checkpoint, a trial ASHA stopped) is never removed, and its CPUs stay taken.
+    `state_api`: a local Ray also serves Ray's state API (from the dashboard's process). Ray
+    Train's placement-group cleaner asks it whether a run's controller is still alive; a sweep
+    needs that, since Tune kills the trials it stops or restarts (ASHA, PBT) while the cluster
+    goes on, and without the cleaner each killed run's CPUs stay taken. Elsewhere a run's
+    controller outlives its run, or dies with the local Ray, and Ray starts faster without it.
     """
     import ray
 
@@ -46,7 +47,7 @@ def ray_session(address: Optional[str] = None, *, train: bool = False) -> Iterat
                 ray.init(address=target, runtime_env={"env_vars": env} if env else None, **ray_console_options())
                 where = "in the cluster's log files (`ray logs`, or the dashboard)"
             else:
-                where = f"in {_init_local(env, state_api=train)}"
+                where = f"in {_init_local(env, state_api=state_api)}"
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             if target is None:
                 raise

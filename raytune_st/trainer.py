@@ -383,7 +383,7 @@ class RayTrainer:
 
         self._start()
         try:
-            with self._shipped():
+            with self._shipped(state_api=True):
                 return tune(build(TuneConfig, {**self._data, "search": search}))
         finally:
             self._clean()
@@ -394,11 +394,14 @@ class RayTrainer:
         self._ran = True
 
     @contextlib.contextmanager
-    def _shipped(self) -> Iterator[None]:
-        """A Ray session (the job's own one inside) whose object store holds this trainer's objects."""
+    def _shipped(self, state_api: bool = False) -> Iterator[None]:
+        """A Ray session (the job's own one inside) whose object store holds this trainer's objects.
+
+        `state_api`: as ray_session's, which a sweep needs.
+        """
         from raytune_st.runtime import ray_session
 
-        with ray_session(self.config.ray_address, train=True):
+        with ray_session(self.config.ray_address, state_api=state_api):
             objects.ship(self._objects)
             yield
 

@@ -161,10 +161,10 @@ def test_reports_of_a_fast_loop_do_not_wait_for_the_train_controllers_default_po
 
 
 @pytest.mark.ray
-def test_a_killed_train_runs_cpus_come_back_in_a_local_ray_for_training(monkeypatch, tmp_path):
+def test_a_killed_train_runs_cpus_come_back_in_a_local_ray_with_the_state_api(monkeypatch, tmp_path):
     """Train's placement group outlives a controller that was killed (a trial PBT restarts, one
     ASHA stops): Train's cleaner removes it once Ray's state API says the controller is dead.
-    A local Ray started for training serves that API, so the CPUs come back; without it a
+    The local Ray a sweep starts serves that API, so the CPUs come back; without it a
     restarted PBT trial waited forever for a CPU to read its data."""
     import ray
     import ray.train
@@ -195,7 +195,7 @@ def test_a_killed_train_runs_cpus_come_back_in_a_local_ray_for_training(monkeypa
             time.sleep(0.5)
         return False
 
-    with ray_session(train=True):
+    with ray_session(state_api=True):
         total = ray.cluster_resources()["CPU"]
         trial = Trial.remote()
         trial.fit.remote()

@@ -199,7 +199,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     stages = Stages(config.output_dir)
     stages.output.write("config.yaml", dump_yaml(config))
     rows: list[dict[str, Any]] = []
-    with ray_session(config.ray_address, train=True):
+    with ray_session(config.ray_address):
         teacher = None
         if teacher_jobs is not None:
             mined = stages.run("teacher/mine", MineConfig, teacher_jobs[0], mine, [], join(config.teacher_dir, "mine"))

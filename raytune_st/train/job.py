@@ -286,7 +286,7 @@ def train(config: TrainConfig, *, dataset_config: Any = None) -> dict[str, Any]:
         checked_output(config)
         # A run already in the checkpoint storage is resumed only when it was made with this config.
         check_rerun(config, run_dir)
-        with ray_session(config.ray_address, train=True):
+        with ray_session(config.ray_address):
             plan = plan_run(config)
             with TrainConsole(trackers=resolve_report_to(config.args.report_to)) as console:
                 console.handle(tracking_start(None, config.args.run_name or config.run.name, params_of(config)))

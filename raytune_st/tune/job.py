@@ -206,7 +206,7 @@ def tune(config: TuneConfig) -> dict[str, Any]:
     with removed_on_failure(config.args.output_dir, worth_keeping=holds_sweep):
         output = checked_output(config)
         check_sweep_rerun(config, experiment)
-        with ray_session(config.ray_address, train=True):
+        with ray_session(config.ray_address, state_api=True):
             # Lines, not bars: the trials share the console, each line starts with its trial's id.
             # Each trial is its own tracked run, grouped by the sweep's name.
             with TrainConsole(bar=False, trackers=resolve_report_to(config.args.report_to)) as console:
