@@ -683,7 +683,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             # workers get the environment a job gives them (Ray Train's 0.1 s poll among it).
             ray.init(
                 num_cpus=os.cpu_count(), num_gpus=ctx.gpus, resources={DRY_SLOT: 1} if cli.dry_run else None,
-                include_dashboard=False, logging_level="ERROR", log_to_driver=False, runtime_env={"env_vars": worker_env()},
+                include_dashboard=False, logging_level="ERROR", log_to_driver=False, runtime_env={"env_vars": worker_env(local=True)},
             )
             try:
                 for name, check in ray_checks:

@@ -149,7 +149,7 @@ def train_raytune(args: dict) -> dict:
     )
     from raytune_st.runtime import worker_env
 
-    ray.init(num_cpus=cpus + 1, log_to_driver=False, logging_level="ERROR", include_dashboard=False, runtime_env={"env_vars": worker_env()})
+    ray.init(num_cpus=cpus + 1, log_to_driver=False, logging_level="ERROR", include_dashboard=False, runtime_env={"env_vars": worker_env(local=True)})
     began = time.perf_counter()
     try:
         metrics = train(config)

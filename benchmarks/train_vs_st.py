@@ -151,7 +151,7 @@ def start_ray(args: dict) -> None:
         logging_level="ERROR",
         include_dashboard=False,
         _system_config=LOCAL_SYSTEM_CONFIG,
-        runtime_env={"env_vars": {**worker_env(), **dict(args["ray_env"])}},
+        runtime_env={"env_vars": {**worker_env(local=True), **dict(args["ray_env"])}},
     )
 
 

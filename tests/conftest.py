@@ -50,11 +50,11 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def ray_init_options() -> dict:
     """``ray.init``'s arguments for a test module's local Ray: two CPUs, no dashboard, and the
-    environment a run of raytune_st gives the Ray processes it starts (``worker_env``: Ray
-    Train's controller polling every 0.1 s among it, or each report would wait up to 2 s)."""
+    environment a run of raytune_st gives the local Ray it starts (``worker_env``: Ray Train's
+    controller polling every 0.1 s among it, or each report would wait up to 2 s)."""
     from raytune_st.runtime import worker_env
 
-    return {"num_cpus": 2, "include_dashboard": False, "runtime_env": {"env_vars": worker_env()}}
+    return {"num_cpus": 2, "include_dashboard": False, "runtime_env": {"env_vars": worker_env(local=True)}}
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,28 @@ def test_the_train_controller_poll_is_short_unless_the_user_set_one(monkeypatch)
     assert worker_env()[TRAIN_POLL_ENV] == "5"
 
 
+def test_a_local_ray_leaves_out_the_preemption_watcher_and_extra_footer_readers_unless_the_user_set_them(monkeypatch):
+    from raytune_st.runtime import worker_env
+
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    monkeypatch.setenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "8")
+    local = worker_env(local=True)
+    assert local["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert local["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "8"  # the user's setting wins
+    # A cluster's nodes can be drained and its files can be many: Ray's defaults stay.
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in worker_env()
+
+
+def test_the_sessions_environment_settings_last_only_while_it_runs_and_never_replace_the_users(monkeypatch):
+    from raytune_st.runtime import environ
+
+    monkeypatch.delenv("RTST_TEST_NEW", raising=False)
+    monkeypatch.setenv("RTST_TEST_USERS", "mine")
+    with environ({"RTST_TEST_NEW": "1", "RTST_TEST_USERS": "2"}):
+        assert os.environ["RTST_TEST_NEW"] == "1" and os.environ["RTST_TEST_USERS"] == "mine"
+    assert "RTST_TEST_NEW" not in os.environ and os.environ["RTST_TEST_USERS"] == "mine"
+
+
 @pytest.mark.ray
 def test_reports_of_a_fast_loop_do_not_wait_for_the_train_controllers_default_poll(monkeypatch, tmp_path):
     """Ray Train takes one report a poll; at its default (every 2 s) ten reports of a loop that
