@@ -87,7 +87,7 @@ def worker_env(local: bool = False) -> dict[str, str]:
 
 # What a Ray of one machine leaves out; each helper is a Python process of its own that takes
 # 1-2 s of CPU to start. Together they took 3 s off a 4-step training run of the tiny model on
-# 2 cores (median of 3 alternated runs: 28.2 s against 31.6 s).
+# 2 cores (medians of 3 alternated runs at load average 0.9-1.8: 28.2 s against 31.6 s).
 LOCAL_WORKER_ENV = {
     # Train starts a watcher per run for nodes the cluster drains (spot preemption); a local
     # Ray drains none.
