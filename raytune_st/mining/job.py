@@ -303,9 +303,10 @@ def _mine_batches(config: MineConfig, plan: MinePlan, pending: list[int], shards
             config, CrossEncoderScorer, num_cpus=config.compute.cross_encoder_num_cpus, num_gpus=config.compute.cross_encoder_num_gpus
         )
         scorers = [scorer.remote(config.cross_encoder, config.mine.batch_size) for _ in range(config.compute.cross_encoder_actors)]
+    in_flight: list = []
     try:
         task = _remote(config, mine_batch, num_cpus=config.compute.mine_num_cpus)
-        queries_done, rows_done, in_flight = 0, 0, []
+        queries_done, rows_done = 0, 0
 
         def collect(done: list) -> None:
             nonlocal queries_done, rows_done
@@ -321,8 +322,18 @@ def _mine_batches(config: MineConfig, plan: MinePlan, pending: list[int], shards
             in_flight.append(task.remote(plan, batch, shards, scorers[batch % len(scorers)] if scorers else None))
         collect(in_flight)
         return queries_done, rows_done
+    except BaseException:
+        # One batch failed (a full disk, say): the others stop too, and the job returns only
+        # once none of them can still write a part, so that a rerun starts from what it sees.
+        for ref in in_flight:
+            ray.cancel(ref)
+        ray.wait(in_flight, num_returns=len(in_flight), timeout=CANCEL_WAIT_S)
+        raise
     finally:
         _kill(scorers)
+
+
+CANCEL_WAIT_S = 60  # the most a failed mining stage waits for its other tasks to stop
 
 
 # --- Ray plumbing ----------------------------------------------------------------------------

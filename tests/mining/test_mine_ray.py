@@ -344,6 +344,8 @@ def test_a_full_disk_fails_with_one_error_and_a_rerun_with_space_resumes(ray_clu
     damage = [resume.part_damage(str(disk / "out"), str(disk / "out" / "_work" / "parts"), b) for b in range(batches)]
     whole = damage.count(None)
     assert 0 < whole < batches, damage  # it failed part way through the parts
+    time.sleep(3)  # the failed job's other tasks were stopped before it returned: nothing more is written
+    assert [resume.part_damage(str(disk / "out"), str(disk / "out" / "_work" / "parts"), b) for b in range(batches)] == damage
 
     small_disk(needed * 4)  # space freed: the same command again
     began = time.monotonic()
