@@ -167,6 +167,17 @@ def save_tiny_cross_encoder(
     return out
 
 
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Until `predicate()` holds, checked every 0.5 s; AssertionError naming `what` after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
 def _wait_for(url: str, process, timeout: float, stop, failure: str) -> None:
     """Until `url` answers; `stop()` and RuntimeError(`failure`) when `process` exits or `timeout` passes."""
     import time

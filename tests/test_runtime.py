@@ -192,6 +192,8 @@ def test_a_killed_train_runs_cpus_come_back_in_a_local_ray_with_the_state_api(mo
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from raytune_st.testing import wait_for
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
     started = tmp_path / "started"
@@ -209,20 +211,11 @@ def test_a_killed_train_runs_cpus_come_back_in_a_local_ray_with_the_state_api(mo
                 run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
             ).fit()
 
-    def wait_for(condition, within: float) -> bool:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.5)
-        return False
-
     with ray_session(state_api=True):
         total = ray.cluster_resources()["CPU"]
         trial = Trial.remote()
         trial.fit.remote()
-        assert wait_for(started.exists, within=120), "the Train run never started"
+        wait_for(started.exists, 120, "the Train run to start")
         assert ray.available_resources().get("CPU", 0) == total - 1
         ray.kill(trial)
-        released = wait_for(lambda: ray.available_resources().get("CPU", 0) == total, within=60)
-        assert released, f"the killed run's CPU was not released: {ray.available_resources()}"
+        wait_for(lambda: ray.available_resources().get("CPU", 0) == total, 60, "the killed run's CPU to be released")

@@ -25,7 +25,7 @@ import pytest
 
 from cluster_fixtures import Cluster, submission_runtime_env
 from raytune_st.outputs import filesystem
-from raytune_st.testing import RayNode
+from raytune_st.testing import RayNode, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -194,14 +194,6 @@ def test_every_stage_runs_on_the_worker_node_from_object_storage(nodes, store, m
     for cache in (cache_of(nodes.head), cache_of(worker)):
         copies = [p for p in cache.iterdir() if p.is_dir()]
         assert len(copies) == 1 and (copies[0] / "modules.json").is_file(), (cache, copies)
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def test_mining_survives_the_loss_of_its_worker_node(nodes, store, mined):
