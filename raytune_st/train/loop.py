@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 
 from raytune_st.config.core import dump_yaml
 from raytune_st.evaluation.run import build_evaluators, run_evaluators
+from raytune_st.train.artifacts import final_metrics
 from raytune_st.train.batching import (
     Schedule,
     ShardBatcher,
@@ -367,20 +368,22 @@ def _restore_optimization(state: TrainingState, optimizer: Any, scheduler: Any, 
 def _report_finished(
     run: Trainables, state: TrainingState, config: TrainConfig, worker: WorkerContext, data_files: Any, *, started_here: bool
 ) -> None:
-    """A run that starts at its last step has nothing left to train.
+    """A run that starts at its last step has nothing left to train; it reports its final metrics once.
 
-    Restored from its own last checkpoint, it already ends with it. Started from another run's
+    Restored from its own last checkpoint, it reports them without a checkpoint: whoever waits
+    for the run gets a result. A Tune trial does: a sweep interrupted after a trial's Train run
+    had finished, but before Tune recorded the trial's end, resumes that trial, and Tune refuses
+    a trial that ends without a report of its metric. Started from another run's checkpoint
     (PBT cloned a trial that had finished), it reports that checkpoint as its own.
     """
     import ray.train
 
-    if not started_here:
-        return
+    saves = started_here and worker.rank == 0
     ray.train.report(
-        {**(state.history[-1] if state.history else {}), "step": state.step},
-        checkpoint=_checkpoint(run.model, state, config, data_files) if worker.rank == 0 else None,
-        checkpoint_dir_name=f"checkpoint-{state.step:06d}",
-        delete_local_checkpoint_after_upload=worker.rank == 0,
+        {**final_metrics(state.history), "step": state.step},
+        checkpoint=_checkpoint(run.model, state, config, data_files) if saves else None,
+        checkpoint_dir_name=f"checkpoint-{state.step:06d}" if started_here else None,
+        delete_local_checkpoint_after_upload=saves,
     )
 
 
