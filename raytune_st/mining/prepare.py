@@ -235,7 +235,7 @@ class ChunkWriter:
             # Parquet inside, but not named .parquet: whoever reads the output directory as a
             # data set must not pick the work files up.
             path = store.join(self.directory, f"{self.prefix}-{len(self.paths):05d}.texts")
-            self.writes.submit(store.write_parquet, path, pa.table({"text": texts}))
+            self.writes.submit(store.write_texts, path, texts)
             self.paths.append(path)
         else:
             self.paths.append(f"<memory>-{len(self.paths)}")

@@ -23,13 +23,16 @@ import hashlib
 import io
 import posixpath
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from raytune_st.errors import DataError
-from raytune_st.outputs import filesystem, write_atomic
+from raytune_st.outputs import filesystem, is_uri, write_atomic
 from raytune_st.outputs import join as join  # mining code joins its paths through the store
+
+if TYPE_CHECKING:
+    import pyarrow
 
 
 @dataclass(frozen=True)
@@ -204,11 +207,12 @@ def delete(path: str) -> None:
     fs.delete_file(target)
 
 
-def parquet_bytes(table) -> bytes:
+def parquet_bytes(table, **options: Any) -> bytes:
+    """`table` as the bytes of a Parquet file; `options` go to ``pyarrow.parquet.write_table``."""
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, **options)
     return buffer.getvalue()
 
 
@@ -280,6 +284,21 @@ class Chunked:
             rows = load(self.paths[i])
             pieces.append(rows[max(start, lo) - lo : min(end, hi) - lo])
         return pieces
+
+
+def write_texts(path: str, texts: "pyarrow.StringArray") -> None:
+    """One chunk of texts as a Parquet file of one ``text`` column, written atomically.
+
+    On a local disk it is written uncompressed and without a dictionary (the texts are distinct):
+    snappy cost 1.1 ms of CPU per 2,048 debian texts, a quarter of the prepare task's CPU, to
+    save 460 KiB of local disk. On object storage, where every byte crosses the network, snappy.
+    No digest is taken: a chunk's texts are known by their own digest (``texts_digest``).
+    """
+    import pyarrow as pa
+
+    compression = "snappy" if is_uri(path) else "none"
+    fs, target = filesystem(path)
+    write_atomic(fs, target, parquet_bytes(pa.table({"text": texts}), compression=compression, use_dictionary=False))
 
 
 def load_texts(path: str) -> list[str]:
