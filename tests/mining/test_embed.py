@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from raytune_st.mining import embed, store
-from raytune_st.mining.embed import ChunkEmbedder, ChunkJob, EmbedSpec, EmbedUnit, length_order, pending_chunks, plan_units
+from raytune_st.mining.embed import ChunkEmbedder, ChunkJob, EmbedSpec, EmbedUnit, length_order, pending_chunks, plan_units, sorts_by_tokens
 from raytune_st.models.config import ModelConfig
 
 CORPUS = EmbedSpec("corpus", None, None)
@@ -127,6 +130,14 @@ def test_texts_are_ordered_by_tokens_longest_first_up_to_the_models_length(tiny_
     texts = ["the the the the the", "a a a a a a a a", "the cat", "a " * 30, "b " * 20]
     assert length_order(model, texts).tolist() == [3, 4, 1, 0, 2]
     assert length_order(model, []).tolist() == []
+    # Where tokenizing costs more than padding (a GPU actor), by characters: 60, 40, 19, 15, 7.
+    assert length_order(model, texts, by_tokens=False).tolist() == [3, 4, 0, 1, 2]
+
+
+def test_an_actor_sorts_by_tokens_only_on_a_cpu(tiny_bert_dir):
+    assert ChunkEmbedder(ModelConfig(name=tiny_bert_dir), batch_size=4, dtype="float32").sort_by_tokens
+    assert not sorts_by_tokens(SimpleNamespace(device=torch.device("cuda", 0)))
+    assert sorts_by_tokens(SimpleNamespace(device=torch.device("cpu")))
 
 
 def test_a_model_without_a_text_tokenizer_is_ordered_by_characters_as_in_sentence_transformers():
