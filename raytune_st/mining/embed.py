@@ -15,8 +15,9 @@ sentence-transformers' ``encode`` orders by characters: on debian passages and q
 pads 3-4% tokens instead of 39-56%, a quarter less compute for the same vectors up to float
 rounding. On a GPU the forward pass is cheap and tokenizing is what takes the time, so an
 actor orders by characters as ``encode`` does instead of tokenizing every text twice (with the
-token sort an actor ran at 0.64x ``model.encode``'s throughput on an H200). Each chunk's ``ids + vectors`` go to the embedding cache under a name derived from
-(model, prompts, texts), as one object sealed with the sha256 of its arrays. A chunk is
+token sort an actor ran at 0.64x ``model.encode``'s throughput on an H200). Each chunk's
+``ids + vectors`` go to the embedding cache under a name derived from (model, prompts, texts),
+as one object sealed with the sha256 of its arrays. A chunk is
 embedded again unless its file ends as a whole zip; readers verify the seal
 (``store.load_vectors``) and drop a damaged file.
 
