@@ -48,7 +48,7 @@ from raytune_st.train.checkpointing import (
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.energy import EnergyTracker
 from raytune_st.train.plan import total_optimizer_steps
-from raytune_st.train.steps import ReportPacer, check_metric_reported, completes_epoch, improves, step_actions
+from raytune_st.train.steps import check_metric_reported, completes_epoch, improves, step_actions
 from raytune_st.train.trackers import resolve_report_to
 
 ROWS_PER_READ = 256  # rows fetched from a shard at a time; batching happens afterwards
@@ -118,7 +118,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     grad_norm = None
     start = time.perf_counter()
     samples = 0
-    pacer = ReportPacer()
     run.ddp_model.train()
     while step < run.total_steps:
         micro_before = micro
@@ -177,20 +176,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics.update(step=step)
         if worker.rank == 0:
             history.append(dict(metrics))
-        if not (save or actions.evaluate or step == run.total_steps) and not _report_due(pacer, worker):
-            pacer.hold(metrics)
-            continue
         report_checkpoint = None
         if save:
             state.step, state.micro_batches, state.history = step, micro, history
             report_checkpoint = _save(run, state, batchers, epoch, worker, data_files)
         ray.train.report(
-            pacer.release(metrics),
+            metrics,
             checkpoint=report_checkpoint,
             checkpoint_dir_name=f"checkpoint-{step:06d}" if save else None,
             delete_local_checkpoint_after_upload=report_checkpoint is not None,
         )
-        pacer.sent()
 
 
 # --- setup: the worker's place, its data streams, and what it trains ------------------------
@@ -430,19 +425,6 @@ def _save(
     state.optimizer, state.scheduler, state.scaler = run.optimizer.state_dict(), run.scheduler.state_dict(), run.scaler.state_dict()
     state.losses = {name: _loss_owned_state(loss, run.loss_params) for name, loss in run.losses.items()}
     return _checkpoint(run.model, state, worker.config, data_files)
-
-
-def _report_due(pacer: ReportPacer, worker: WorkerContext) -> bool:
-    """Whether to report a record of logging alone now: the same answer on every worker (due on any)."""
-    due = pacer.due()
-    if worker.world_size > 1:
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.tensor(float(due), device=worker.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        due = bool(flag.item())
-    return due
 
 
 def _train_metrics(

@@ -1,7 +1,7 @@
 """Training progress on the driver: rank 0's reports as a live bar, or as one line per logging step.
 
 Ray Train hands every report of a run to the run's callbacks (in its controller process).
-:class:`ConsoleCallback` forwards rank 0's records, and whether a checkpoint came with them, to
+:class:`ConsoleCallback` forwards rank 0's metrics, and whether a checkpoint came with them, to
 a queue; :class:`TrainConsole`, on the driver, drains it while the run fits and prints:
 
 * on a terminal, a tqdm bar (step of total, epoch, loss, learning rate, samples/s, time left)
@@ -26,7 +26,6 @@ import time
 from typing import Any, Optional, Sequence
 
 from raytune_st.console import format_seconds, time_left
-from raytune_st.train.steps import unpack_report
 
 
 def report_lines(
@@ -85,23 +84,14 @@ def _figure(value: Any) -> str:
 
 
 def console_callback(queue: Any, total_steps: int, tag: Optional[str] = None) -> Any:
-    """A Ray Train UserCallback that puts each record of rank 0 on `queue` (see :meth:`TrainConsole.handle`).
-
-    A report carries the records of logging held since the previous one (train/steps.py's
-    ReportPacer) before its own; they go on the queue in that order, in one call.
-    """
+    """A Ray Train UserCallback that puts each report of rank 0 on `queue` (see :meth:`TrainConsole.handle`)."""
     from ray.train.v2.api.callback import UserCallback
 
     class ConsoleCallback(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            records = unpack_report(metrics[0])
-            items = [
-                {"tag": tag, "total_steps": total_steps, "record": record, "saved": checkpoint is not None and record is records[-1]}
-                for record in records
-            ]
             # Ray Train lets a callback's error fail the run: progress is never worth that.
             try:
-                queue.put_nowait_batch(items)
+                queue.put({"tag": tag, "total_steps": total_steps, "record": dict(metrics[0]), "saved": checkpoint is not None})
             except Exception:  # the driver's queue is gone (the driver was interrupted, its node lost)
                 pass
 

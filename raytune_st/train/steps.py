@@ -8,16 +8,12 @@ Example (logging_steps=10, eval_strategy="steps", eval_steps=50, save_strategy="
     1. step_actions(10, ...)  -> StepActions(log=True, evaluate=False, save=False)
     2. step_actions(100, ...) -> StepActions(log=True, evaluate=True, save=True)
     3. the last step always logs, evaluates (when there is something to evaluate) and saves.
-
-A record of logging alone reaches the driver at most every REPORT_EVERY_S seconds
-(:class:`ReportPacer`); the ones in between travel with the next report.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from raytune_st.errors import ConfigError
 
@@ -81,51 +77,3 @@ def check_metric_reported(metric: str, metrics: dict[str, Any], *, key: str = "a
             + (", ".join(reported) or "nothing")
             + f"; set {key} to one of them"
         )
-
-
-# Ray Train's controller takes a worker's report only when it polls (every 0.1 s in the runs
-# raytune_st starts), and ray.train.report waits until the previous report was taken. Steps of
-# milliseconds that each logged therefore ran one step per poll: on an H200, all-MiniLM-L6-v2
-# with logging_steps=1 stepped at 0.48x SentenceTransformerTrainer's rate. Records of logging
-# alone now go out at most this often; the ones held meanwhile ride in the next report.
-REPORT_EVERY_S = 0.5
-EARLIER_RECORDS = "earlier_records"  # the report's key for the records held before it, oldest first
-
-
-class ReportPacer:
-    """Whether a record of logging alone is reported now, and the records held until one is.
-
-    A record with an evaluation or a checkpoint, or the last step's, is always reported (with
-    the held ones, :meth:`release`). The loop makes the decision the same on every worker
-    (Ray Train expects the same reports from each).
-    """
-
-    def __init__(self, every_s: float = REPORT_EVERY_S, clock: Callable[[], float] = time.monotonic):
-        self.every_s = every_s
-        self.clock = clock
-        self.last_sent: Optional[float] = None
-        self.held: list[dict[str, Any]] = []
-
-    def due(self) -> bool:
-        """Whether REPORT_EVERY_S has passed since the last report (the first one is always due)."""
-        return self.last_sent is None or self.clock() - self.last_sent >= self.every_s
-
-    def hold(self, record: dict[str, Any]) -> None:
-        self.held.append(record)
-
-    def release(self, record: dict[str, Any]) -> dict[str, Any]:
-        """`record` to report, carrying the held records (EARLIER_RECORDS) when there are any."""
-        out = {**record, EARLIER_RECORDS: self.held} if self.held else record
-        self.held = []
-        return out
-
-    def sent(self) -> None:
-        """Called once the report went out (ray.train.report returned)."""
-        self.last_sent = self.clock()
-
-
-def unpack_report(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The records one report carries, oldest first: those held before it, then its own (the last)."""
-    record = dict(metrics)
-    return [*record.pop(EARLIER_RECORDS, []), record]
-

@@ -18,7 +18,7 @@ from raytune_st.train.config import TrainConfig
 from raytune_st.train.job import fit_and_write, make_run_config, plan_run
 from raytune_st.train.plan import planned_steps
 from raytune_st.train.progress import console_callback, tracking_start
-from raytune_st.train.steps import check_metric_reported, unpack_report
+from raytune_st.train.steps import check_metric_reported
 from raytune_st.train.rerun import check_rerun
 from raytune_st.train.trackers import params_of
 from raytune_st.tune.config import TuneConfig
@@ -46,7 +46,6 @@ def _report_callback(metric: Optional[str]):
 
     class MetricReportCallback(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            metrics = [unpack_report(m)[-1] for m in metrics]  # the records held before it are logging alone
             _check_evaluated(metric, metrics[0])
             if metric is None or metric in metrics[0]:
                 super().after_report(run_context, metrics, checkpoint)
@@ -67,10 +66,9 @@ def _queue_callback(queue: Any, metric: Optional[str]):
 
     class QueueReportCallback(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            record = unpack_report(metrics[0])[-1]
-            _check_evaluated(metric, record)
-            if metric is None or metric in record:
-                queue.put((record, checkpoint))
+            _check_evaluated(metric, metrics[0])
+            if metric is None or metric in metrics[0]:
+                queue.put((dict(metrics[0]), checkpoint))
 
     return QueueReportCallback()
 

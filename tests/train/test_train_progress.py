@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raytune_st.train.progress import TrainConsole, console_callback, report_lines
-from raytune_st.train.steps import ReportPacer
+from raytune_st.train.progress import TrainConsole, report_lines
 
 LOGGED = {"step": 20, "epoch": 0.5, "loss": 1.23456, "learning_rate": 1.1111e-05, "grad_norm": 3.2104, "train_samples_per_second": 41.25}
 
@@ -48,27 +47,6 @@ def test_the_console_prints_lines_without_a_terminal_with_time_left_from_the_dri
     assert out[1].endswith("about 20 s left")  # 10 steps in 10 s, 20 to go
     assert out[2] == "[train] checkpoint at step 20 saved"
     assert out[3].startswith("[train] [trial t_00001] step 4/8 (50%)")
-
-
-def test_a_report_that_carries_held_records_prints_each_in_order_and_the_checkpoint_once(capsys):
-    class ListQueue:
-        items: list = []
-
-        def put_nowait_batch(self, items):
-            self.items.extend(items)
-
-    queue = ListQueue()
-    report = ReportPacer()
-    report.hold({**LOGGED, "step": 1})
-    report.hold({**LOGGED, "step": 2})
-    console_callback(queue, 3).after_report(None, [report.release({**LOGGED, "step": 3})], checkpoint=object())
-    console = TrainConsole(bar=False, queue=queue)
-    for item in queue.items:
-        console.handle(item)
-    out = capsys.readouterr().out.splitlines()
-    assert [line.split("  ")[0] for line in out] == [
-        "[train] step 1/3 (33%)", "[train] step 2/3 (67%)", "[train] step 3/3 (100%)", "[train] checkpoint at step 3 saved"
-    ]
 
 
 @pytest.mark.parametrize("saved", [False, True])

@@ -6,7 +6,7 @@ import pytest
 
 from raytune_st.config.core import build
 from raytune_st.train.config import TrainingArgs
-from raytune_st.train.steps import EARLIER_RECORDS, ReportPacer, StepActions, completes_epoch, improves, step_actions, unpack_report
+from raytune_st.train.steps import StepActions, completes_epoch, improves, step_actions
 
 
 def args(**values) -> TrainingArgs:
@@ -61,49 +61,3 @@ def test_a_checkpoint_ranked_by_a_metric_gets_an_evaluation():
                                                         (0.4, 0.5, False, True), (0.6, 0.5, False, False)])
 def test_improves(value, best, higher, expected):
     assert improves(value, best, higher) is expected
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_records_of_logging_within_the_interval_are_held_and_ride_in_the_next_report():
-    clock = FakeClock()
-    pacer = ReportPacer(every_s=0.5, clock=clock)
-    assert pacer.due()  # the first record always goes out
-    assert pacer.release({"step": 1}) == {"step": 1}
-    pacer.sent()
-    clock.now += 0.2
-    assert not pacer.due()
-    pacer.hold({"step": 2, "loss": 0.5})
-    clock.now += 0.2
-    assert not pacer.due()
-    pacer.hold({"step": 3, "loss": 0.4})
-    clock.now += 0.2
-    assert pacer.due()
-    report = pacer.release({"step": 4, "loss": 0.3})
-    assert report == {"step": 4, "loss": 0.3, EARLIER_RECORDS: [{"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.4}]}
-    assert unpack_report(report) == [{"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.4}, {"step": 4, "loss": 0.3}]
-    pacer.sent()
-    # Held records went out once: the next report carries none.
-    assert pacer.release({"step": 5}) == {"step": 5}
-
-
-def test_the_interval_counts_from_when_the_report_returned():
-    clock = FakeClock()
-    pacer = ReportPacer(every_s=0.5, clock=clock)
-    pacer.release({"step": 1})
-    clock.now += 0.4  # ray.train.report waited for the controller's poll
-    pacer.sent()
-    clock.now += 0.4
-    assert not pacer.due()
-    clock.now += 0.1
-    assert pacer.due()
-
-
-def test_a_report_without_held_records_unpacks_to_itself():
-    assert unpack_report({"step": 7, "eval_loss": 0.1}) == [{"step": 7, "eval_loss": 0.1}]
