@@ -49,15 +49,20 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def quiet_load(settle_s: float) -> float:
+    """The 1-minute load average once it is below QUIET_LOAD, or when `settle_s` has passed."""
+    deadline = time.monotonic() + settle_s
+    while load_average() >= QUIET_LOAD and time.monotonic() < deadline:
+        time.sleep(5)
+    return load_average()
+
+
 def settled(script: str, name: str, args: dict, settle_s: float) -> dict:
     """Run step `name` once the 1-minute load average is below 0.5 (or `settle_s` has passed).
 
     The result gains `process_s` (the whole process, as a user waits for it: interpreter,
     imports, model load, Ray start) and `load` (the load average it started under)."""
-    deadline = time.monotonic() + settle_s
-    while load_average() >= QUIET_LOAD and time.monotonic() < deadline:
-        time.sleep(5)
-    load = load_average()
+    load = quiet_load(settle_s)
     marked = f"  (above {QUIET_LOAD}: marked)" if load >= QUIET_LOAD else ""
     print(f"  {name}: 1-minute load average {load:.2f} before the run{marked}", flush=True)
     began = time.perf_counter()

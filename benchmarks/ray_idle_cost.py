@@ -34,10 +34,7 @@ def main(argv=None) -> int:
 
     from raytune_st.runtime import LOCAL_SYSTEM_CONFIG, worker_env
 
-    deadline = time.monotonic() + cli.wait
-    while children.load_average() >= children.QUIET_LOAD and time.monotonic() < deadline:
-        time.sleep(5)
-    load = children.load_average()
+    load = children.quiet_load(cli.wait)
     marked = f"  (above {children.QUIET_LOAD}: not a quiet-machine figure)" if load >= children.QUIET_LOAD else ""
     print(f"1-minute load average before the run: {load:.2f}{marked}", flush=True)
     ray.init(
