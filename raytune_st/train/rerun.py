@@ -245,14 +245,12 @@ def file_differences(old: dict[str, Any], new: dict[str, Any], changed_keys: lis
     return out
 
 
-def latest_checkpoint_config(run_dir: str) -> Optional[tuple[str, dict[str, Any], Optional[dict[str, Any]]]]:
-    """(checkpoint path, its config as plain data, its data files or None) of the newest checkpoint in `run_dir`, or None."""
-    import json
-
+def _newest_complete_checkpoint(run_dir: str) -> Optional[tuple[Any, str]]:
+    """(filesystem, path) of the newest checkpoint in `run_dir` that was written whole, or None."""
     import pyarrow.fs
 
     from raytune_st.outputs import filesystem
-    from raytune_st.train.checkpointing import CONFIG_FILE, DATA_FILE
+    from raytune_st.train.checkpointing import CONFIG_FILE
 
     fs, root = filesystem(run_dir)
     try:
@@ -263,18 +261,51 @@ def latest_checkpoint_config(run_dir: str) -> Optional[tuple[str, dict[str, Any]
         e.path for e in entries if e.type == pyarrow.fs.FileType.Directory and posixpath.basename(e.path).startswith("checkpoint-")
     )
     for path in reversed(checkpoints):
-        config_file = posixpath.join(path, CONFIG_FILE)
-        if fs.get_file_info(config_file).type != pyarrow.fs.FileType.File:
-            continue  # a checkpoint cut short while it was written; Ray resumes from a complete one
-        with fs.open_input_stream(config_file) as handle:
-            config = yaml.safe_load(handle.read().decode()) or {}
-        files = None  # checkpoints written before data files were recorded have none
-        data_file = posixpath.join(path, DATA_FILE)
-        if fs.get_file_info(data_file).type == pyarrow.fs.FileType.File:
-            with fs.open_input_stream(data_file) as handle:
-                files = json.loads(handle.read().decode())
-        return path, config, files
+        # One without its config was cut short while it was written; Ray resumes from a complete one.
+        if fs.get_file_info(posixpath.join(path, CONFIG_FILE)).type == pyarrow.fs.FileType.File:
+            return fs, path
     return None
+
+
+def latest_checkpoint_config(run_dir: str) -> Optional[tuple[str, dict[str, Any], Optional[dict[str, Any]]]]:
+    """(checkpoint path, its config as plain data, its data files or None) of the newest checkpoint in `run_dir`, or None."""
+    import json
+
+    import pyarrow.fs
+
+    from raytune_st.train.checkpointing import CONFIG_FILE, DATA_FILE
+
+    found = _newest_complete_checkpoint(run_dir)
+    if found is None:
+        return None
+    fs, path = found
+    with fs.open_input_stream(posixpath.join(path, CONFIG_FILE)) as handle:
+        config = yaml.safe_load(handle.read().decode()) or {}
+    files = None  # checkpoints written before data files were recorded have none
+    data_file = posixpath.join(path, DATA_FILE)
+    if fs.get_file_info(data_file).type == pyarrow.fs.FileType.File:
+        with fs.open_input_stream(data_file) as handle:
+            files = json.loads(handle.read().decode())
+    return path, config, files
+
+
+def latest_checkpoint_history(run_dir: str) -> list[dict[str, Any]]:
+    """Every metrics record of the run in `run_dir` up to its newest checkpoint ([] when it has none)."""
+    import json
+
+    import pyarrow.fs
+
+    from raytune_st.train.checkpointing import HISTORY_FILE
+
+    found = _newest_complete_checkpoint(run_dir)
+    if found is None:
+        return []
+    fs, path = found
+    history_file = posixpath.join(path, HISTORY_FILE)
+    if fs.get_file_info(history_file).type != pyarrow.fs.FileType.File:
+        return []
+    with fs.open_input_stream(history_file) as handle:
+        return [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
 
 
 def with_defaults(config_cls: type, old: dict[str, Any]) -> dict[str, Any]:

@@ -49,7 +49,8 @@ def collect_rows(config: TuneConfig, grid: Any, output: OutputDir) -> list[Trial
         history: list[tuple[int, float]] = []
         frame = result.metrics_dataframe
         if search.metric and frame is not None and search.metric in frame and "step" in frame:
-            history = [(int(s), float(m)) for s, m in zip(frame["step"], frame[search.metric]) if m == m]
+            # One value per step: a resumed trial reports its evaluations again (trial.py).
+            history = sorted({int(s): float(m) for s, m in zip(frame["step"], frame[search.metric]) if m == m}.items())
         metric = reported.get(search.metric) if search.metric else None
         steps = reported.get("step")
         trial_dir = posixpath.join(TRIALS_DIR, trial_id)

@@ -19,7 +19,7 @@ from raytune_st.train.job import fit_and_write, make_run_config, plan_run
 from raytune_st.train.plan import planned_steps
 from raytune_st.train.progress import console_callback, tracking_start
 from raytune_st.train.steps import check_metric_reported
-from raytune_st.train.rerun import check_rerun
+from raytune_st.train.rerun import check_rerun, latest_checkpoint_history
 from raytune_st.train.trackers import params_of
 from raytune_st.tune.config import TuneConfig
 
@@ -98,8 +98,25 @@ def run_trial(params: dict[str, Any], *, config: TuneConfig, sweep_dir: str, sto
         _run_pbt_trial(trial, plan, name=name, storage=storage, metric=config.search.metric, progress=progress)
         return
     check_rerun(trial, join(storage, name))
+    if config.search.scheduler.type == "asha":
+        for record in evaluations_to_replay(latest_checkpoint_history(join(storage, name)), config.search.metric):
+            ray.tune.report(record)
     run_config = make_run_config(trial, name=name, storage_path=storage, callbacks=[_report_callback(config.search.metric), *progress])
     fit_and_write(trial, plan, run_config=run_config)
+
+
+def evaluations_to_replay(history: list[dict[str, Any]], metric: Optional[str]) -> list[dict[str, Any]]:
+    """What a resumed trial reports again before its Train run resumes: the records of its
+    history up to the checkpoint that carry the sweep's metric (those Tune saw the first time).
+
+    Tune does not save ASHA's rungs with the sweep. A resumed sweep starts them empty, so a trial
+    resumed from its step-4 checkpoint would be judged at the step-4 rung by its step-6 value,
+    and could be stopped at its last step. Reported again, its evaluations fill the rungs as
+    they were; a rung that already holds the trial ignores the repeat.
+    """
+    if metric is None:
+        return []
+    return [record for record in history if record.get(metric) is not None and "step" in record]
 
 
 def _run_pbt_trial(trial: TrainConfig, plan: Any, *, name: str, storage: str, metric: Optional[str], progress: list[Any]) -> None:

@@ -243,3 +243,18 @@ def test_a_custom_loss_whose_code_changed_is_refused(tmp_path, monkeypatch):
     module.write_text(module.read_text().replace("MultipleNegativesRankingLoss'", "MultipleNegativesRankingLoss'  # scale 30"))
     with pytest.raises(ConfigError, match=r"rerun_edited_losses:MyLoss \(its source file\): 1 file\(s\) -> 1 of another size \(rerun_edited_losses.py\)"):
         check_rerun(config(), str(run_dir))
+
+
+def test_the_history_of_the_newest_complete_checkpoint_is_read(tmp_path):
+    from raytune_st.train.checkpointing import HISTORY_FILE, write_history
+    from raytune_st.train.rerun import latest_checkpoint_history
+
+    run_dir = str(tmp_path / "run")
+    config = config_with(tmp_path)
+    assert latest_checkpoint_history(run_dir) == []  # no run yet
+    history = [{"step": 2, "loss": 1.5, "eval_loss": 1.2}, {"step": 4, "loss": 1.1}]
+    for step in (2, 4):
+        checkpointed(run_dir, config, step)
+        write_history(os.path.join(run_dir, f"checkpoint-{step:06d}", HISTORY_FILE), history[: step // 2])
+    os.makedirs(os.path.join(run_dir, "checkpoint-000006"))  # cut short while written: no config
+    assert latest_checkpoint_history(run_dir) == history

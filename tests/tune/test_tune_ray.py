@@ -84,6 +84,11 @@ def run_cli(*args: str, timeout: int = 600, env: Optional[dict] = None) -> subpr
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
+def tune_errors(out: Path) -> str:
+    """What Tune recorded of each failed trial under `out` (its error.txt files), for a failure's message."""
+    return "\n".join(f"--- {path}\n{path.read_text()[-2000:]}" for path in sorted(out.glob("**/error.txt"))) or "(no trial failed)"
+
+
 def ray_log_tails(output: str, lines: int = 15) -> str:
     """The last lines of each log file of the local Ray whose directory the run's output names."""
     import re
@@ -141,7 +146,7 @@ def test_a_sweep_stops_poor_trials_keeps_the_best_and_resumes(tmp_path, tiny_ber
     reasons = [r["stop_reason"] for r in rows]
     assert "completed" in reasons and "stopped early by asha" in reasons, reasons
     for row in rows:
-        assert row["steps"] == 6 if row["stop_reason"] == "completed" else row["steps"] < 6, row
+        assert row["steps"] == 6 if row["stop_reason"] == "completed" else row["steps"] < 6, (row, tune_errors(out))
     assert (out / "results.csv").read_text().splitlines()[0].startswith("trial_id,args.learning_rate,")
     assert (out / "metric-per-trial.png").stat().st_size > 1000
 

@@ -46,7 +46,8 @@ def test_rows_for_completed_stopped_and_failed_trials(config, tmp_path):
     grid = [
         # A categorical domain hands trials the index of its option.
         result("t2", config={"args.learning_rate": 2}, metrics={"eval_loss": 2.0, "step": 2},
-               frame=pd.DataFrame({"step": [2], "eval_loss": [2.0]})),
+               # Step 2 twice: reported before the sweep was interrupted and again on resume.
+               frame=pd.DataFrame({"step": [2, 2], "eval_loss": [2.0, 2.0]})),
         result("t1", config={"args.learning_rate": 0}, metrics={"eval_loss": 0.9, "step": 2}),
         result("t3", error=RuntimeError("The actor ImplicitFunc failed to import on the worker")),
     ]
