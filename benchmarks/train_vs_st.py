@@ -58,13 +58,18 @@ LABELS = {
     "st": "SentenceTransformerTrainer",
     "st_in_ray": "ST trainer in a Ray worker",
     "raytune": "raytune_st (1 worker)",
-    "raytune_env": "raytune_st with --ray-env",
+    "raytune_env": "raytune_st with --ray-env/--set",
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="'tiny' for a random 2-layer BERT")
+    parser.add_argument(
+        "--data", default=DATA,
+        help="a Parquet file with query and passage columns; the runs read its first batch-size x (steps + 2) rows, "
+        "in as many epochs as that takes",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
@@ -75,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--ray-env", action="append", default=[], metavar="NAME=VALUE",
         help="adds a raytune_st run whose Ray processes get this environment variable (repeatable), "
         "e.g. RAY_worker_niceness=0: the two raytune_st runs alternate, so the table shows the setting's effect",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="like --ray-env, for a config key of the train job (repeatable), e.g. stream.materialize_max_bytes=0",
     )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -96,7 +105,7 @@ def run_sentence_transformers(args: dict) -> dict:
     from raytune_st.models.loading import resolve_model
 
     start = time.perf_counter()
-    frame = pd.read_parquet(DATA, columns=["query", "passage"]).head(rows_for(args))
+    frame = pd.read_parquet(args["data"], columns=["query", "passage"]).head(rows_for(args))
     model = SentenceTransformer(resolve_model(args["model"]), device="cpu")
     model.max_seq_length = args["max_seq_length"]
     training_args = SentenceTransformerTrainingArguments(
@@ -200,15 +209,15 @@ def run_raytune_st(args: dict) -> dict:
     start-up, the worker's peak memory and the CPU seconds of Ray's other processes."""
     import ray
 
-    from raytune_st.config.core import build
+    from raytune_st.config.core import apply_overrides, build
     from raytune_st.train.config import TrainConfig
     from raytune_st.train.job import train
 
     config = build(
         TrainConfig,
-        {
+        apply_overrides({
             "model": {"name": args["model"], "max_seq_length": args["max_seq_length"]},
-            "train_datasets": {"pairs": {"data": {"path": DATA, "columns": ["query", "passage"], "limit": rows_for(args)}}},
+            "train_datasets": {"pairs": {"data": {"path": args["data"], "columns": ["query", "passage"], "limit": rows_for(args)}}},
             "loss": "MultipleNegativesRankingLoss",
             "loss_kwargs": {"scale": 20},
             "args": {
@@ -224,7 +233,7 @@ def run_raytune_st(args: dict) -> dict:
             "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": os.cpu_count() or 1}},
             "run": {"name": "benchmark"},
             "stream": {"shuffle_buffer_size": 0},
-        },
+        }, args["overrides"], TrainConfig),
     )
     start = time.perf_counter()
     with children.RayProcesses() as processes:
@@ -256,7 +265,7 @@ def main(argv=None) -> int:
     ray_env = [item.split("=", 1) for item in cli.ray_env]
     if any(len(item) != 2 for item in ray_env):
         raise SystemExit("--ray-env takes NAME=VALUE")
-    names = ["st", "raytune"] + (["raytune_env"] if ray_env else []) + ([] if cli.skip_st_in_ray else ["st_in_ray"])
+    names = ["st", "raytune"] + (["raytune_env"] if ray_env or cli.overrides else []) + ([] if cli.skip_st_in_ray else ["st_in_ray"])
     runs: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="train-vs-st-") as workdir:
         model = cli.model
@@ -268,7 +277,8 @@ def main(argv=None) -> int:
             for name in names:
                 args = {
                     "model": model, "batch_size": cli.batch_size, "max_seq_length": cli.max_seq_length, "steps": cli.steps,
-                    "workdir": os.path.join(workdir, f"{name}-{run}"), "ray_env": ray_env if name == "raytune_env" else [],
+                    "data": os.path.abspath(cli.data), "workdir": os.path.join(workdir, f"{name}-{run}"), "ray_env": ray_env if name == "raytune_env" else [],
+                    "overrides": cli.overrides if name == "raytune_env" else [],
                 }
                 figures = children.settled(__file__, name, args, cli.settle)
                 runs[name].append(figures)
@@ -285,7 +295,8 @@ def print_table(cli: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
     print()
     print(
         f"model {cli.model}, MultipleNegativesRankingLoss, batch {cli.batch_size}, max_seq_length {cli.max_seq_length}, "
-        f"{cli.steps} steps, median of {cli.repeats} (range)" + (f"; Ray env {' '.join(cli.ray_env)}" if cli.ray_env else "")
+        f"{cli.steps} steps, {os.path.basename(cli.data)}, median of {cli.repeats} (range)" + (f"; Ray env {' '.join(cli.ray_env)}" if cli.ray_env else "")
+        + (f"; config {' '.join(cli.overrides)}" if cli.overrides else "")
     )
     print(children.load_line([r for name in runs for r in runs[name]]))
     print(f"{'':30}{'whole run samples/s':>24}{'steady samples/s':>24}{'peak MiB':>24}{'Ray other CPU s':>18}")

@@ -256,7 +256,16 @@ class StreamSection:
         "Use it for data stored in sorted order (e.g. by source or label), which a local buffer cannot mix",
     )
 
+    materialize_max_bytes: int = option(
+        128 * 2**20,
+        help="a data set read more than once (a training set over several epochs, an eval set at every evaluation) "
+        "whose files total at most this many bytes is read once into Ray's object store (Dataset.materialize) and "
+        "every pass reads it from there, without read tasks; 0 reads every pass from the files",
+    )
+
     def __post_init__(self) -> None:
+        if self.materialize_max_bytes < 0:
+            raise ConfigError(f"materialize_max_bytes: must be >= 0 (0 never materializes), got {self.materialize_max_bytes}")
         if self.shuffle_buffer_size < 0:
             raise ConfigError(f"shuffle_buffer_size: must be >= 0, got {self.shuffle_buffer_size}")
         if self.no_duplicates_buffer_size < 1:

@@ -28,7 +28,7 @@ from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.loop import shard_name, train_loop_per_worker
-from raytune_st.train.plan import Plan, check_dataset, cluster_fit, planned_steps, preflight
+from raytune_st.train.plan import Plan, check_dataset, cluster_fit, materialized_datasets, planned_steps, preflight
 from raytune_st.train.progress import TrainConsole, tracking_start
 from raytune_st.train.rerun import check_rerun, data_files, latest_checkpoint_config
 from raytune_st.train.scan import check_values
@@ -49,23 +49,36 @@ def default_storage_path(config: TrainConfig) -> str:
     return os.path.abspath(os.path.join(os.path.expanduser(config.args.output_dir), "ray"))
 
 
-def build_datasets(config: TrainConfig) -> dict[str, "ray.data.Dataset"]:
-    """The lazy Ray datasets, named by :func:`~raytune_st.train.loop.shard_name` as the loop reads them."""
+def build_datasets(config: TrainConfig, materialized: frozenset[str] = frozenset()) -> dict[str, "ray.data.Dataset"]:
+    """The Ray datasets, named by :func:`~raytune_st.train.loop.shard_name` as the loop reads them.
+
+    Lazy, except those named in `materialized` (see :func:`~raytune_st.train.plan.materialized_datasets`),
+    which are read into the object store here, in file order, so that every pass and a resumed
+    run see the same rows in the same order.
+    """
+    def read(section: str, name: str, source: Source) -> "ray.data.Dataset":
+        dataset = read_source(source)
+        if f"{section}.{name}" in materialized:
+            dataset.context.execution_options.preserve_order = True
+            dataset = dataset.materialize()
+        return dataset
+
     datasets = {}
     for name, entry in config.train_datasets.items():
-        dataset = read_source(entry.data)
+        dataset = read("train_datasets", name, entry.data)
         if config.stream.global_shuffle:
             dataset = dataset.random_shuffle(seed=config.args.seed)
         datasets[shard_name("train", name)] = dataset
-    datasets.update({shard_name("eval", name): read_source(entry.data) for name, entry in config.eval_datasets.items()})
+    datasets.update({shard_name("eval", name): read("eval_datasets", name, entry.data) for name, entry in config.eval_datasets.items()})
     return datasets
 
 
-def loop_config(config: TrainConfig, plan: Plan, initial_checkpoint: Any = None) -> dict[str, Any]:
-    """The `train_loop_config` of the TorchTrainer (see train_loop_per_worker's docstring)."""
+def loop_config(config: TrainConfig, plan: Plan, files: dict[str, Any], initial_checkpoint: Any = None) -> dict[str, Any]:
+    """The `train_loop_config` of the TorchTrainer (see train_loop_per_worker's docstring);
+    `files`: :func:`~raytune_st.train.rerun.data_files` of the config."""
     columns = {shard_name("train", name): p.columns for name, p in plan.train.items()}
     columns.update({shard_name("eval", name): p.columns for name, p in plan.eval.items()})
-    loop = {"train_config": config, "train_rows": plan.train_rows(), "columns": columns, "data_files": data_files(config)}
+    loop = {"train_config": config, "train_rows": plan.train_rows(), "columns": columns, "data_files": files}
     if initial_checkpoint is not None:
         loop["initial_checkpoint"] = initial_checkpoint
     return loop
@@ -131,12 +144,13 @@ def build_trainer(
         # (another process to start, seconds before the first batch) and split nothing.
         split = "all" if config.scaling.num_workers > 1 else []
         dataset_config = ray.train.DataConfig(datasets_to_split=split, execution_options=options)
+    files = data_files(config)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(config, plan, initial_checkpoint),
+        train_loop_config=loop_config(config, plan, files, initial_checkpoint),
         scaling_config=scaling,
         run_config=run_config or make_run_config(config),
-        datasets=build_datasets(config),
+        datasets=build_datasets(config, frozenset(materialized_datasets(config, plan.train_rows(), files))),
         dataset_config=dataset_config,
     )
 

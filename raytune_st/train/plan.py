@@ -144,6 +144,35 @@ def planned_steps(config: TrainConfig, train_rows: dict[str, int]) -> int:
     return total_optimizer_steps(args, Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed).epoch_length)
 
 
+def materialized_datasets(config: TrainConfig, train_rows: dict[str, int], files: dict[str, list[list[Any]]]) -> set[str]:
+    """The data sets ("train_datasets.<name>", "eval_datasets.<name>") read once into Ray's object store.
+
+    Ray Data runs a data set's whole read again on every pass: list the files, start a footer
+    reader actor and read tasks (each a Python process of its own to start). A training set
+    trained on for more than one epoch, and an eval set at every evaluation, pay that every
+    time. Those whose files (`files`, from :func:`~raytune_st.train.rerun.data_files`) total at
+    most ``stream.materialize_max_bytes`` are read once instead. Data sets already in the object
+    store (``ray_object``) are not copied.
+    """
+    limit = config.stream.materialize_max_bytes
+
+    def small(key: str, entry: Any) -> bool:
+        return entry.data.format != "ray_object" and sum(f[1] for f in files.get(key, [])) <= limit
+
+    if limit <= 0:
+        return set()
+    args = config.args
+    per_epoch = batches_per_epoch(train_rows, args.per_device_train_batch_size, config.scaling.num_workers)
+    epoch_length = Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed).epoch_length
+    several_epochs = planned_steps(config, train_rows) * args.gradient_accumulation_steps > epoch_length
+    chosen = set()
+    if several_epochs:
+        chosen |= {f"train_datasets.{name}" for name, entry in config.train_datasets.items() if small(f"train_datasets.{name}", entry)}
+    if args.eval_strategy != "no":
+        chosen |= {f"eval_datasets.{name}" for name, entry in config.eval_datasets.items() if small(f"eval_datasets.{name}", entry)}
+    return chosen
+
+
 def cluster_fit(config: TrainConfig, cluster: dict[str, float], *, may_autoscale: bool) -> Optional[str]:
     """Refuse workers that `cluster` (Ray's resource totals) could never hold; returns a warning or None.
 

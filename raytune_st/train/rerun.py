@@ -51,6 +51,7 @@ NEUTRAL_KEYS = (
     "model.backend",  # training runs torch (TrainModelConfig refuses another): only "(not set)" -> torch
     "model.backend_config",
     "scaling.resources_per_worker",
+    "stream.materialize_max_bytes",  # the same rows in the same order, read once or every pass
     "args.report_to",  # where the run is tracked: the rerun is tracked as a new run there
     "args.run_name",
 )

@@ -42,3 +42,44 @@ def test_a_custom_resource_is_refused_on_a_local_ray_that_lacks_it_but_not_where
         cluster_fit(pinned, {"CPU": 4.0}, may_autoscale=False)
     assert cluster_fit(pinned, {"CPU": 4.0}, may_autoscale=True) is None
     assert cluster_fit(pinned, {"CPU": 4.0, "worker_node": 2.0}, may_autoscale=False) is None
+
+
+def materializing(args: dict, stream: dict | None = None, eval_data: bool = False) -> TrainConfig:
+    return build(TrainConfig, {
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "train_datasets": {"pairs": {"data": {"path": DEBIAN_TRAIN, "columns": ["query", "passage"]}}},
+        "eval_datasets": {"dev": {"data": {"path": DEBIAN_TRAIN, "columns": ["query", "passage"]}}} if eval_data else {},
+        "loss": "MultipleNegativesRankingLoss",
+        "args": {"output_dir": "out", "per_device_train_batch_size": 10, **args},
+        "stream": stream or {},
+    })
+
+
+def test_data_sets_read_more_than_once_and_small_enough_are_materialized():
+    from raytune_st.train.plan import materialized_datasets
+
+    rows = {"pairs": 100}  # 10 batches an epoch
+    files = {"train_datasets.pairs": [["a.parquet", 6_000_000, "d"], ["b.parquet", 4_000_000, "d"]],
+             "eval_datasets.dev": [["dev.parquet", 1_000, "d"]]}
+    # One epoch reads the training set once: it streams.
+    assert materialized_datasets(materializing({"max_steps": 10}), rows, files) == set()
+    assert materialized_datasets(materializing({"max_steps": 11}), rows, files) == {"train_datasets.pairs"}
+    assert materialized_datasets(materializing({"num_train_epochs": 2}), rows, files) == {"train_datasets.pairs"}
+    # Accumulated micro-batches count: 5 steps of 2 micro-batches is one epoch, 6 is more.
+    assert materialized_datasets(materializing({"max_steps": 5, "gradient_accumulation_steps": 2}), rows, files) == set()
+    assert materialized_datasets(materializing({"max_steps": 6, "gradient_accumulation_steps": 2}), rows, files) == {"train_datasets.pairs"}
+    # The files' total against the limit; 0 turns it off.
+    assert materialized_datasets(materializing({"max_steps": 11}, {"materialize_max_bytes": 10_000_000}), rows, files) == {"train_datasets.pairs"}
+    assert materialized_datasets(materializing({"max_steps": 11}, {"materialize_max_bytes": 9_999_999}), rows, files) == set()
+    assert materialized_datasets(materializing({"max_steps": 11}, {"materialize_max_bytes": 0}), rows, files) == set()
+    # An eval set is read at every evaluation, whatever the epochs; with evaluation off, never.
+    evaluated = materializing({"max_steps": 10, "eval_strategy": "steps", "eval_steps": 5}, eval_data=True)
+    assert materialized_datasets(evaluated, rows, files) == {"eval_datasets.dev"}
+    assert materialized_datasets(materializing({"max_steps": 10}, eval_data=True), rows, files) == set()
+
+
+def test_materialize_max_bytes_must_not_be_negative():
+    from raytune_st.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"materialize_max_bytes: must be >= 0 \(0 never materializes\), got -1"):
+        materializing({}, {"materialize_max_bytes": -1})

@@ -366,3 +366,41 @@ def test_every_example_runs_a_few_steps(ray_local, tmp_path, tiny_bi_encoder, ti
         # The gradient scaler ran and its state was checkpointed (a disabled scaler saves nothing).
         checkpoints = sorted((tmp_path / "out" / "ray" / config.run.name).glob("checkpoint-*"))
         assert checkpoints and read_checkpoint(str(checkpoints[-1])).scaler.get("scale", 0) > 0
+
+
+def test_a_materialized_data_set_trains_and_resumes_on_the_same_rows_as_one_read_every_pass(
+    ray_local, tmp_path, tiny_bi_encoder, debian_sets
+):
+    """Small data sets read more than once (24 training rows over 3 epochs; the eval set at
+    every evaluation) are read into the object store once; the batches, losses and evaluations
+    are those of reading the files on every pass, and a run resumed in the second epoch
+    repeats them."""
+    import ray.train
+
+    from raytune_st.train.job import fit_and_write, plan_run, train
+    from raytune_st.train.plan import materialized_datasets
+    from raytune_st.train.rerun import data_files
+
+    def config(out, *extra):
+        return training_without_evaluation(tiny_bi_encoder, debian_sets, out, [
+            "train_datasets.mined.data.limit=24", "args.max_steps=16", "args.logging_steps=1", "args.save_steps=8",
+            "scaling.num_workers=1", "args.eval_strategy=steps", "args.eval_steps=8",
+            f"eval_datasets.dev.data.path={debian_sets['triplets']}", "eval_datasets.dev.data.limit=12", *extra,
+        ])
+
+    materialized = config(tmp_path / "materialized")
+    plan = plan_run(materialized)
+    assert materialized_datasets(materialized, plan.train_rows(), data_files(materialized)) == {"train_datasets.mined", "eval_datasets.dev"}
+    train(materialized)
+    train(config(tmp_path / "streamed", "stream.materialize_max_bytes=0"))
+    checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path / "materialized" / "ray" / "train-mnrl-debian" / "checkpoint-000008"))
+    resumed = config(tmp_path / "resumed")
+    fit_and_write(resumed, plan, initial_checkpoint=checkpoint)
+
+    def seen(name):
+        return [(r["step"], r.get("epoch"), r.get("loss"), r.get("grad_norm"), r.get("eval_loss"))
+                for r in read_jsonl(tmp_path / name / "metrics.jsonl")]
+
+    assert seen("materialized") == seen("streamed")
+    assert seen("resumed") == seen("materialized")
+    assert seen("materialized")[-1][1] > 2 and len([r for r in seen("materialized") if r[4] is not None]) == 2
