@@ -258,7 +258,7 @@ class StreamSection:
 
     materialize_max_bytes: int = option(
         128 * 2**20,
-        help="a data set read more than once (a training set over several epochs, an eval set at every evaluation) "
+        help="a data set read more than once (a training set over several epochs, an eval set evaluated more than once) "
         "whose files total at most this many bytes is read once into Ray's object store (Dataset.materialize) and "
         "every pass reads it from there, without read tasks; 0 reads every pass from the files",
     )

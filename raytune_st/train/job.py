@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import warnings
@@ -23,7 +24,8 @@ from raytune_st.errors import ClusterWarning
 from raytune_st.evaluation.metrics import model_facts
 from raytune_st.models.loading import resolve_model
 from raytune_st.outputs import OutputDir, is_inside, join, removed_on_failure
-from raytune_st.runtime import ray_address, ray_session
+from raytune_st.console import verbose
+from raytune_st.runtime import logger_level, ray_address, ray_session
 from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import TrainConfig
@@ -60,7 +62,9 @@ def build_datasets(config: TrainConfig, materialized: frozenset[str] = frozenset
         dataset = read_source(source)
         if f"{section}.{name}" in materialized:
             dataset.context.execution_options.preserve_order = True
-            dataset = dataset.materialize()
+            # Ray Data's own lines (execution plan, timing) go to Ray's logs; --verbose shows them.
+            with contextlib.nullcontext() if verbose() else logger_level("ray.data", logging.ERROR):
+                dataset = dataset.materialize()
         return dataset
 
     datasets = {}

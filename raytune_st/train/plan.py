@@ -21,6 +21,7 @@ from raytune_st.data.sources import inspect_source
 from raytune_st.errors import ClusterError, DataError, RaytuneWarning
 from raytune_st.train.batching import Schedule, batches_per_epoch
 from raytune_st.train.config import LossSpec, TrainConfig, TrainingArgs
+from raytune_st.train.steps import completes_epoch, step_actions
 
 
 @dataclass
@@ -149,10 +150,11 @@ def materialized_datasets(config: TrainConfig, train_rows: dict[str, int], files
 
     Ray Data runs a data set's whole read again on every pass: list the files, start a footer
     reader actor and read tasks (each a Python process of its own to start). A training set
-    trained on for more than one epoch, and an eval set at every evaluation, pay that every
+    trained on for more than one epoch, and an eval set evaluated more than once, pay that every
     time. Those whose files (`files`, from :func:`~raytune_st.train.rerun.data_files`) total at
-    most ``stream.materialize_max_bytes`` are read once instead. Data sets already in the object
-    store (``ray_object``) are not copied.
+    most ``stream.materialize_max_bytes`` are read once instead, before the workers start. Data
+    sets read once anyway stream (the read overlaps the workers' start), and those already in the
+    object store (``ray_object``) are not copied.
     """
     limit = config.stream.materialize_max_bytes
 
@@ -164,13 +166,26 @@ def materialized_datasets(config: TrainConfig, train_rows: dict[str, int], files
     args = config.args
     per_epoch = batches_per_epoch(train_rows, args.per_device_train_batch_size, config.scaling.num_workers)
     epoch_length = Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed).epoch_length
-    several_epochs = planned_steps(config, train_rows) * args.gradient_accumulation_steps > epoch_length
+    total = planned_steps(config, train_rows)
     chosen = set()
-    if several_epochs:
+    if total * args.gradient_accumulation_steps > epoch_length:
         chosen |= {f"train_datasets.{name}" for name, entry in config.train_datasets.items() if small(f"train_datasets.{name}", entry)}
-    if args.eval_strategy != "no":
+    if config.eval_datasets and evaluations(args, total, epoch_length, stop_at=2) >= 2:
         chosen |= {f"eval_datasets.{name}" for name, entry in config.eval_datasets.items() if small(f"eval_datasets.{name}", entry)}
     return chosen
+
+
+def evaluations(args: TrainingArgs, total_steps: int, epoch_length: int, *, stop_at: int) -> int:
+    """How many times a run evaluates (as :func:`~raytune_st.train.steps.step_actions` decides),
+    counted up to `stop_at`."""
+    count = 0
+    for step in range(1, total_steps + 1):
+        micro = step * args.gradient_accumulation_steps
+        epoch_done = completes_epoch(micro - args.gradient_accumulation_steps, micro, epoch_length)
+        count += step_actions(step, total_steps=total_steps, epoch_done=epoch_done, args=args, has_eval=True).evaluate
+        if count >= stop_at:
+            break
+    return count
 
 
 def cluster_fit(config: TrainConfig, cluster: dict[str, float], *, may_autoscale: bool) -> Optional[str]:

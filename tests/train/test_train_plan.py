@@ -72,10 +72,15 @@ def test_data_sets_read_more_than_once_and_small_enough_are_materialized():
     assert materialized_datasets(materializing({"max_steps": 11}, {"materialize_max_bytes": 10_000_000}), rows, files) == {"train_datasets.pairs"}
     assert materialized_datasets(materializing({"max_steps": 11}, {"materialize_max_bytes": 9_999_999}), rows, files) == set()
     assert materialized_datasets(materializing({"max_steps": 11}, {"materialize_max_bytes": 0}), rows, files) == set()
-    # An eval set is read at every evaluation, whatever the epochs; with evaluation off, never.
+    # An eval set is read at every evaluation, whatever the epochs: materialized when evaluated
+    # more than once (at steps 5 and 10; at the last step only, or never, it streams).
     evaluated = materializing({"max_steps": 10, "eval_strategy": "steps", "eval_steps": 5}, eval_data=True)
     assert materialized_datasets(evaluated, rows, files) == {"eval_datasets.dev"}
+    once = materializing({"max_steps": 10, "eval_strategy": "steps", "eval_steps": 10}, eval_data=True)
+    assert materialized_datasets(once, rows, files) == set()
     assert materialized_datasets(materializing({"max_steps": 10}, eval_data=True), rows, files) == set()
+    by_epoch = materializing({"num_train_epochs": 2, "eval_strategy": "epoch"}, eval_data=True)
+    assert materialized_datasets(by_epoch, rows, files) == {"train_datasets.pairs", "eval_datasets.dev"}
 
 
 def test_materialize_max_bytes_must_not_be_negative():
