@@ -369,7 +369,7 @@ def test_every_example_runs_a_few_steps(ray_local, tmp_path, tiny_bi_encoder, ti
 
 
 def test_a_materialized_data_set_trains_and_resumes_on_the_same_rows_as_one_read_every_pass(
-    ray_local, tmp_path, tiny_bi_encoder, debian_sets
+    ray_local, tmp_path, tiny_bi_encoder, debian_sets, capfd
 ):
     """Small data sets read more than once (24 training rows over 3 epochs; the eval set at
     every evaluation) are read into the object store once; the batches, losses and evaluations
@@ -391,7 +391,10 @@ def test_a_materialized_data_set_trains_and_resumes_on_the_same_rows_as_one_read
     materialized = config(tmp_path / "materialized")
     plan = plan_run(materialized)
     assert materialized_datasets(materialized, plan.train_rows(), data_files(materialized)) == {"train_datasets.mined", "eval_datasets.dev"}
+    capfd.readouterr()
     train(materialized)
+    console = capfd.readouterr()
+    assert "Dataset" not in console.out + console.err  # Ray Data's lines stay in Ray's logs
     train(config(tmp_path / "streamed", "stream.materialize_max_bytes=0"))
     checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path / "materialized" / "ray" / "train-mnrl-debian" / "checkpoint-000008"))
     resumed = config(tmp_path / "resumed")
