@@ -166,7 +166,7 @@ def materialized_datasets(config: TrainConfig, train_rows: dict[str, int], files
     args = config.args
     per_epoch = batches_per_epoch(train_rows, args.per_device_train_batch_size, config.scaling.num_workers)
     epoch_length = Schedule(per_epoch, args.multi_dataset_batch_sampler, args.seed).epoch_length
-    total = planned_steps(config, train_rows)
+    total = total_optimizer_steps(args, epoch_length)  # planned_steps, without building the schedule again
     chosen = set()
     if total * args.gradient_accumulation_steps > epoch_length:
         chosen |= {f"train_datasets.{name}" for name, entry in config.train_datasets.items() if small(f"train_datasets.{name}", entry)}
