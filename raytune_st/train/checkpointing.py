@@ -203,4 +203,9 @@ def read_history(path: str) -> list[dict[str, Any]]:
     if not os.path.exists(path):
         return []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        return parse_history(handle.read())
+
+
+def parse_history(text: str) -> list[dict[str, Any]]:
+    """The records of a history file's text (one JSON object a line)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -292,11 +292,9 @@ def latest_checkpoint_config(run_dir: str) -> Optional[tuple[str, dict[str, Any]
 
 def latest_checkpoint_history(run_dir: str) -> list[dict[str, Any]]:
     """Every metrics record of the run in `run_dir` up to its newest checkpoint ([] when it has none)."""
-    import json
-
     import pyarrow.fs
 
-    from raytune_st.train.checkpointing import HISTORY_FILE
+    from raytune_st.train.checkpointing import HISTORY_FILE, parse_history
 
     found = _newest_complete_checkpoint(run_dir)
     if found is None:
@@ -306,7 +304,7 @@ def latest_checkpoint_history(run_dir: str) -> list[dict[str, Any]]:
     if fs.get_file_info(history_file).type != pyarrow.fs.FileType.File:
         return []
     with fs.open_input_stream(history_file) as handle:
-        return [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
+        return parse_history(handle.read().decode())
 
 
 def with_defaults(config_cls: type, old: dict[str, Any]) -> dict[str, Any]:
