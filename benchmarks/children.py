@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
 QUIET_LOAD = 0.5
@@ -82,6 +82,25 @@ def load_line(runs: list[dict]) -> str:
     noisy = sum(load >= QUIET_LOAD for load in loads)
     return f"1-minute load average before the runs: {spread(loads, '{:.2f}')}" + (
         f"  ({noisy} run(s) above {QUIET_LOAD}: those figures are not quiet-machine figures)" if noisy else ""
+    )
+
+
+def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]] = None) -> None:
+    """A local Ray as raytune_st starts one: no dashboard or metrics collection, workers' output
+    in Ray's log files, and the environment a run hands its processes (runtime.worker_env, with
+    `env` on top). `num_cpus`: logical CPUs (default: the machine's); one more than the machine
+    has lets Ray Data's read task run beside a worker that reserves every core."""
+    import ray
+
+    from raytune_st.runtime import LOCAL_SYSTEM_CONFIG, worker_env
+
+    ray.init(
+        num_cpus=num_cpus,
+        log_to_driver=False,
+        logging_level="ERROR",
+        include_dashboard=False,
+        _system_config=LOCAL_SYSTEM_CONFIG,
+        runtime_env={"env_vars": {**worker_env(local=True), **(env or {})}},
     )
 
 

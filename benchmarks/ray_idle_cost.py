@@ -32,15 +32,10 @@ def main(argv=None) -> int:
     import psutil
     import ray
 
-    from raytune_st.runtime import LOCAL_SYSTEM_CONFIG, worker_env
-
     load = children.quiet_load(cli.wait)
     marked = f"  (above {children.QUIET_LOAD}: not a quiet-machine figure)" if load >= children.QUIET_LOAD else ""
     print(f"1-minute load average before the run: {load:.2f}{marked}", flush=True)
-    ray.init(
-        log_to_driver=False, logging_level="ERROR", include_dashboard=False,
-        _system_config=LOCAL_SYSTEM_CONFIG, runtime_env={"env_vars": worker_env(local=True)},
-    )
+    children.start_local_ray()
 
     @ray.remote(num_cpus=0)
     class Idle:

@@ -147,9 +147,7 @@ def train_raytune(args: dict) -> dict:
             "stream": {"global_shuffle": spec["global_shuffle"]},
         },
     )
-    from raytune_st.runtime import worker_env
-
-    ray.init(num_cpus=cpus + 1, log_to_driver=False, logging_level="ERROR", include_dashboard=False, runtime_env={"env_vars": worker_env(local=True)})
+    children.start_local_ray(cpus + 1)
     began = time.perf_counter()
     try:
         metrics = train(config)

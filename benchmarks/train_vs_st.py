@@ -145,23 +145,11 @@ def run_sentence_transformers(args: dict) -> dict:
 
 
 def start_ray(args: dict) -> None:
-    """A local Ray as raytune_st starts one (no dashboard, no metrics collection, the same
-    environment for its processes), with one more
-    logical CPU than the machine has so that Ray Data's read task runs beside a worker that
-    reserves every core."""
-    import ray
-
-    from raytune_st.runtime import LOCAL_SYSTEM_CONFIG, worker_env
-
+    """A local Ray as raytune_st starts one, with one more logical CPU than the machine has so
+    that Ray Data's read task runs beside a worker that reserves every core; --ray-env's
+    variables go to this process (Ray's own processes read them) and to the workers."""
     os.environ.update(args["ray_env"])
-    ray.init(
-        num_cpus=(os.cpu_count() or 1) + 1,
-        log_to_driver=False,
-        logging_level="ERROR",
-        include_dashboard=False,
-        _system_config=LOCAL_SYSTEM_CONFIG,
-        runtime_env={"env_vars": {**worker_env(local=True), **dict(args["ray_env"])}},
-    )
+    children.start_local_ray((os.cpu_count() or 1) + 1, dict(args["ray_env"]))
 
 
 def ray_figures(processes: "children.RayProcesses") -> dict:
