@@ -184,7 +184,12 @@ def test_bad_sweeps_fail_before_any_trial_starts(tmp_path, tiny_bert_dir, pairs)
 def test_pbt_clones_the_better_trial_into_the_poorer_one(tmp_path, tiny_bert_dir, pairs):
     """Two trials, PBT every 2 steps: at a perturbation the poorer trial continues from the
     better one's checkpoint (a new Train run named after it) with perturbed values, and both
-    trials still run exactly their planned steps."""
+    trials still run exactly their planned steps.
+
+    PBT compares only trials that have reported and are still running, and a tiny model's step
+    takes milliseconds while a Train run takes seconds to start: 40 steps keep both trials
+    running together after their starts (8 steps ran in under half a second, and a CI run saw
+    the first trial finish before the second's first report, with nothing to compare)."""
     config = sweep_config(
         tmp_path / "out",
         tiny_bert_dir,
@@ -193,7 +198,7 @@ def test_pbt_clones_the_better_trial_into_the_poorer_one(tmp_path, tiny_bert_dir
         scheduler={"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5, "resample_probability": 0.0},
         name="pbt-test",
     )
-    config["args"]["max_steps"] = 8
+    steps = config["args"]["max_steps"] = 40
     path = tmp_path / "pbt.yaml"
     path.write_text(yaml.safe_dump(config))
 
@@ -202,12 +207,12 @@ def test_pbt_clones_the_better_trial_into_the_poorer_one(tmp_path, tiny_bert_dir
 
     out = tmp_path / "out"
     rows = json.loads((out / "results.json").read_text())
-    assert len(rows) == 2 and all(r["stop_reason"] == "completed" and r["steps"] == 8 for r in rows), rows
+    assert len(rows) == 2 and all(r["stop_reason"] == "completed" and r["steps"] == steps for r in rows), rows
     resumed = {}
     for row in rows:
         records = [json.loads(line) for line in (out / "trials" / row["trial_id"] / "metrics.jsonl").read_text().splitlines()]
-        steps = [r["step"] for r in records]
-        assert steps == sorted(set(steps)) and steps[-1] == 8, steps  # a clone carries on, it does not retrain
+        logged = [r["step"] for r in records]
+        assert logged == sorted(set(logged)) and logged[-1] == steps, logged  # a clone carries on, it does not retrain
         resumed[row["trial_id"]] = [r["resumed_from_step"] for r in records if "resumed_from_step" in r]
     # A clone is a new Train run, named after the checkpoint it was handed, that starts from its
     # own copy of the better trial's checkpoint: a perturbation step, or the better trial's last
