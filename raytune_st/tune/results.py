@@ -6,13 +6,13 @@ tested without Ray; :func:`collect_rows` reads Tune's results and each trial's o
 
 from __future__ import annotations
 
-import json
 import posixpath
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from raytune_st.outputs import OutputDir
 from raytune_st.plots import figure, png_bytes
+from raytune_st.train.checkpointing import parse_history
 from raytune_st.tune.config import TuneConfig
 from raytune_st.tune.trial import TRIALS_DIR
 
@@ -60,7 +60,7 @@ def collect_rows(config: TuneConfig, grid: Any, output: OutputDir) -> list[Trial
             reason = "completed"
             # The trial's own log is complete even when Tune's record of it lags (a trial
             # interrupted after its last step and finished on resume reports nothing new).
-            logged = [json.loads(line) for line in output.read(posixpath.join(trial_dir, "metrics.jsonl")).decode().splitlines()]
+            logged = parse_history(output.read(posixpath.join(trial_dir, "metrics.jsonl")).decode())
             steps = logged[-1]["step"]
             if search.metric:
                 history = [(r["step"], r[search.metric]) for r in logged if search.metric in r]
