@@ -434,13 +434,15 @@ def check_loss_step(report: Report, ctx: Context) -> None:
     from raytune_st.losses.build import build_loss
     from raytune_st.train.config import TrainConfig
     from raytune_st.train.loop import WorkerContext, _collator, shard_name
+    from raytune_st.train.world import LocalWorld
 
     rows = ctx.pairs(ctx.sizes.batch * 3).to_dict("records")
     for amp in ("fp16", "bf16"):
         config = build(TrainConfig, _train_config(ctx, "loss-step", amp, steps=3))
         model = config.model.load(device=ctx.device)
         amp_dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-        worker = WorkerContext(config, {shard_name("train", "pairs"): ["query", "passage"]}, 0, 1, torch.device(ctx.device), amp_dtype)
+        world = LocalWorld({}, storage="", device=torch.device(ctx.device))
+        worker = WorkerContext(config, {shard_name("train", "pairs"): ["query", "passage"]}, world, amp_dtype)
         worker.collator = _collator(model, None, False)  # as the loop's setup() builds it
         loss_fn = build_loss("MultipleNegativesRankingLoss", {}, model, "bi_encoder")
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)

@@ -146,9 +146,10 @@ def save_tiny_bi_encoder(path: str, *, max_seq_length: int = 64, seed: int = 0) 
 
 
 def save_tiny_cross_encoder(
-    path: str, *, max_length: int = 64, initializer_range: float = 0.02, seed: int = 1
+    path: str, *, max_length: int = 64, initializer_range: float = 0.02, seed: int = 1, num_labels: int = 1
 ) -> str:
-    """The tiny BERT with a 1-logit classification head, saved as a CrossEncoder in ``path``.
+    """The tiny BERT with a classification head of `num_labels` logits (1: a reranker's score),
+    saved as a CrossEncoder in ``path`` (``path/cross-encoder``, or ``cross-encoder-<n>-labels``).
 
     With BERT's default ``initializer_range`` (0.02) every pair scores about the same; raise it
     where a test needs the scores to rank pairs apart from float noise.
@@ -157,13 +158,14 @@ def save_tiny_cross_encoder(
     from sentence_transformers.cross_encoder import CrossEncoder
     from transformers import BertForSequenceClassification
 
-    config, tokenizer = _bert_config(num_labels=1, initializer_range=initializer_range)
+    config, tokenizer = _bert_config(num_labels=num_labels, initializer_range=initializer_range)
     torch.manual_seed(seed)
-    raw = os.path.join(path, "hf-ce")
+    suffix = "" if num_labels == 1 else f"-{num_labels}-labels"
+    raw = os.path.join(path, "hf-ce" + suffix)
     BertForSequenceClassification(config).save_pretrained(raw)
     tokenizer.save_pretrained(raw)
-    out = os.path.join(path, "cross-encoder")
-    CrossEncoder(raw, num_labels=1, max_length=max_length, device="cpu").save(out)
+    out = os.path.join(path, "cross-encoder" + suffix)
+    CrossEncoder(raw, num_labels=num_labels, max_length=max_length, device="cpu").save(out)
     return out
 
 

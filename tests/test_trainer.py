@@ -50,12 +50,14 @@ def test_training_arguments_map_to_the_jobs_args_with_their_values(tmp_path):
     args = st_args(
         tmp_path, learning_rate=3e-5, max_steps=10, batch_sampler=BatchSamplers.NO_DUPLICATES, eval_strategy="steps",
         eval_steps=5, lr_scheduler_type="cosine", warmup_ratio=0.1, seed=7, report_to="none",
+        adam_beta1=0.8, adam_beta2=0.98, adam_epsilon=1e-6,
     )
     section = args_section(args)
     built = build(TrainingArgs, section)
     assert (built.learning_rate, built.max_steps, built.batch_sampler, built.eval_strategy, built.eval_steps) == (3e-5, 10, "no_duplicates", "steps", 5)
     assert (built.lr_scheduler_type, built.warmup_ratio, built.seed, built.output_dir) == ("cosine", 0.1, 7, str(tmp_path / "out"))
     assert built.report_to == "none"
+    assert (built.adam_beta1, built.adam_beta2, built.adam_epsilon) == (0.8, 0.98, 1e-6)
 
 
 def test_training_arguments_the_job_does_not_support_are_listed_not_ignored(tmp_path):
@@ -370,3 +372,46 @@ def test_the_same_objects_sweep_with_tune_and_a_trainer_runs_once(ray_local, tmp
     assert result["best"]["loss"] == min(row["loss"] for row in result["trials"])
     with pytest.raises(ConfigError, match="this RayTrainer has run"):
         trainer.train()
+
+
+@pytest.mark.ray
+def test_a_cross_encoder_trains_on_two_workers_with_a_pointwise_and_a_listwise_loss(ray_local, tmp_path):
+    """sentence-transformers' reranker recipe with the trainer swapped, on two workers: one data set
+    of labeled pairs (BinaryCrossEntropyLoss), one of candidate lists (LambdaLoss)."""
+    import numpy as np
+    from datasets import Dataset, DatasetDict
+    from sentence_transformers import CrossEncoder, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, LambdaLoss
+
+    from raytune_st.testing import save_tiny_cross_encoder
+    from raytune_st.trainer import RayTrainer
+
+    model = CrossEncoder(save_tiny_cross_encoder(str(tmp_path / "ce")), device="cpu")
+    before = model.predict([("apt", "package manager")])
+    queries = [f"package {i}" for i in range(32)]
+    train = DatasetDict(
+        {
+            "pairs": Dataset.from_dict({"query": queries, "passage": [f"tool {i}" for i in range(32)], "label": [1.0, 0.0] * 16}),
+            "lists": Dataset.from_dict(
+                {"query": queries, "docs": [[f"tool {i}", f"tool {i + 1}", f"tool {i + 2}"] for i in range(32)], "labels": [[1, 0, 0]] * 32}
+            ),
+        }
+    )
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1
+    )
+    trainer = RayTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        loss={"pairs": BinaryCrossEntropyLoss(model), "lists": LambdaLoss(model)},
+        scaling={"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},
+    )
+    metrics = trainer.train()
+
+    assert metrics["step"] == 4 and metrics["worker_steps_min"] == metrics["worker_steps_max"] == 4
+    final = CrossEncoder(str(tmp_path / "out" / "final"), device="cpu")
+    after = final.predict([("apt", "package manager")])
+    # The trained weights are in out/final and back in the caller's model, and they moved.
+    assert np.allclose(model.predict([("apt", "package manager")]), after, atol=1e-5)
+    assert not np.allclose(before, after, atol=1e-6)

@@ -1,7 +1,9 @@
 """Training on Ray Train: the config, the per-worker loop and the driver that runs it.
 
 - :class:`~raytune_st.train.config.TrainConfig`: the `raytune-st train` config.
-- :func:`~raytune_st.train.loop.train_loop_per_worker`: the loop every worker runs.
+- :func:`~raytune_st.train.loop.run_worker`: the loop every worker runs, in any
+  :class:`~raytune_st.train.world.World`; :func:`~raytune_st.train.ray_world.train_loop_per_worker`
+  runs it on a Ray Train worker.
 - :func:`~raytune_st.train.job.build_trainer`: the TorchTrainer for a checked config.
 - :func:`~raytune_st.train.job.train`: check, fit, write the outputs.
 
@@ -25,7 +27,7 @@ def __getattr__(name):
 
         return getattr(job, name)
     if name == "train_loop_per_worker":
-        from raytune_st.train.loop import train_loop_per_worker
+        from raytune_st.train.ray_world import train_loop_per_worker
 
         return train_loop_per_worker
     raise AttributeError(name)

@@ -140,11 +140,19 @@ class ShardBatcher:
         self._buffer: list[Row] = list(pending)
         self._exhausted = False
         self._first_batch: list[Row] = []
+        self._peeked: Optional[list[Row]] = None
         self.rows_read = 0
         self.padded_batches = 0
 
     def pending(self) -> list[Row]:
-        return list(self._buffer)
+        """Rows read from the stream but not yet handed out, in the order they would be."""
+        return list(self._peeked or []) + list(self._buffer)
+
+    def peek(self) -> list[Row]:
+        """The batch that :meth:`next_batch` returns next, without handing it out."""
+        if self._peeked is None:
+            self._peeked = self.next_batch()
+        return self._peeked
 
     def _pull(self) -> bool:
         """Move one row from the stream into the buffer; False at the end of the stream."""
@@ -194,6 +202,9 @@ class ShardBatcher:
 
     def next_batch(self) -> list[Row]:
         """The next batch of exactly `batch_size` rows."""
+        if self._peeked is not None:
+            batch, self._peeked = self._peeked, None
+            return batch
         batch = self._fill_unique() if self.no_duplicates else self._fill_plain()
         if len(batch) < self.batch_size:
             batch = self._pad(batch)

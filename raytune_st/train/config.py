@@ -113,6 +113,9 @@ class TrainingArgs:
         "adamw_torch_fused", help="AdamW implementation, as in transformers: fused kernel (default) or per-tensor loop"
     )
     weight_decay: float = option(0.0, help="AdamW weight decay, not applied to biases and LayerNorm weights")
+    adam_beta1: float = option(0.9, help="AdamW beta1: decay rate of the gradient's running mean")
+    adam_beta2: float = option(0.999, help="AdamW beta2: decay rate of the squared gradient's running mean")
+    adam_epsilon: float = option(1e-8, help="AdamW epsilon, added to the denominator for numerical stability")
     max_grad_norm: float = option(1.0, help="gradient clipping norm; 0 disables clipping")
     fp16: bool = option(False, help="float16 mixed precision with a gradient scaler (meant for GPUs; runs on CPU too)")
     bf16: bool = option(False, help="bfloat16 mixed precision (autocast)")
@@ -156,6 +159,11 @@ class TrainingArgs:
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {value}")
+        for key in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
+        if self.adam_epsilon <= 0:
+            raise ConfigError(f"adam_epsilon: must be positive, got {self.adam_epsilon}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("num_train_epochs: must be positive (or set max_steps > 0)")
         if not 0.0 <= self.warmup_ratio < 1.0:

@@ -5,7 +5,7 @@
    checkpoint storage was made with this config (else it is refused, see train/rerun.py).
    Then, in the Ray session: every data set holds at least one batch per worker.
 2. Build the Ray datasets (lazy) and the TorchTrainer (:func:`build_trainer`, also used by
-   Ray Tune trials) and fit: every worker runs :func:`~raytune_st.train.loop.train_loop_per_worker`.
+   Ray Tune trials) and fit: every worker runs :func:`~raytune_st.train.ray_world.train_loop_per_worker`.
 3. From the latest checkpoint (or the best, with load_best_model_at_end) write
    `args.output_dir`: final/, metrics.jsonl, runs/ (TensorBoard), curves.png, config.yaml.
 """
@@ -29,13 +29,15 @@ from raytune_st.runtime import logger_level, ray_address, ray_session
 from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import TrainConfig
-from raytune_st.train.loop import shard_name, train_loop_per_worker
+from raytune_st.train.loop import shard_name
 from raytune_st.train.plan import Plan, check_dataset, cluster_fit, materialized_datasets, planned_steps, preflight
 from raytune_st.train.progress import TrainConsole, tracking_start
+from raytune_st.train.ray_world import PLAN_KEY, train_loop_per_worker
 from raytune_st.train.rerun import check_rerun, data_files, latest_checkpoint_config
 from raytune_st.train.scan import check_values
 from raytune_st.train.steps import ranks_checkpoints
 from raytune_st.train.trackers import check_trackers, params_of, resolve_report_to
+from raytune_st.train.world import LoopPlan
 
 if TYPE_CHECKING:
     import ray.data
@@ -77,15 +79,11 @@ def build_datasets(config: TrainConfig, materialized: frozenset[str] = frozenset
     return datasets
 
 
-def loop_config(config: TrainConfig, plan: Plan, files: dict[str, Any], initial_checkpoint: Any = None) -> dict[str, Any]:
-    """The `train_loop_config` of the TorchTrainer (see train_loop_per_worker's docstring);
-    `files`: :func:`~raytune_st.train.rerun.data_files` of the config."""
+def loop_plan(config: TrainConfig, plan: Plan, files: dict[str, Any], initial_checkpoint: Any = None) -> LoopPlan:
+    """What every worker's loop is handed; `files`: :func:`~raytune_st.train.rerun.data_files` of the config."""
     columns = {shard_name("train", name): p.columns for name, p in plan.train.items()}
     columns.update({shard_name("eval", name): p.columns for name, p in plan.eval.items()})
-    loop = {"train_config": config, "train_rows": plan.train_rows(), "columns": columns, "data_files": files}
-    if initial_checkpoint is not None:
-        loop["initial_checkpoint"] = initial_checkpoint
-    return loop
+    return LoopPlan(config, plan.train_rows(), columns, files, initial_checkpoint)
 
 
 def make_run_config(
@@ -151,7 +149,7 @@ def build_trainer(
     files = data_files(config)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(config, plan, files, initial_checkpoint),
+        train_loop_config={PLAN_KEY: loop_plan(config, plan, files, initial_checkpoint)},
         scaling_config=scaling,
         run_config=run_config or make_run_config(config),
         datasets=build_datasets(config, frozenset(materialized_datasets(config, plan.train_rows(), files))),

@@ -1,16 +1,12 @@
-"""The training loop that runs on every Ray Train worker, read top to bottom.
+"""The training loop that runs on every worker, read top to bottom.
 
-:func:`train_loop_per_worker` is what TorchTrainer runs (the train job) and what a Ray Tune
-trial runs (through the same TorchTrainer). Its `loop_config` is::
+:func:`run_worker` takes a :class:`~raytune_st.train.world.LoopPlan` (the checked config and
+what pre-flight learnt about the data) and a :class:`~raytune_st.train.world.World` (rank,
+device, data shards, the checkpoint to resume from, where reports go). On a cluster the world
+is Ray Train's (train/ray_world.py: what TorchTrainer runs for the train job and for every
+Ray Tune trial); in tests it is an in-process one (train/world.py). No Ray here.
 
-    {"train_config": TrainConfig,         # the resolved config
-     "train_rows": {name: rows, ...},     # global row counts, from pre-flight
-     "columns": {"train_<name>": [...], "eval_<name>": [...]},
-     "data_files": {"train_datasets.<name>": [[file, bytes, digest], ...]},  # optional: kept in checkpoints
-     "initial_checkpoint": ray.train.Checkpoint}       # optional: where a new run starts (PBT)
-
-The data sets arrive as Ray Train dataset shards named ``train_<name>`` and ``eval_<name>``
-(:func:`shard_name`).
+The data sets arrive as shards named ``train_<name>`` and ``eval_<name>`` (:func:`shard_name`).
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Iterator, Optional
 
 from raytune_st.config.core import dump_yaml
@@ -50,6 +47,7 @@ from raytune_st.train.energy import EnergyTracker
 from raytune_st.train.plan import total_optimizer_steps
 from raytune_st.train.steps import check_metric_reported, completes_epoch, improves, step_actions
 from raytune_st.train.trackers import resolve_report_to
+from raytune_st.train.world import LoopPlan, World
 
 ROWS_PER_READ = 256  # rows fetched from a shard at a time; batching happens afterwards
 
@@ -59,25 +57,25 @@ def shard_name(section: str, name: str) -> str:
     return f"{section}_{name}"
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    import ray.train
+def run_worker(plan: LoopPlan, world: World) -> Any:
+    """Train this worker's part of the run; returns the trained (unwrapped) model."""
     import torch
     from transformers import set_seed
 
     # 1. Unpack: the typed config, this worker's place in the group.
-    config: TrainConfig = loop_config["train_config"]
+    config = plan.config
     args = config.args
-    worker = WorkerContext.current(config, loop_config["columns"])
+    worker = WorkerContext.of(config, plan.columns, world)
     set_seed(args.seed)
 
     # 2. This worker's shards, opened before the model loads: a Ray Data stream takes seconds to
     #    start (tasks start, files are listed and read), and it starts reading now, meanwhile.
-    streams = TrainStreams(config, worker, loop_config["train_rows"])
+    streams = TrainStreams(config, worker, plan.train_rows)
 
-    # 3. The model and where training starts: the last checkpoint when Ray restarted us, else the
-    #    checkpoint the run starts from (a PBT trial cloning a better one), else the config.
-    own_checkpoint = ray.train.get_checkpoint()
-    checkpoint = own_checkpoint or loop_config.get("initial_checkpoint")
+    # 3. The model and where training starts: the last checkpoint when the run was restarted, else
+    #    the checkpoint the run starts from (a PBT trial cloning a better one), else the config.
+    own_checkpoint = world.restored_checkpoint()
+    checkpoint = own_checkpoint or plan.initial_checkpoint
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             state = read_checkpoint(path)
@@ -90,11 +88,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # 4. Losses, DDP, optimizer, scheduler and scaler, restored from the checkpoint; the collator
     #    and (on rank 0) the evaluators.
-    run = setup(config, model, state, worker, streams.schedule.epoch_length)
-    data_files = loop_config.get("data_files")
+    run = setup(config, model, state, worker, streams, batchers)
+    data_files = plan.data_files
     if state.step >= run.total_steps:
         _report_finished(run, state, config, worker, data_files, started_here=own_checkpoint is None)
-        return
+        return run.model
     if len(state.rng) == worker.world_size:
         # Last, after everything that draws random numbers while setting up (a loss's new
         # classifier, the model's head): dropout and the rest continue exactly where the
@@ -103,7 +101,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     energy = None
     if "codecarbon" in resolve_report_to(args.report_to):
-        energy = EnergyTracker(args.run_name or config.run.name, measure=ray.train.get_context().get_local_rank() == 0)
+        energy = EnergyTracker(args.run_name or config.run.name, measure=world.local_rank == 0)
 
     # 5. The loop: gradient_accumulation_steps micro-batches per optimizer step, each from the
     #    data set the shared schedule names, so every worker runs exactly the same steps.
@@ -176,16 +174,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics.update(step=step)
         if worker.rank == 0:
             history.append(dict(metrics))
-        report_checkpoint = None
+        checkpoint_dir = None
         if save:
             state.step, state.micro_batches, state.history = step, micro, history
-            report_checkpoint = _save(run, state, batchers, epoch, worker, data_files)
-        ray.train.report(
-            metrics,
-            checkpoint=report_checkpoint,
-            checkpoint_dir_name=f"checkpoint-{step:06d}" if save else None,
-            delete_local_checkpoint_after_upload=report_checkpoint is not None,
-        )
+            checkpoint_dir = _save(run, state, batchers, epoch, worker, data_files)
+        world.report(metrics, checkpoint_dir, checkpoint_name(step) if save else None)
+    return run.model
+
+
+def checkpoint_name(step: int) -> str:
+    """A checkpoint's directory name: sorted by name is sorted by step."""
+    return f"checkpoint-{step:06d}"
 
 
 # --- setup: the worker's place, its data streams, and what it trains ------------------------
@@ -196,24 +195,31 @@ class WorkerContext:
     """This worker's place in the group, and how it turns rows into a loss value."""
 
     config: TrainConfig
-    columns: dict[str, list[str]]  # per Ray Train dataset name (see shard_name)
-    rank: int
-    world_size: int
-    device: Any
+    columns: dict[str, list[str]]  # per shard name (see shard_name)
+    world: World
     amp_dtype: Any  # torch.float16 / torch.bfloat16 under fp16 / bf16, else None
     collator: Any = None  # set by setup(), once the model exists
     with_name: bool = False  # the prompts are keyed by data set name
 
     @classmethod
-    def current(cls, config: TrainConfig, columns: dict[str, list[str]]) -> "WorkerContext":
-        import ray.train
-        import ray.train.torch
+    def of(cls, config: TrainConfig, columns: dict[str, list[str]], world: World) -> "WorkerContext":
         import torch
 
-        context = ray.train.get_context()
         args = config.args
         amp_dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
-        return cls(config, columns, context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device(), amp_dtype)
+        return cls(config, columns, world, amp_dtype)
+
+    @property
+    def rank(self) -> int:
+        return self.world.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.world.world_size
+
+    @property
+    def device(self) -> Any:
+        return self.world.device
 
     def inputs(self, section: str, name: str) -> list[str]:
         """The text columns of a data set, in the order its loss takes them."""
@@ -247,12 +253,10 @@ class TrainStreams:
 
     def open_epoch(self, epoch: int, resume: dict[str, dict[str, Any]]) -> dict[str, tuple[ShardBatcher, int]]:
         """A batcher per data set for `epoch`; on resume, each first skips what this worker already read."""
-        import ray.train
-
         args, stream = self.config.args, self.config.stream
         batchers = {}
         for name in self.config.train_datasets:
-            shard = ray.train.get_dataset_shard(shard_name("train", name))
+            shard = self.worker.world.shard(shard_name("train", name))
             rows = _iter_rows(shard, stream.shuffle_buffer_size, seed=args.seed + 1000 * epoch + self.worker.rank)
             done = resume.get(name, {})
             batcher = ShardBatcher(
@@ -288,11 +292,17 @@ class Trainables:
     evaluators: list[Any]  # on rank 0 only
 
 
-def setup(config: TrainConfig, model: Any, state: TrainingState, worker: WorkerContext, epoch_length: int) -> Trainables:
+def setup(
+    config: TrainConfig,
+    model: Any,
+    state: TrainingState,
+    worker: WorkerContext,
+    streams: TrainStreams,
+    batchers: dict[str, tuple[ShardBatcher, int]],
+) -> Trainables:
     """Losses (one per data set, built on the unwrapped model), DDP (gloo on CPU, NCCL on GPU) with the
     losses pointed at it so gradients are averaged across workers, HF's AdamW groups, the transformers
     scheduler and the gradient scaler (all restored from `state`), the collator and the evaluators."""
-    import ray.train.torch
     import torch
     from transformers import get_scheduler
 
@@ -301,6 +311,8 @@ def setup(config: TrainConfig, model: Any, state: TrainingState, worker: WorkerC
     args = config.args
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if worker.device.type == "cuda":
+        torch.cuda.set_device(worker.device)
     model.to(worker.device)
     losses = {}
     for name in config.train_datasets:
@@ -320,9 +332,20 @@ def setup(config: TrainConfig, model: Any, state: TrainingState, worker: WorkerC
     for name, loss_state in state.losses.items():
         losses[name].load_state_dict(loss_state, strict=False)
 
-    ddp_model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": not args.gradient_checkpointing}
-    )
+    # Batches are tokenised on the worker with sentence-transformers' collator; evaluators run on rank 0.
+    worker.collator = _collator(model, args.prompts, config.model.type == "cross_encoder")
+    worker.with_name = wants_dataset_name(args.prompts, list(config.train_datasets) + list(config.eval_datasets))
+
+    ddp_model = model
+    if worker.world_size > 1:
+        # Reentrant gradient checkpointing cannot run under find_unused_parameters (DDP would mark
+        # the recomputed parameters ready twice); otherwise DDP searches for unused parameters only
+        # when a first batch shows that the losses leave some unused, since the search costs every step.
+        find_unused = False
+        if not args.gradient_checkpointing:
+            first = {name: batchers[name][0].peek() for name in losses}  # still first in line for training
+            find_unused = _on_any_worker(bool(unused_parameters(model, losses, first, streams.inputs, worker)), worker)
+        ddp_model = wrap_ddp(model, worker.device, find_unused_parameters=find_unused)
     for loss in losses.values():
         _point_loss_at(loss, ddp_model, model)
 
@@ -331,22 +354,75 @@ def setup(config: TrainConfig, model: Any, state: TrainingState, worker: WorkerC
     optimizer = torch.optim.AdamW(
         _decay_groups(model, loss_params, args.weight_decay),
         lr=args.learning_rate,
-        betas=(0.9, 0.999),
-        eps=1e-8,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
         fused=args.optim == "adamw_torch_fused",
     )
-    total_steps = total_optimizer_steps(args, epoch_length)
+    total_steps = total_optimizer_steps(args, streams.schedule.epoch_length)
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     scaler = torch.amp.GradScaler(worker.device.type, enabled=args.fp16)
     if state.optimizer is not None:
         _restore_optimization(state, optimizer, scheduler, scaler, args.learning_rate)
 
-    # Batches are tokenised on the worker with sentence-transformers' collator; evaluators run on rank 0.
-    worker.collator = _collator(model, args.prompts, config.model.type == "cross_encoder")
-    worker.with_name = wants_dataset_name(args.prompts, list(config.train_datasets) + list(config.eval_datasets))
     evaluators = build_evaluators(config.evaluators) if worker.rank == 0 and config.evaluators else []
     return Trainables(model, ddp_model, losses, eval_losses, loss_params, optimizer, scheduler, scaler, total_steps, evaluators)
+
+
+def wrap_ddp(model: Any, device: Any, *, find_unused_parameters: bool) -> Any:
+    """`model` in DistributedDataParallel (the process group must exist), its outputs made plain dicts.
+
+    A sentence-transformers model returns what its last module returns; a CrossEncoder hands
+    back the tokenizer's BatchEncoding, a mapping but not a dict. DDP looks for the output's
+    tensors only in tensors, lists, tuples, dicts and dataclasses, so under
+    find_unused_parameters it would find none, mark every parameter unused, and then fail when
+    the backward pass marks them ready a second time ("marked as ready twice").
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    model.register_forward_hook(_plain_output)
+    device_ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+
+
+def _plain_output(module: Any, args: Any, output: Any) -> Any:
+    if isinstance(output, Mapping) and not isinstance(output, dict):
+        return dict(output)
+    return None  # keep the output as it is
+
+
+def unused_parameters(
+    model: Any, losses: dict[str, Any], batches: dict[str, list[dict[str, Any]]], inputs: dict[str, list[str]], worker: WorkerContext
+) -> list[str]:
+    """The trainable parameters of `model` that some training loss leaves without a gradient (a
+    BERT pooler under a mean-pooling bi-encoder, a layer a loss skips), by name.
+
+    Each loss runs forward and backward once on its data set's batch in `batches`, on the
+    unwrapped model. Gradients and random states are put back, so the run trains exactly as it
+    would without this look.
+    """
+    rng = capture_rng_state()
+    unused: dict[str, None] = {}
+    try:
+        model.train()
+        for name, loss in losses.items():
+            worker.loss_step(loss, batches[name], inputs[name], name).backward()
+            unused.update((n, None) for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
+            loss.zero_grad(set_to_none=True)  # the model's and the loss's own weights
+            model.zero_grad(set_to_none=True)
+    finally:
+        restore_rng_state(rng)
+    return list(unused)
+
+
+def _on_any_worker(flag: bool, worker: WorkerContext) -> bool:
+    """Whether `flag` holds on any worker (every worker must wrap the model alike)."""
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)], device=worker.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _restore_optimization(state: TrainingState, optimizer: Any, scheduler: Any, scaler: Any, learning_rate: float) -> None:
@@ -376,14 +452,11 @@ def _report_finished(
     a trial that ends without a report of its metric. Started from another run's checkpoint
     (PBT cloned a trial that had finished), it reports that checkpoint as its own.
     """
-    import ray.train
-
     saves = started_here and worker.rank == 0
-    ray.train.report(
+    worker.world.report(
         {**final_metrics(state.history), "step": state.step},
-        checkpoint=_checkpoint(run.model, state, config, data_files) if saves else None,
-        checkpoint_dir_name=f"checkpoint-{state.step:06d}" if started_here else None,
-        delete_local_checkpoint_after_upload=saves,
+        _checkpoint(run.model, state, config, data_files) if saves else None,
+        checkpoint_name(state.step) if started_here else None,
     )
 
 
@@ -418,7 +491,7 @@ def _save(
     data_files: Any,
 ) -> Any:
     """Every worker's data position and RNG states gathered into `state` with the optimizer, scheduler,
-    scaler and loss-owned weights; on rank 0, the checkpoint to report (None on the others)."""
+    scaler and loss-owned weights; on rank 0, the checkpoint directory to report (None on the others)."""
     state.position, state.rng = _gather_worker_state(batchers, epoch, worker)
     if worker.rank != 0:
         return None
@@ -456,13 +529,11 @@ def _train_metrics(
 # --- helpers: small, each does one thing the loop above names ------------------------------
 
 
-def _checkpoint(model: Any, state: TrainingState, config: TrainConfig, data_files: Any) -> Any:
-    """`state` and the model written to a fresh local directory, as a ray.train.Checkpoint."""
-    import ray.train
-
+def _checkpoint(model: Any, state: TrainingState, config: TrainConfig, data_files: Any) -> str:
+    """`state` and the model written to a fresh local directory; returns the directory."""
     directory = tempfile.mkdtemp(prefix="raytune-st-ckpt-")
     write_checkpoint(directory, model, state, dump_yaml(config), data_files)
-    return ray.train.Checkpoint.from_directory(directory)
+    return directory
 
 
 def _load_model(config: TrainConfig, path: str):
@@ -562,7 +633,6 @@ def _evaluation_view(loss: Any, model: Any) -> Iterator[None]:
 
 def _evaluate(worker: WorkerContext, run: Trainables) -> dict[str, float]:
     """Eval loss over every worker's eval shard (averaged with all_reduce) and the evaluators on rank 0."""
-    import ray.train
     import torch
     import torch.distributed as dist
 
@@ -573,7 +643,7 @@ def _evaluate(worker: WorkerContext, run: Trainables) -> dict[str, float]:
         for name, loss_fn in run.eval_losses.items():
             inputs = worker.inputs("eval", name)
             totals = torch.zeros(2, dtype=torch.float64, device=worker.device)  # sum of batch losses x rows, rows
-            shard = ray.train.get_dataset_shard(shard_name("eval", name))
+            shard = worker.world.shard(shard_name("eval", name))
             with _evaluation_view(loss_fn, run.model):
                 for raw in shard.iter_batches(batch_size=worker.config.args.per_device_eval_batch_size, batch_format="numpy"):
                     rows = columns_to_rows(raw)

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from train_fixtures import DEBIAN_DEV, REPO
@@ -323,15 +324,29 @@ def test_a_resumed_run_repeats_the_uninterrupted_runs_losses_step_for_step(ray_l
         ),
         # bf16 autocast runs on CPU too: the mixed-precision path of one recipe is exercised here.
         ("train-matryoshka-debian.yaml", ["train_datasets.mined.data.path={triplets}", "loss_kwargs.matryoshka_dims=[32, 16]", "args.bf16=true"]),
+        # The rerankers train on two workers: DDP once failed every cross-encoder's first backward.
         (
             "train-reranker-bce.yaml",
             [
+                "scaling.num_workers=2",
+                HALF_CPU.replace("{", "{{").replace("}", "}}"),  # these overrides are str.format()ted
                 "model.name={ce}",
                 "model.max_seq_length=64",
                 "train_datasets.pairs.data.path={pairs}",
                 "evaluators=[{{type: CrossEncoderRerankingEvaluator, name: debian-dev, data: {rerank_dev}, at_k: 10}}]",
                 "args.eval_steps=1",
                 "args.save_steps=1",
+            ],
+        ),
+        (
+            "train-reranker-lambda.yaml",
+            [
+                "scaling.num_workers=2",
+                HALF_CPU.replace("{", "{{").replace("}", "}}"),  # these overrides are str.format()ted
+                "model.name={ce}",
+                "model.max_seq_length=64",
+                "train_datasets.lists.data.path={lists}",
+                "args.per_device_train_batch_size=4",
             ],
         ),
         (
@@ -350,13 +365,19 @@ def test_every_example_runs_a_few_steps(ray_local, tmp_path, tiny_bi_encoder, ti
     overrides = [o.format(**values) for o in overrides]
     if not any(o.startswith("model.name=") for o in overrides):
         overrides.append(f"model={tiny_bi_encoder}")
-    config = load(example, overrides + [f"args.output_dir={tmp_path / 'out'}", "args.max_steps=2", "args.logging_steps=1", "scaling.num_workers=1"])
+    # One worker unless the case asks for more.
+    config = load(example, ["scaling.num_workers=1", *overrides, f"args.output_dir={tmp_path / 'out'}", "args.max_steps=2", "args.logging_steps=1"])
     metrics = train(config)
 
-    assert read_jsonl(tmp_path / "out" / "metrics.jsonl")[-1]["step"] == 2
+    last = read_jsonl(tmp_path / "out" / "metrics.jsonl")[-1]
+    assert last["step"] == 2 and last["worker_steps_min"] == last["worker_steps_max"] == 2
     final = str(tmp_path / "out" / "final")
-    model = CrossEncoder(final, device="cpu") if config.model.type == "cross_encoder" else SentenceTransformer(final, device="cpu")
-    assert model is not None
+    if config.model.type == "cross_encoder":
+        scores = CrossEncoder(final, device="cpu").predict([("apt", "package manager"), ("dpkg", "low level tool")])
+        assert scores.shape == (2,) and np.isfinite(scores).all()
+    else:
+        model = SentenceTransformer(final, device="cpu")
+        assert model.encode(["apt"]).shape == (1, model.get_embedding_dimension())
     if example == "train-reranker-bce.yaml":
         # load_best_model_at_end: the final model is the checkpoint with the best NDCG@10.
         assert "eval_debian-dev_ndcg@10" in metrics and metrics["step"] in (1, 2)

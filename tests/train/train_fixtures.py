@@ -28,7 +28,8 @@ def make_debian_sets(root: str) -> dict[str, str]:
     """Small stand-ins for what `raytune-st mine` writes, made from the bundled sample.
 
     triplets: (query, passage, negative); pairs: (query, passage, label) with each positive
-    then one negative; rerank-dev: (query, passage, negative) from the dev sample.
+    then one negative; lists: (query, passage: [positive, two negatives], labels: [1, 0, 0]) as
+    mine's labeled-list output; rerank-dev: (query, passage, negative) from the dev sample.
     The negative of row i is the passage of row i+1 (a different package).
     """
     import pandas as pd
@@ -56,4 +57,14 @@ def make_debian_sets(root: str) -> dict[str, str]:
     ).sort_index(kind="stable")
     paths["pairs"] = os.path.join(root, "pairs.parquet")
     pairs.to_parquet(paths["pairs"], index=False)
+    second = t["passage"].shift(-2).fillna(t["passage"].iloc[0])
+    lists = pd.DataFrame(
+        {
+            "query": t["query"],
+            "passage": [[p, n, m] for p, n, m in zip(t["passage"], t["negative"], second)],
+            "labels": [[1, 0, 0]] * len(t),
+        }
+    )
+    paths["lists"] = os.path.join(root, "lists.parquet")
+    lists.to_parquet(paths["lists"], index=False)
     return paths
