@@ -123,3 +123,14 @@ def bucket(s3_server, request) -> str:
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
     return s3_server.create_bucket(name)
+
+
+@pytest.fixture
+def kill_delay(request):
+    """Seconds to wait before killing a process, drawn in [low, high) from a generator seeded with
+    RAYTUNE_ST_KILL_SEED (default 0) and the test's id: a failure names its delay, and the same
+    seed kills at the same point again; another seed tries other points."""
+    import random
+
+    rng = random.Random(f"{os.environ.get('RAYTUNE_ST_KILL_SEED', '0')}:{request.node.nodeid}")
+    return lambda low, high: rng.uniform(low, high)

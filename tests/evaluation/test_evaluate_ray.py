@@ -105,12 +105,11 @@ def test_missing_inputs_fail_before_any_work(tmp_path):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_a_rerun_killed_at_any_point_never_leaves_another_runs_metrics(tmp_path, tiny_bert_dir):
+def test_a_rerun_killed_at_any_point_never_leaves_another_runs_metrics(tmp_path, tiny_bert_dir, kill_delay):
     """Evaluate model A, then rerun into the same directory with model B and SIGKILL the
     driver at a random moment: the directory holds B's results or none, never A's. A last
     rerun gives what an uninterrupted run of B gives."""
     import os
-    import random
     import signal
     import subprocess
     import sys
@@ -127,7 +126,7 @@ def test_a_rerun_killed_at_any_point_never_leaves_another_runs_metrics(tmp_path,
         "evaluate", "--config", str(REPO / "examples/configs/evaluate-stsb.yaml"), f"output.path={out}",
         f"evaluators.0.data={STSB_DEV}", "evaluators.0.data.limit=200", f"model={tiny_bert_dir}",
     ]
-    delay = random.Random().uniform(0.5, 12.0)
+    delay = kill_delay(0.5, 12.0)
     # The rerun joins this module's Ray as a driver of its own, and dies as a killed process does.
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "raytune_st", *second_args], env=env,

@@ -205,11 +205,10 @@ def test_interrupted_run_resumes_to_the_complete_output(ray_cluster, pairs_path,
     assert again == full and "embed" not in rerun["seconds"] and rerun["printed"] == summary["printed"]
 
 
-def test_a_driver_killed_at_a_random_point_resumes_to_the_same_rows(ray_cluster, pairs_path, work):
+def test_a_driver_killed_at_a_random_point_resumes_to_the_same_rows(ray_cluster, pairs_path, work, kill_delay):
     """SIGKILL the driver of a run (its own process, a driver on this module's Ray) at a random
     moment of its embedding or mining, then rerun the same command: the same rows as an
     uninterrupted run, none twice."""
-    import random
     import signal
     import subprocess
     import sys
@@ -221,7 +220,7 @@ def test_a_driver_killed_at_a_random_point_resumes_to_the_same_rows(ray_cluster,
     full, _ = run(work, pairs_path, "complete", "compute.mine_batch_rows=40", **params)
     # Embeddings of its own, so that the killed run has real embedding work to be killed in.
     args = job_args(work, pairs_path, "killed", "compute.mine_batch_rows=40", f"output.embeddings_dir={work / 'killed-cache'}", **params)
-    delay = random.Random().uniform(2.0, 25.0)
+    delay = kill_delay(2.0, 25.0)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "raytune_st", "mine", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

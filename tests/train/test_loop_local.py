@@ -96,3 +96,38 @@ def test_a_run_restarted_after_its_last_step_reports_its_final_metrics_without_t
     assert len(again.reports) == 1 and again.reports[0]["step"] == 3
     assert again.reports[0]["loss"] == first.reports[-1]["loss"]
     assert again.checkpoints == []
+
+
+def test_a_run_started_from_another_runs_checkpoint_continues_its_losses_and_a_rerun_checks_its_config(
+    tiny_bi_encoder, triplets, tmp_path
+):
+    """How a PBT trial starts from a cloned checkpoint (LoopPlan.initial_checkpoint), and how the
+    train job decides to resume a run directory: the same config resumes, another is refused."""
+    import dataclasses
+    import json
+
+    from raytune_st.errors import ConfigError
+    from raytune_st.train.loop import run_worker
+    from raytune_st.train.rerun import check_rerun, data_files
+    from raytune_st.train.world import LocalCheckpoint, LocalWorld
+
+    plan = make_plan(tiny_bi_encoder, triplets, tmp_path, max_steps=10, save_steps=4)
+    plan = dataclasses.replace(plan, data_files=data_files(plan.config))
+    first = LocalWorld({"train_mined": triplets}, storage=str(tmp_path / "a"))
+    run_worker(plan, first)
+
+    run_dir = tmp_path / "a"
+    assert json.loads((run_dir / "checkpoint-000004" / "data_files.json").read_text())["train_datasets.mined"]
+    check_rerun(plan.config, str(run_dir))
+    changed = dataclasses.replace(plan.config, args=dataclasses.replace(plan.config.args, learning_rate=1e-4))
+    with pytest.raises(ConfigError, match=r"args.learning_rate: 5e-05 -> 0.0001"):
+        check_rerun(changed, str(run_dir))
+
+    started = dataclasses.replace(plan, initial_checkpoint=LocalCheckpoint(str(run_dir / "checkpoint-000004")))
+    second = LocalWorld({"train_mined": triplets}, storage=str(tmp_path / "b"))
+    run_worker(started, second)
+
+    assert [r["step"] for r in second.reports] == list(range(5, 11))
+    assert second.reports[0]["resumed_from_step"] == 4
+    expected = {r["step"]: (r["loss"], r["grad_norm"]) for r in first.reports}
+    assert [(r["loss"], r["grad_norm"]) for r in second.reports] == [expected[s] for s in range(5, 11)]

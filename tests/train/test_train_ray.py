@@ -171,38 +171,44 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_finishes_the_plann
     assert history[-1]["worker_steps_min"] == history[-1]["worker_steps_max"] == 100
 
 
-def test_a_driver_killed_at_a_random_point_resumes_to_the_planned_steps(ray_local, tmp_path, tiny_bi_encoder, debian_sets):
-    """SIGKILL the driver (its own process, a driver on this module's Ray) at a random moment,
-    rerun the same command: every planned step trained once, checkpoints in one lineage."""
-    import random
+def test_a_driver_killed_after_its_second_checkpoint_resumes_to_the_planned_steps(ray_local, tmp_path, tiny_bi_encoder, debian_sets):
+    """SIGKILL the driver (its own process, a driver on this module's Ray) once the run has saved
+    two checkpoints, rerun the same command: every planned step trained once, checkpoints in one
+    lineage, and the rerun resumed from the second checkpoint or a later one."""
     import signal
     import subprocess
 
     import ray
 
+    from raytune_st.testing import wait_for
     from raytune_st.train.job import train
 
     out = tmp_path / "out"
+    run_dir = out / "ray" / "train-mnrl-debian"
     overrides = without_evaluation(
         tiny_bi_encoder, debian_sets, out, ["args.max_steps=30", "args.logging_steps=5", "args.save_steps=5"]
     )
-    delay = random.Random().uniform(3.0, 40.0)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     example = os.path.join(REPO, "examples", "configs", "train-mnrl-debian.yaml")
     proc = subprocess.Popen([sys.executable, "-m", "raytune_st", "train", "--config", example, *overrides], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
+
+    def checkpoints() -> int:
+        return sum(p.name.startswith("checkpoint-") for p in run_dir.iterdir()) if run_dir.is_dir() else 0
+
+    wait_for(lambda: checkpoints() >= 2, timeout=180, what="the run's second checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert checkpoints() < 6, "the run finished before the driver was killed"
     # Ray ends a dead driver's workers; the rerun starts once their CPUs are back.
     train(load("train-mnrl-debian.yaml", overrides))
 
     history = read_jsonl(out / "metrics.jsonl")
     steps = [r["step"] for r in history]
-    assert steps == sorted(set(steps)) and steps[-1] == 30, f"killed after {delay:.1f} s: {steps}"
+    assert steps == sorted(set(steps)) and steps[-1] == 30, steps
     assert history[-1]["worker_steps_min"] == history[-1]["worker_steps_max"] == 30
     resumed = [r["resumed_from_step"] for r in history if "resumed_from_step" in r]
-    assert all(step % 5 == 0 for step in resumed), resumed
+    assert len(resumed) == 1 and resumed[0] % 5 == 0 and resumed[0] >= 10, resumed
 
 
 def test_a_rerun_of_a_finished_run_reports_its_final_metrics(ray_local, tmp_path, tiny_bi_encoder, debian_sets):
@@ -259,49 +265,6 @@ def kill_a_worker_after_checkpoints(run_dir, count: int, killed: list[int], time
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     return watcher
-
-
-def test_a_resumed_run_repeats_the_uninterrupted_runs_losses_step_for_step(ray_local, tmp_path, tiny_bi_encoder, debian_sets):
-    """One worker, dropout active (the tiny BERT's 0.1): every RNG state comes back with the checkpoint.
-
-    The second run starts from the uninterrupted run's step-4 checkpoint, where a run stopped
-    after that checkpoint resumes (the loop restores a checkpoint of its own and one it is
-    started from alike); killing a worker at a chosen step instead would make the test a race.
-    """
-    import ray.train
-    from sentence_transformers import SentenceTransformer
-
-    from raytune_st.errors import ConfigError
-    from raytune_st.train.job import fit_and_write, plan_run, train
-    from raytune_st.train.rerun import check_rerun
-
-    assert SentenceTransformer(tiny_bi_encoder, device="cpu")[0].auto_model.config.hidden_dropout_prob > 0
-
-    def config(out):
-        return training_without_evaluation(
-            tiny_bi_encoder, debian_sets, out,
-            ["args.max_steps=10", "args.logging_steps=1", "args.save_steps=4", "scaling.num_workers=1"],
-        )
-
-    train(config(tmp_path / "a"))
-    uninterrupted = read_jsonl(tmp_path / "a" / "metrics.jsonl")
-    # Ray Train's checkpoints carry what the rerun check compares: the same config resumes, another is refused.
-    run_dir = tmp_path / "a" / "ray" / "train-mnrl-debian"
-    assert json.loads((run_dir / "checkpoint-000004" / "data_files.json").read_text())["train_datasets.mined"]
-    check_rerun(config(tmp_path / "a"), str(run_dir))
-    changed = config(tmp_path / "a")
-    changed.args.learning_rate = 5e-5
-    with pytest.raises(ConfigError, match=r"args.learning_rate: 2e-05 -> 5e-05"):
-        check_rerun(changed, str(run_dir))
-    checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path / "a" / "ray" / "train-mnrl-debian" / "checkpoint-000004"))
-    resumed_config = config(tmp_path / "b")
-    fit_and_write(resumed_config, plan_run(resumed_config), initial_checkpoint=checkpoint)
-    resumed = read_jsonl(tmp_path / "b" / "metrics.jsonl")
-
-    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted] == list(range(1, 11))
-    assert [r.get("resumed_from_step") for r in resumed][4] == 4
-    # Every step after the checkpoint saw the same batch, dropout masks and optimizer state.
-    assert [(r["loss"], r["grad_norm"]) for r in resumed] == [(r["loss"], r["grad_norm"]) for r in uninterrupted]
 
 
 @pytest.mark.parametrize(
