@@ -26,6 +26,7 @@ from typing import Any, Literal, Optional, TypeVar, Union
 
 import yaml
 
+from raytune_st.config.effects import EFFECTS
 from raytune_st.errors import ConfigError
 
 T = TypeVar("T")
@@ -33,11 +34,14 @@ T = TypeVar("T")
 _MISSING = dataclasses.MISSING
 
 
-def option(default: Any = _MISSING, *, help: str, default_factory: Any = _MISSING) -> Any:
-    """Declare a config field with its one-line help (shown by ``raytune-st <job> --help-config``)."""
+def option(default: Any = _MISSING, *, help: str, default_factory: Any = _MISSING, effect: str = "result") -> Any:
+    """Declare a config field with its one-line help (shown by ``raytune-st <job> --help-config``)
+    and what another value of it changes (see :mod:`raytune_st.config.effects`)."""
     if default is not _MISSING and default_factory is not _MISSING:
         raise TypeError("option() takes default or default_factory, not both")
-    kwargs: dict[str, Any] = {"metadata": {"help": help}}
+    if effect not in EFFECTS:
+        raise TypeError(f"option(effect={effect!r}): expected one of {', '.join(EFFECTS)}")
+    kwargs: dict[str, Any] = {"metadata": {"help": help, "effect": effect}}
     if default is not _MISSING:
         kwargs["default"] = default
     if default_factory is not _MISSING:

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from raytune_st.components import check_evaluator, is_import_path
 from raytune_st.config.core import option, suggest
+from raytune_st.config.effects import PLACEMENT
 from raytune_st.config.resources import check_custom_resources
 from raytune_st.data.sources import Source, inspect_source
 from raytune_st.errors import ConfigError, DataError
@@ -133,12 +134,12 @@ class EvaluateConfig:
 
     model: ModelConfig = option(help="the model to evaluate: a directory, a hub id, or {name, type, ...}")
     evaluators: list[EvaluatorSpec] = option(help="evaluators to run, together as a SequentialEvaluator")
-    output: OutputConfig = option(help="where metrics.json and the resolved config.yaml go")
-    num_gpus: Optional[float] = option(None, help="GPUs for the evaluation worker; default: 1 when the cluster has one")
+    output: OutputConfig = option(effect=PLACEMENT, help="where metrics.json and the resolved config.yaml go")
+    num_gpus: Optional[float] = option(None, effect=PLACEMENT, help="GPUs for the evaluation worker; default: 1 when the cluster has one")
     resources: dict[str, float] = option(
-        default_factory=dict, help="custom Ray resources the evaluation worker asks for, e.g. {worker_node: 0.01}: runs it on a node that has them"
+        default_factory=dict, effect=PLACEMENT, help="custom Ray resources the evaluation worker asks for, e.g. {worker_node: 0.01}: runs it on a node that has them"
     )
-    ray_address: Optional[str] = option(None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    ray_address: Optional[str] = option(None, effect=PLACEMENT, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self) -> None:
         check_custom_resources("resources", self.resources, built_in_key="num_gpus (the worker takes one CPU)")

@@ -15,7 +15,9 @@ A stage that finished leaves ``round-<k>/<stage>.done.json``: a key (the digest 
 resolved config and of the keys of the stages it reads from), its time and its summary. A rerun
 skips every stage whose record holds the key it would have now, so an interrupted pipeline
 goes on from the first unfinished stage (which itself resumes: mined parts and training
-checkpoints), and a changed setting reruns that stage and those after it that read from it.
+checkpoints), and a changed setting reruns that stage and those after it that read from it. A
+setting that only says where a stage runs (resources, CPUs, threads, actors: PLACEMENT in
+raytune_st.config.effects) is not part of the key: changing it reruns nothing.
 Every mining stage shares one embedding cache (``output_dir/embeddings``): a model embeds a
 text once per pipeline. At the end, ``rounds.md`` / ``rounds.json`` (one row per round: the
 held-out metrics, rows mined, negatives removed, each stage's seconds) and ``rounds.png``.
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from raytune_st.config.core import build, dump_yaml
+from raytune_st.config.effects import EVALUATION, RESULT, SCALE, flatten, settings_for
 from raytune_st.errors import ConfigError
 from raytune_st.flywheel.config import TEACHER_SCORES, PipelineConfig, Round, model_kind
 from raytune_st.outputs import OutputDir, filesystem, join, write_parts
@@ -48,8 +51,6 @@ class Stage:
     summary: dict[str, Any]
 
 
-# Settings that say where or with what a stage runs, not what it makes: not part of its key.
-_WHERE = {"ray_address": None, "compute": None, "num_gpus": None, "resources": None}
 STARTED = ".started.json"
 
 
@@ -61,11 +62,13 @@ class Stages:
         self.done: dict[str, Stage] = {}
 
     def key(self, config: Any, deps: list[Optional[Stage]]) -> str:
-        """What the stage makes depends on: its job's settings, the stages it reads from, and the
-        files of its data and local models as they are now."""
+        """What the stage makes depends on: its job's settings (not those that only say where it
+        runs, see raytune_st.config.effects), the stages it reads from, and the files of its data
+        and local models as they are now."""
         import yaml
 
-        settings = {k: v for k, v in yaml.safe_load(dump_yaml(config)).items() if k not in _WHERE}
+        plain = flatten(yaml.safe_load(dump_yaml(config)))
+        settings = settings_for(type(config), plain, keep=(RESULT, EVALUATION, SCALE))
         what = {"config": settings, "after": [d.key for d in deps if d is not None], "inputs": input_files(config)}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from raytune_st.config.core import option
+from raytune_st.config.effects import PLACEMENT
 from raytune_st.config.resources import check_custom_resources, check_resources
 from raytune_st.data.sources import Source
 from raytune_st.errors import ConfigError, DataError
@@ -115,16 +116,16 @@ class IndexSection:
     factory: str = option("Flat", help="faiss.index_factory string (inner product): Flat (exact), IVF1024,Flat, HNSW32, IVF256,PQ16, ...")
     shards: int = option(1, help="index shards, one actor each, each over a contiguous slice of the corpus")
     use_gpu: Optional[bool] = option(
-        None, help="build the shards on GPU; default: when index.num_gpus > 0 and faiss has GPU support"
+        None, effect=PLACEMENT, help="build the shards on GPU; default: when index.num_gpus > 0 and faiss has GPU support"
     )
     nprobe: Optional[int] = option(None, help="IVF cells to visit per query (IVF factories only)")
     search_params: Optional[str] = option(None, help="other faiss ParameterSpace settings, e.g. efSearch=128")
     train_sample_size: int = option(100_000, help="vectors each shard trains a trainable index (IVF, PQ) on")
-    num_cpus: float = option(1.0, help="CPUs reserved by each shard actor")
-    num_gpus: float = option(0.0, help="GPUs reserved by each shard actor")
+    num_cpus: float = option(1.0, effect=PLACEMENT, help="CPUs reserved by each shard actor")
+    num_gpus: float = option(0.0, effect=PLACEMENT, help="GPUs reserved by each shard actor")
     threads: Optional[int] = option(
         None,
-        help="FAISS threads per shard; default: its num_cpus plus its share of the mining tasks' CPUs (they wait on its search), rounded down",
+        effect=PLACEMENT, help="FAISS threads per shard; default: its num_cpus plus its share of the mining tasks' CPUs (they wait on its search), rounded down",
     )
 
     def __post_init__(self) -> None:
@@ -156,23 +157,23 @@ class IndexSection:
 class ComputeSection:
     """How the embedding, rescoring and mining work is spread over the cluster."""
 
-    embed_actors_min: int = option(1, help="embedding actors started while prepare runs, so their model load overlaps it")
-    embed_actors_max: int = option(2, help="most embedding actors (the pool grows to this once the work is known)")
-    embed_num_cpus: float = option(1.0, help="CPUs per embedding actor")
-    embed_num_gpus: float = option(0.0, help="GPUs per embedding actor")
+    embed_actors_min: int = option(1, effect=PLACEMENT, help="embedding actors started while prepare runs, so their model load overlaps it")
+    embed_actors_max: int = option(2, effect=PLACEMENT, help="most embedding actors (the pool grows to this once the work is known)")
+    embed_num_cpus: float = option(1.0, effect=PLACEMENT, help="CPUs per embedding actor")
+    embed_num_gpus: float = option(0.0, effect=PLACEMENT, help="GPUs per embedding actor")
     embed_chunk_rows: int = option(
         2048, help="texts per embedding-cache file; an actor embeds several at once (one length sort) as the work allows"
     )
     embedding_dtype: Literal["float32", "float16"] = option("float32", help="storage of the embedding shards")
     mine_batch_rows: int = option(2048, help="unique queries per mining batch (one output part file)")
-    mine_tasks_in_flight: int = option(2, help="mining batches processed at the same time")
-    mine_num_cpus: float = option(0.5, help="CPUs per mining task (it mostly waits for the index shards)")
-    cross_encoder_actors: int = option(1, help="cross-encoder rescoring actors")
-    cross_encoder_num_cpus: float = option(1.0, help="CPUs per cross-encoder actor")
-    cross_encoder_num_gpus: float = option(0.0, help="GPUs per cross-encoder actor")
+    mine_tasks_in_flight: int = option(2, effect=PLACEMENT, help="mining batches processed at the same time")
+    mine_num_cpus: float = option(0.5, effect=PLACEMENT, help="CPUs per mining task (it mostly waits for the index shards)")
+    cross_encoder_actors: int = option(1, effect=PLACEMENT, help="cross-encoder rescoring actors")
+    cross_encoder_num_cpus: float = option(1.0, effect=PLACEMENT, help="CPUs per cross-encoder actor")
+    cross_encoder_num_gpus: float = option(0.0, effect=PLACEMENT, help="GPUs per cross-encoder actor")
     resources: dict[str, float] = option(
         default_factory=dict,
-        help="custom Ray resources that every task and actor of the job asks for, e.g. {worker_node: 0.01}: keeps the job on the nodes that have them",
+        effect=PLACEMENT, help="custom Ray resources that every task and actor of the job asks for, e.g. {worker_node: 0.01}: keeps the job on the nodes that have them",
     )
 
     def __post_init__(self) -> None:
@@ -210,7 +211,7 @@ class MineConfig:
 
     model: ModelConfig = option(help="the embedding model: a directory, a hub id, or {name, max_seq_length, ...}")
     dataset: PairsSource = option(help="the (anchor, positive) pairs: a source, plus anchor_column_name / positive_column_name")
-    output: MineOutput = option(help="output directory of the mined data set")
+    output: MineOutput = option(effect=PLACEMENT, help="output directory of the mined data set")
     cross_encoder: Optional[ModelConfig] = option(
         None, help="rescore every candidate and positive with this cross-encoder; its scores rank the negatives"
     )
@@ -218,7 +219,7 @@ class MineConfig:
     mine: MineSection = option(default_factory=MineSection, help="mine_hard_negatives' parameters")
     index: IndexSection = option(default_factory=IndexSection, help="the sharded FAISS index")
     compute: ComputeSection = option(default_factory=ComputeSection, help="actors and batch sizes")
-    ray_address: Optional[str] = option(None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    ray_address: Optional[str] = option(None, effect=PLACEMENT, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self) -> None:
         if self.model.type == "cross_encoder":

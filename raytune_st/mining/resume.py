@@ -19,6 +19,7 @@ import json
 from typing import Any, Callable, Optional
 
 from raytune_st.config import to_dict
+from raytune_st.config.effects import EVALUATION, RESULT, SCALE, flatten, settings_for
 from raytune_st.errors import DataError
 from raytune_st.mining import store
 from raytune_st.mining.miner import manifest_name, part_name, sidecar_name
@@ -32,12 +33,11 @@ RESULT_FILES = ("stats.json", "config.yaml", "scores.png")
 def mining_settings(config: Any) -> dict[str, Any]:
     """What the output parts depend on besides the data, as dotted keys -> values.
 
-    Not the output location, the cluster or the resources: a rerun with more actors or on
-    another cluster produces the same parts.
+    Not where the work runs or its outputs go (the PLACEMENT settings, see
+    raytune_st.config.effects): a rerun with more actors or on another cluster produces the
+    same parts.
     """
     settings = to_dict(config)
-    for section in ("output", "ray_address"):
-        settings.pop(section, None)
     for section in ("model", "cross_encoder"):
         model = getattr(config, section, None)
         if model is not None and model.factory is not None:
@@ -45,23 +45,33 @@ def mining_settings(config: Any) -> dict[str, Any]:
         if model is not None and model.backend == "torch":  # as recorded before backends existed
             settings[section].pop("backend")
             settings[section].pop("backend_config")
-    compute = settings.pop("compute")
-    for key in ("num_cpus", "num_gpus", "use_gpu"):
-        settings["index"].pop(key)
-    settings["compute"] = {key: compute[key] for key in ("embed_chunk_rows", "mine_batch_rows", "embedding_dtype")}
-    settings["semantics"] = SEMANTICS  # parts mined under older rules are not extended
-    settings["prepare"] = TEXTS_FORMAT  # chunk digests of another layout name other cache files
-    return _flatten(settings)
-
-
-def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        if isinstance(item, dict) and item:
-            flat.update(_flatten(item, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = item
+    flat = _comparable(flatten(settings))
+    flat["semantics"] = SEMANTICS  # parts mined under older rules are not extended
+    flat["prepare"] = TEXTS_FORMAT  # chunk digests of another layout name other cache files
     return flat
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a mine config that decide its parts (also of a run recorded under older rules)."""
+    from raytune_st.mining.config import MineConfig
+
+    return settings_for(MineConfig, settings, keep=(RESULT, EVALUATION, SCALE))
+
+
+def _same_run(record: Optional[dict[str, Any]], this_run: str, settings: dict[str, Any], data_digest: str, range_max: int) -> bool:
+    """Whether the recorded run made its parts as this one would: the same fingerprint, or (a record
+    written when other settings still counted, e.g. index.threads) the same settings, data and range."""
+    if record is None:
+        return False
+    if record.get("fingerprint") == this_run:
+        return True
+    recorded = record.get("settings")
+    return (
+        isinstance(recorded, dict)
+        and _comparable(recorded) == settings
+        and record.get("data") == data_digest
+        and record.get("range_max") == range_max
+    )
 
 
 def fingerprint(settings: dict[str, Any], data_digest: str, range_max: int) -> str:
@@ -113,7 +123,7 @@ def check_settings(root: str, settings: dict[str, Any], overwrite: bool) -> None
     record = read_run(root)
     if record is None or not isinstance(record.get("settings"), dict):
         return  # no settings recorded: decided after prepare, from the fingerprint
-    difference = changed_settings(record["settings"], settings)
+    difference = changed_settings(_comparable(record["settings"]), settings)
     if difference:
         raise _refusal(root, len(parts), difference)
 
@@ -168,14 +178,14 @@ def pending_batches(
     this_run = fingerprint(settings, data_digest, range_max)
     record = read_run(root)
     parts = part_names(root)
-    if parts and (record is None or record.get("fingerprint") != this_run):
+    if parts and not _same_run(record, this_run, settings, data_digest, range_max):
         recorded_settings = (record or {}).get("settings")
         if record is None:
             difference = "no record of the run that wrote them"
         elif recorded_settings is None:
             difference = "written by an earlier raytune_st, which recorded no digests of its parts"
-        elif isinstance(recorded_settings, dict) and changed_settings(recorded_settings, settings):
-            difference = changed_settings(recorded_settings, settings)
+        elif isinstance(recorded_settings, dict) and changed_settings(_comparable(recorded_settings), settings):
+            difference = changed_settings(_comparable(recorded_settings), settings)
         elif record.get("data") not in (None, data_digest):
             difference = "the data differs"
         else:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from raytune_st.config.core import option
+from raytune_st.config.effects import PLACEMENT
 from raytune_st.config.resources import check_custom_resources
 from raytune_st.data.sources import Source, inspect_source
 from raytune_st.errors import ConfigError, DataError
@@ -15,13 +16,13 @@ from raytune_st.models.config import ModelConfig
 
 @dataclass
 class ScoreOutput:
-    path: str = option(help="output directory (local path or s3:// / gs:// URI): part files, stats.json, config.yaml")
+    path: str = option(effect=PLACEMENT, help="output directory (local path or s3:// / gs:// URI): part files, stats.json, config.yaml")
     column: str = option(
         "label",
         help="the scores' column: one score per row for (query, passage) rows, else the list [s(q, p_1), ..., s(q, p_n)] "
         "(the labels MarginMSELoss and DistillKLDivLoss take)",
     )
-    overwrite: bool = option(False, help="replace the scores of an earlier run in output.path instead of refusing")
+    overwrite: bool = option(False, effect=PLACEMENT, help="replace the scores of an earlier run in output.path instead of refusing")
 
     @classmethod
     def from_shorthand(cls, value: Any) -> Any:
@@ -52,8 +53,8 @@ class ScoreConfig:
     data: Source = option(help="rows of text: the query first, then one or more passages (positive, negatives, ...)")
     output: ScoreOutput = option(help="where the scored rows go")
     batch_size: int = option(64, help="pairs (cross-encoder) or texts (bi-encoder) per forward pass")
-    compute: ScoreCompute = option(default_factory=ScoreCompute, help="the autoscaling actor pool")
-    ray_address: Optional[str] = option(None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    compute: ScoreCompute = option(default_factory=ScoreCompute, effect=PLACEMENT, help="the autoscaling actor pool")
+    ray_address: Optional[str] = option(None, effect=PLACEMENT, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self) -> None:
         if self.model.type is None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 from raytune_st.config.core import option
+from raytune_st.config.effects import EVALUATION, PLACEMENT, SCALE
 from raytune_st.config.resources import check_amount
 from raytune_st.data.sources import Source
 from raytune_st.errors import ConfigError
@@ -61,7 +62,7 @@ class CardConfig:
 class TrainModelConfig(ModelConfig):
     """The model to train; a bare string is shorthand for `{name: ...}` (a bi-encoder)."""
 
-    card: CardConfig = option(default_factory=CardConfig, help="model card data: language, license, model_name")
+    card: CardConfig = option(default_factory=CardConfig, effect=PLACEMENT, help="model card data: language, license, model_name")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,11 +100,11 @@ class DatasetConfig:
 class TrainingArgs:
     """SentenceTransformerTrainingArguments: the same names, defaults and meanings."""
 
-    output_dir: str = option(help="where the final model, metrics.jsonl, TensorBoard events and plots go")
+    output_dir: str = option(effect=PLACEMENT, help="where the final model, metrics.jsonl, TensorBoard events and plots go")
     num_train_epochs: float = option(3.0, help="total number of training epochs (fractions allowed)")
     max_steps: int = option(-1, help="if > 0: total number of optimizer steps, overriding num_train_epochs")
     per_device_train_batch_size: int = option(8, help="training batch size per worker")
-    per_device_eval_batch_size: int = option(8, help="evaluation batch size per worker")
+    per_device_eval_batch_size: int = option(8, effect=EVALUATION, help="evaluation batch size per worker")
     gradient_accumulation_steps: int = option(1, help="micro-batches to accumulate before each optimizer step")
     learning_rate: float = option(5e-5, help="initial learning rate of AdamW")
     lr_scheduler_type: SchedulerName = option("linear", help="transformers scheduler type")
@@ -130,19 +131,20 @@ class TrainingArgs:
         None, help="a prompt for every column, {column: prompt}, or {dataset: {column: prompt}}"
     )
     # YAML 1.1 reads a bare `no` as false; both spellings mean "no".
-    eval_strategy: Strategy = option("no", help="when to evaluate: no, steps (every eval_steps) or epoch")
-    eval_steps: Optional[int] = option(None, help="optimizer steps between evaluations; default: logging_steps")
+    eval_strategy: Strategy = option("no", effect=EVALUATION, help="when to evaluate: no, steps (every eval_steps) or epoch")
+    eval_steps: Optional[int] = option(None, effect=EVALUATION, help="optimizer steps between evaluations; default: logging_steps")
     save_strategy: Literal["no", "steps", "epoch", "best"] = option(
         "steps", help="when to checkpoint: no, steps, epoch, best (the final step always saves)"
     )
-    save_steps: int = option(500, help="optimizer steps between checkpoints when save_strategy is steps")
+    save_steps: int = option(500, effect=PLACEMENT, help="optimizer steps between checkpoints when save_strategy is steps")
     report_to: Union[str, list[str]] = option(
         default_factory=lambda: ["tensorboard"],
-        help="trackers: tensorboard (output_dir/runs), mlflow, wandb, trackio, codecarbon, all (every installed one) or none; one or a list",
+        effect=PLACEMENT, help="trackers: tensorboard (output_dir/runs), mlflow, wandb, trackio, codecarbon, all (every installed one) or none; one or a list",
     )
-    run_name: Optional[str] = option(None, help="the run's name in the trackers; default: run.name (a sweep: the trial id)")
-    save_total_limit: Optional[int] = option(None, help="checkpoints to keep (the best ones by metric_for_best_model)")
-    logging_steps: int = option(500, help="optimizer steps between logged training losses")
+    run_name: Optional[str] = option(None, effect=PLACEMENT, help="the run's name in the trackers; default: run.name (a sweep: the trial id)")
+    save_total_limit: Optional[int] = option(None, effect=PLACEMENT, help="checkpoints to keep (the best ones by metric_for_best_model)")
+    # EVALUATION: also the evaluation interval when eval_steps is not set.
+    logging_steps: int = option(500, effect=EVALUATION, help="optimizer steps between logged training losses")
     load_best_model_at_end: bool = option(False, help="make the final model the best checkpoint by metric_for_best_model")
     metric_for_best_model: Optional[str] = option(None, help="metric that ranks checkpoints; default: eval loss")
     greater_is_better: Optional[bool] = option(None, help="whether a higher metric is better; default: true unless it is a loss")
@@ -210,11 +212,11 @@ class TrainingArgs:
 class ScalingSection:
     """How many Ray Train workers, and what each one holds (Ray's ScalingConfig)."""
 
-    num_workers: int = option(1, help="training workers (one process and one model replica each)")
-    use_gpu: bool = option(False, help="give each worker one GPU; DDP then runs over NCCL instead of gloo")
+    num_workers: int = option(1, effect=SCALE, help="training workers (one process and one model replica each)")
+    use_gpu: bool = option(False, effect=SCALE, help="give each worker one GPU; DDP then runs over NCCL instead of gloo")
     resources_per_worker: dict[str, float] = option(
         default_factory=dict,
-        help="Ray resources per worker, e.g. {CPU: 4, GPU: 1}; custom ones ({worker_node: 1}) keep the workers on the nodes that have them",
+        effect=PLACEMENT, help="Ray resources per worker, e.g. {CPU: 4, GPU: 1}; custom ones ({worker_node: 1}) keep the workers on the nodes that have them",
     )
 
     def __post_init__(self) -> None:
@@ -264,9 +266,10 @@ class StreamSection:
         "Use it for data stored in sorted order (e.g. by source or label), which a local buffer cannot mix",
     )
 
+    # PLACEMENT: the same rows in the same order, whether read once or every pass.
     materialize_max_bytes: int = option(
         128 * 2**20,
-        help="a data set read more than once (a training set over several epochs, an eval set evaluated more than once) "
+        effect=PLACEMENT, help="a data set read more than once (a training set over several epochs, an eval set evaluated more than once) "
         "whose files total at most this many bytes is read once into Ray's object store (Dataset.materialize) and "
         "every pass reads it from there, without read tasks; 0 reads every pass from the files",
     )
@@ -309,15 +312,16 @@ class TrainConfig:
     loss: Optional[str] = option(None, help="loss class for every data set that names none, e.g. MultipleNegativesRankingLoss")
     loss_kwargs: dict[str, Any] = option(default_factory=dict, help="keyword arguments of the top-level loss")
     eval_datasets: dict[str, DatasetConfig] = option(
-        default_factory=dict, help="named sets for the eval loss; default loss: the train set of the same name, else the top-level loss"
+        default_factory=dict, effect=EVALUATION, help="named sets for the eval loss; default loss: the train set of the same name, else the top-level loss"
     )
     evaluators: list[EvaluatorSpec] = option(
-        default_factory=list, help="sentence-transformers evaluators, as in the evaluate job's config"
+        default_factory=list, effect=EVALUATION, help="sentence-transformers evaluators, as in the evaluate job's config"
     )
     scaling: ScalingSection = option(default_factory=ScalingSection, help="Ray Train workers and their resources")
-    run: RunSection = option(default_factory=RunSection, help="run name, checkpoint storage and fault tolerance")
+    # PLACEMENT: run.name and storage_path are where a rerun found the run, the same place by construction.
+    run: RunSection = option(default_factory=RunSection, effect=PLACEMENT, help="run name, checkpoint storage and fault tolerance")
     stream: StreamSection = option(default_factory=StreamSection, help="streaming buffers on each worker")
-    ray_address: Optional[str] = option(None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    ray_address: Optional[str] = option(None, effect=PLACEMENT, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self) -> None:
         from raytune_st.losses.build import check_loss_kwargs

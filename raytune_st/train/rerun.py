@@ -7,16 +7,18 @@ claim the new settings. Every checkpoint holds the config that wrote it (``confi
 pre-flight compares the two and refuses a rerun that differs in anything that shapes the
 trained model, naming each difference.
 
-A rerun may change how the run is checkpointed and where it runs (:data:`NEUTRAL_KEYS`), and
-how it is logged and evaluated unless evaluation picks the final model (:data:`EVALUATION_KEYS`). A changed number of workers or GPU use is allowed with a warning,
-like torchtune's ``_update_recipe_state``: resuming on fewer workers after losing a node is a
-rerun a user wants, but it does not reproduce the uninterrupted run.
+What a setting changes is declared on its field (:mod:`raytune_st.config.effects`). A rerun may
+change where the run runs and how it is checkpointed (PLACEMENT), and how it is logged and
+evaluated unless evaluation picks the final model (EVALUATION). A changed number of workers or
+GPU use (SCALE) is allowed with a warning, like torchtune's ``_update_recipe_state``: resuming
+on fewer workers after losing a node is a rerun a user wants, but it does not reproduce the
+uninterrupted run.
 
 Example::
 
     1. config_differences({"args": {"learning_rate": 2e-5}}, {"args": {"learning_rate": 5e-5}})
        -> [("args.learning_rate", 2e-05, 5e-05)]
-    2. refused_differences(differences, evaluation_picks_model=False)
+    2. refused_differences(TrainConfig, differences, evaluation_picks_model=False)
        -> the differences that change the result (pure logic, no Ray; reading: latest_checkpoint_config)
 
 Data rewritten in place under the same path is caught too: every checkpoint also records its
@@ -32,54 +34,13 @@ from typing import Any, Optional
 import yaml
 
 from raytune_st.config.core import build, dump_yaml
+from raytune_st.config.effects import EVALUATION, RESULT, SCALE, effect_of, effects, flatten
 from raytune_st.errors import ConfigError, RaytuneWarning
 
 _MISSING = "(not set)"
 
-# Keys that do not change the trained model: logging, checkpointing, fault tolerance, where
-# outputs go, where the run runs, and what the model card says.
-NEUTRAL_KEYS = (
-    "args.output_dir",
-    "args.save_steps",
-    "args.save_total_limit",
-    "run.name",  # with storage_path: where the run was found, so the same place by construction
-    "run.storage_path",
-    "run.max_failures",
-    "run.overwrite",
-    "ray_address",
-    "model.card",
-    "model.backend",  # training runs torch (TrainModelConfig refuses another): only "(not set)" -> torch
-    "model.backend_config",
-    "scaling.resources_per_worker",
-    "stream.materialize_max_bytes",  # the same rows in the same order, read once or every pass
-    "args.report_to",  # where the run is tracked: the rerun is tracked as a new run there
-    "args.run_name",
-)
-# What is evaluated does not change training, unless the evaluations choose the final model
-# (load_best_model_at_end) or which checkpoints are saved (save_strategy: best).
-EVALUATION_KEYS = (
-    "eval_datasets",
-    "evaluators",
-    "args.eval_strategy",
-    "args.eval_steps",
-    "args.per_device_eval_batch_size",
-    "args.logging_steps",  # also the evaluation interval when eval_steps is not set
-)
-# Allowed, but said out loud: the run continues with another global batch or device numerics.
-WARNED_KEYS = ("scaling.num_workers", "scaling.use_gpu")
-
-
 class RerunWarning(RaytuneWarning):
     """A resumed run whose checkpoint was written with another number of workers or devices."""
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -87,7 +48,7 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[s
 
     A key one side lacks shows as "(not set)" on that side.
     """
-    before, after = _flatten(old), _flatten(new)
+    before, after = flatten(old), flatten(new)
     keys = sorted(set(before) | set(after))
     return [
         (key, before.get(key, _MISSING), after.get(key, _MISSING))
@@ -96,16 +57,14 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[s
     ]
 
 
-def _under(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") or key.startswith(p + "[") for p in prefixes)
-
-
 def refused_differences(
-    differences: list[tuple[str, Any, Any]], *, evaluation_picks_model: bool
+    config_cls: type, differences: list[tuple[str, Any, Any]], *, evaluation_picks_model: bool
 ) -> list[tuple[str, Any, Any]]:
-    """The differences that change the trained model (everything but the allowed keys)."""
-    allowed = NEUTRAL_KEYS + WARNED_KEYS + (() if evaluation_picks_model else EVALUATION_KEYS)
-    return [d for d in differences if not _under(d[0], allowed)]
+    """The differences that change the trained model: of RESULT settings, and of EVALUATION ones
+    when the evaluations pick the final model or the checkpoints kept."""
+    table = effects(config_cls)
+    refused = (RESULT, EVALUATION) if evaluation_picks_model else (RESULT,)
+    return [d for d in differences if effect_of(d[0], table) in refused]
 
 
 def _shown(value: Any) -> str:
@@ -331,7 +290,7 @@ def check_rerun(config: Any, run_dir: str) -> None:
     differences = config_differences(old, new)
     args = config.args
     picks_model = args.load_best_model_at_end or args.save_strategy == "best"
-    refused = refused_differences(differences, evaluation_picks_model=picks_model)
+    refused = refused_differences(type(config), differences, evaluation_picks_model=picks_model)
     if old_files is not None:
         refused += file_differences(old_files, data_files(config), [key for key, _, _ in differences])
     if refused:
@@ -353,7 +312,8 @@ def check_rerun(config: Any, run_dir: str) -> None:
             "train this config as a new run, restore the old values to resume the old run, or set "
             "run.overwrite=true to delete the old checkpoints and start afresh"
         )
-    changed = [d for d in differences if _under(d[0], WARNED_KEYS)]
+    table = effects(type(config))
+    changed = [d for d in differences if effect_of(d[0], table) == SCALE]
     if changed:
         warnings.warn(
             f"resuming {checkpoint} with {describe(changed)}: the global batch (or device numerics) differ from "

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from raytune_st.config.core import build, option, to_dict
+from raytune_st.config.effects import PLACEMENT
 from raytune_st.errors import ConfigError
 from raytune_st.train.config import TrainConfig
 from raytune_st.tune.space import Domain, apply_params, check_key, parse_space
@@ -76,8 +77,8 @@ class SearchConfig:
         None, help="trials at once (default: what the cluster's GPUs, or CPUs, allow for one trial's workers)"
     )
     time_budget_s: Optional[float] = option(None, help="stop the sweep after this many seconds")
-    storage_path: Optional[str] = option(None, help="where Tune and the trials' Train runs keep state (default: <args.output_dir>/ray)")
-    name: str = option("sweep", help="sweep name; re-running with the same name and storage resumes it")
+    storage_path: Optional[str] = option(None, effect=PLACEMENT, help="where Tune and the trials' Train runs keep state (default: <args.output_dir>/ray)")
+    name: str = option("sweep", effect=PLACEMENT, help="sweep name; re-running with the same name and storage resumes it")
     seed: Optional[int] = option(None, help="seed of the search algorithm (default: args.seed)")
 
     def __post_init__(self) -> None:

@@ -28,8 +28,6 @@ from raytune_st.outputs import OutputDir, filesystem
 from raytune_st.train.rerun import RerunWarning, config_differences, describe, refused_differences, with_defaults
 
 SWEEP_CONFIG = "raytune-st-sweep.yaml"
-# Where the sweep lives: the same place by construction when the rerun found it there.
-SWEEP_LOCATION_KEYS = ("search.storage_path", "search.name")
 
 
 def sweep_exists(experiment: str) -> bool:
@@ -49,11 +47,15 @@ def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[st
 
     The train job's rules, plus two of its own: evaluation settings count (the sweep's metric
     comes from them), and so does `args.output_dir` (the finished trials' outputs are there).
+    Where the sweep lives (search.storage_path, search.name) is the same place by construction
+    when the rerun found it there.
     """
+    from raytune_st.tune.config import TuneConfig
+
     differences = config_differences(old, new)
-    refused = refused_differences(differences, evaluation_picks_model=True)
+    refused = refused_differences(TuneConfig, differences, evaluation_picks_model=True)
     refused += [d for d in differences if d[0] == "args.output_dir"]
-    return sorted((d for d in refused if d[0] not in SWEEP_LOCATION_KEYS), key=lambda d: d[0])
+    return sorted(refused, key=lambda d: d[0])
 
 
 def check_sweep_rerun(config: Any, experiment: str) -> None:

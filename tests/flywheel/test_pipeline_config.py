@@ -177,9 +177,27 @@ def test_a_stage_key_follows_its_data_not_where_it_runs(tmp_path):
     stages = Stages(str(tmp_path))
     key = stages.key(build_mine(settings), [])
     assert stages.key(build_mine({**settings, "ray_address": "10.0.0.1:6379", "compute": {"embed_actors_max": 8}}), []) == key
+    # Nested settings that only say where the work runs count no more than top-level ones.
+    assert stages.key(build_mine({**settings, "index": {"num_cpus": 0.5, "threads": 1}}), []) == key
     assert stages.key(build_mine({**settings, "mine": {"num_negatives": 5}}), []) != key
     pq.write_table(pa.table({"q": ["a", "b", "e"], "p": ["c", "d", "f"]}), tmp_path / "pairs.parquet")  # rewritten in place
     assert stages.key(build_mine(settings), []) != key
+
+
+def test_a_training_stage_key_ignores_its_workers_resources_but_not_its_learning_rate(tmp_path):
+    from raytune_st.config.core import build
+    from raytune_st.train.config import TrainConfig
+
+    pq.write_table(pa.table({"q": ["a", "b"], "p": ["c", "d"]}), tmp_path / "pairs.parquet")
+    settings = {
+        "model": "m", "train_datasets": {"pairs": {"data": str(tmp_path / "pairs.parquet")}},
+        "loss": "MultipleNegativesRankingLoss", "args": {"output_dir": str(tmp_path / "out")},
+    }
+    stages = Stages(str(tmp_path))
+    key = stages.key(build(TrainConfig, settings), [])
+    placed = {**settings, "scaling": {"resources_per_worker": {"CPU": 2}}, "run": {"max_failures": 3}}
+    assert stages.key(build(TrainConfig, placed), []) == key
+    assert stages.key(build(TrainConfig, {**settings, "args": {**settings["args"], "learning_rate": 1e-4}}), []) != key
 
 
 def build_mine(settings):

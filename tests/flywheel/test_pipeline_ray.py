@@ -94,6 +94,21 @@ def test_a_pipeline_killed_in_round_2_goes_on_from_its_first_unfinished_stage(ra
     assert json.loads((out / "rounds.json").read_text()) == rows and (out / "rounds.png").stat().st_size > 1000
     assert "| base model |" in (out / "rounds.md").read_text()
 
+    # Rerun with only where the stages run changed (resources, CPUs, threads, actors): every stage
+    # is skipped, and no file a stage wrote is deleted or rewritten.
+    def stage_files() -> dict[str, int]:
+        return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out}
+
+    before = stage_files()
+    placed = yaml.safe_load((project / "pipeline.yaml").read_text())
+    placed["train"]["scaling"]["resources_per_worker"] = {"CPU": 0.5}
+    placed["mine"]["index"] = {"num_cpus": 0.5, "threads": 1}
+    placed["mine"]["compute"]["embed_actors_max"] = 2
+    (project / "placed.yaml").write_text(yaml.safe_dump(placed))
+    again = raytune_st.pipeline(str(project / "placed.yaml"))
+    assert stage_files() == before
+    assert again["rounds"] == rows
+
 
 def test_the_readmes_command_runs_the_debian_example(ray_local, tmp_path, monkeypatch):
     from raytune_st.cli import main

@@ -60,7 +60,7 @@ def test_mining_settings_keep_what_changes_the_parts_and_drop_resources(tmp_path
     assert not any(key.startswith(("output.", "ray_address")) for key in base)
     assert "index.num_cpus" not in base and "compute.embed_actors_max" not in base
     # More actors or CPUs: the same parts. Other batching or negatives: other parts.
-    assert settings(tmp_path, "compute.embed_actors_max=8", "index.num_cpus=0.5", f"output.path={tmp_path / 'x'}") == base
+    assert settings(tmp_path, "compute.embed_actors_max=8", "index.num_cpus=0.5", "index.threads=1", f"output.path={tmp_path / 'x'}") == base
     assert settings(tmp_path, "compute.mine_batch_rows=64") != base
     assert resume.changed_settings(base, settings(tmp_path, "mine.num_negatives=5")) == "mine.num_negatives: 3 -> 5"
 
@@ -71,6 +71,17 @@ def test_fingerprint_depends_on_settings_data_and_range_max(tmp_path, out):
     assert first == resume.fingerprint(dict(base), "data-1", 10)
     assert len({first, resume.fingerprint(base, "data-2", 10), resume.fingerprint(base, "data-1", 11),
                 resume.fingerprint(settings(tmp_path, "mine.seed=1"), "data-1", 10)}) == 4
+
+
+def test_an_output_recorded_when_index_threads_still_counted_is_reused_and_checked(tmp_path, out):
+    # Outputs mined before index.threads was declared placement recorded it in their settings and fingerprint.
+    base = settings(tmp_path)
+    older = {**base, "index.threads": None}
+    write_run(out, older)
+    resume.check_settings(str(out), base, overwrite=False)
+    assert claim(out, base) == []  # the same parts: reused
+    with pytest.raises(DataError, match="mine.num_negatives: 3 -> 5"):
+        resume.check_settings(str(out), settings(tmp_path, "mine.num_negatives=5"), overwrite=False)
 
 
 def test_a_fresh_output_mines_every_batch_and_records_the_run(tmp_path, out):

@@ -44,13 +44,13 @@ def test_differences_are_dotted_keys_with_both_values():
     new = {"args": {"learning_rate": 5e-5, "seed": 42}, "loss": "A", "run": {"max_failures": 2}, "extra": 1}
     differences = config_differences(old, new)
     assert differences == [("args.learning_rate", 2e-5, 5e-5), ("extra", "(not set)", 1), ("run.max_failures", 0, 2)]
-    assert refused_differences(differences, evaluation_picks_model=False) == differences[:2]
+    assert refused_differences(TrainConfig, differences, evaluation_picks_model=False) == differences[:2]
 
 
 def test_evaluation_changes_are_refused_only_when_evaluation_picks_the_final_model():
     differences = [("evaluators", [], [{"type": "X"}]), ("args.eval_steps", 10, 20)]
-    assert refused_differences(differences, evaluation_picks_model=False) == []
-    assert refused_differences(differences, evaluation_picks_model=True) == differences
+    assert refused_differences(TrainConfig, differences, evaluation_picks_model=False) == []
+    assert refused_differences(TrainConfig, differences, evaluation_picks_model=True) == differences
 
 
 def test_a_rerun_with_another_learning_rate_and_data_is_refused_with_the_differences(tmp_path):
