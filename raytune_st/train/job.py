@@ -30,7 +30,15 @@ from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.loop import shard_name
-from raytune_st.train.plan import Plan, check_dataset, cluster_fit, materialized_datasets, planned_steps, preflight
+from raytune_st.train.plan import (
+    Plan,
+    check_dataset,
+    cluster_fit,
+    materialized_datasets,
+    planned_steps,
+    preflight,
+    streamed_datasets,
+)
 from raytune_st.train.progress import TrainConsole, tracking_start
 from raytune_st.train.ray_world import PLAN_KEY, train_loop_per_worker
 from raytune_st.train.rerun import check_rerun, data_files, latest_checkpoint_config
@@ -227,12 +235,20 @@ def check_loss_factories(config: TrainConfig) -> None:
             build_loss(spec.name, spec.kwargs, model, spec.model_type)
 
 
-def plan_run(config: TrainConfig) -> Plan:
-    """Pre-flight inside a Ray session: every data set checked and counted, the cluster big enough."""
+def plan_run(config: TrainConfig, *, runs: int = 1, runs_key: str = "") -> Plan:
+    """Pre-flight inside a Ray session: every data set checked and counted, the cluster big enough
+    for `runs` runs of `config` at once (`runs_key`: the setting that says so)."""
     import ray
 
     plan = preflight(config, count_rows=count_rows)
-    warning = cluster_fit(config, ray.cluster_resources(), may_autoscale=ray_address(config.ray_address) is not None)
+    warning = cluster_fit(
+        config,
+        ray.cluster_resources(),
+        may_autoscale=ray_address(config.ray_address) is not None,
+        streamed=tuple(streamed_datasets(config, plan.train_rows(), data_files(config))),
+        runs=runs,
+        runs_key=runs_key,
+    )
     if warning:
         warnings.warn(warning, ClusterWarning, stacklevel=2)
     return plan

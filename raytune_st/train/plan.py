@@ -4,8 +4,8 @@
    its loss and the batch size against each worker's shard, and returns a :class:`Plan`;
 2. :func:`total_optimizer_steps` / :func:`planned_steps` turn rows into the optimizer steps
    every worker will run (the same number on each);
-3. :func:`cluster_fit` checks workers against a cluster's resource totals (Ray supplies the
-   numbers; nothing here imports Ray).
+3. :func:`cluster_fit` checks workers against a cluster's resource totals, Ray Data's reads
+   included (Ray supplies the numbers; nothing here imports Ray).
 """
 
 from __future__ import annotations
@@ -188,11 +188,33 @@ def evaluations(args: TrainingArgs, total_steps: int, epoch_length: int, *, stop
     return count
 
 
-def cluster_fit(config: TrainConfig, cluster: dict[str, float], *, may_autoscale: bool) -> Optional[str]:
-    """Refuse workers that `cluster` (Ray's resource totals) could never hold; returns a warning or None.
+def streamed_datasets(config: TrainConfig, train_rows: dict[str, int], files: dict[str, list[list[Any]]]) -> list[str]:
+    """The data sets Ray Data reads while the workers train ("train_datasets.<name>", ...): those
+    not read into the object store before they start (see :func:`materialized_datasets`)."""
+    materialized = materialized_datasets(config, train_rows, files)
+    keys = [f"train_datasets.{name}" for name in config.train_datasets]
+    if config.eval_datasets and config.args.eval_strategy != "no":
+        keys += [f"eval_datasets.{name}" for name in config.eval_datasets]
+    return [key for key in keys if key not in materialized]
 
-    With `may_autoscale` (a remote cluster) a missing custom resource may still arrive and is
-    not refused. A warning says when the workers leave Ray Data no CPU to read with.
+
+def cluster_fit(
+    config: TrainConfig,
+    cluster: dict[str, float],
+    *,
+    may_autoscale: bool,
+    streamed: tuple[str, ...] = (),
+    runs: int = 1,
+    runs_key: str = "",
+) -> Optional[str]:
+    """Refuse workers that `cluster` (Ray's resource totals) could never hold or serve; returns a warning or None.
+
+    `runs` runs of `config` at once (a sweep's concurrent trials, `runs_key` the setting that
+    says so). Ray Data's read tasks need a CPU of their own: when the workers of all runs take
+    every CPU while data sets in `streamed` are still read (:func:`streamed_datasets`), the
+    workers would wait for their first batch forever, so that is refused, naming the numbers and
+    the fix. With `may_autoscale` (a remote cluster) nodes may still come: a missing custom
+    resource is not refused, and the CPUs left are a warning.
     """
     scaling = config.scaling
     gpus = cluster.get("GPU", 0)
@@ -205,11 +227,14 @@ def cluster_fit(config: TrainConfig, cluster: dict[str, float], *, may_autoscale
         check_custom_resources_exist("scaling.resources_per_worker", scaling.resources_per_worker, cluster)
     cpus_per_worker = scaling.resources_per_worker.get("CPU", 0 if scaling.use_gpu else 1)
     cpus = cluster.get("CPU", 0)
-    if cpus - cpus_per_worker * scaling.num_workers < 1:
-        # Ray Data's read tasks need a CPU of their own; without one the workers wait forever.
-        return (
-            f"{scaling.num_workers} workers x {cpus_per_worker:g} CPU leave less than one of the cluster's {cpus:g} "
-            "CPUs for reading data; unless the cluster autoscales, lower scaling.resources_per_worker.CPU (e.g. 0.5) "
-            "or num_workers"
-        )
-    return None
+    if not streamed or cpus - runs * scaling.num_workers * cpus_per_worker >= 1:
+        return None
+    runs_part, fewer = (f"{runs_key} {runs} x ", f"{runs_key}, ") if runs > 1 else ("", "")
+    problem = (
+        f"{runs_part}{scaling.num_workers} workers x {cpus_per_worker:g} CPU leave less than one of the cluster's "
+        f"{cpus:g} CPUs for Ray Data, which reads {', '.join(streamed)} while they train"
+    )
+    fix = f"lower {fewer}scaling.resources_per_worker.CPU (e.g. 0.5) or scaling.num_workers, or add CPUs"
+    if may_autoscale:
+        return f"{problem}; unless the cluster adds a node, the workers wait for data forever: {fix}"
+    raise ClusterError(f"{problem}: the workers would wait for data forever; {fix}")

@@ -167,9 +167,10 @@ def build_tuner(config: TuneConfig, console: Any = None) -> "ray.tune.Tuner":
         print(f"resuming sweep {search.name!r} from {experiment}")
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
-    plan = plan_run(config)
-    save_sweep_config(config, experiment)  # before Tune's own state: a sweep Tune can resume has it
     concurrency = search.max_concurrent_trials or default_concurrency(config, ray.cluster_resources())
+    # Before any trial: the concurrent trials' workers leave Ray Data a CPU to read with.
+    plan = plan_run(config, runs=concurrency, runs_key="search.max_concurrent_trials")
+    save_sweep_config(config, experiment)  # before Tune's own state: a sweep Tune can resume has it
     param_space = {d.key: to_tune_domain(d, search.search_alg) for d in search.domains}
     return tune.Tuner(
         trainable,

@@ -25,9 +25,42 @@ def test_workers_that_leave_a_cpu_for_reading_fit_quietly():
     assert cluster_fit(config(num_workers=2, resources_per_worker={"CPU": 0.5}), {"CPU": 2.0}, may_autoscale=False) is None
 
 
-def test_workers_that_take_every_cpu_get_a_warning_naming_the_fix():
-    warning = cluster_fit(config(num_workers=2), {"CPU": 2.0}, may_autoscale=False)
-    assert warning.startswith("2 workers x 1 CPU leave less than one of the cluster's 2 CPUs") and "(e.g. 0.5)" in warning
+STREAMED = ("train_datasets.pairs",)
+
+
+def test_workers_that_take_every_cpu_while_data_streams_are_refused_naming_the_fix():
+    with pytest.raises(ClusterError) as refused:
+        cluster_fit(config(num_workers=2), {"CPU": 2.0}, may_autoscale=False, streamed=STREAMED)
+    assert str(refused.value) == (
+        "2 workers x 1 CPU leave less than one of the cluster's 2 CPUs for Ray Data, which reads train_datasets.pairs "
+        "while they train: the workers would wait for data forever; lower scaling.resources_per_worker.CPU (e.g. 0.5) "
+        "or scaling.num_workers, or add CPUs"
+    )
+    # Where nodes may still come it is a warning; data read into the object store first needs no CPU later.
+    warning = cluster_fit(config(num_workers=2), {"CPU": 2.0}, may_autoscale=True, streamed=STREAMED)
+    assert warning.startswith("2 workers x 1 CPU leave less than one") and "unless the cluster adds a node" in warning
+    assert cluster_fit(config(num_workers=1, resources_per_worker={"CPU": 2}), {"CPU": 2.0}, may_autoscale=False, streamed=()) is None
+
+
+def test_concurrent_trials_that_take_every_cpu_are_refused_naming_the_sweeps_setting():
+    # The sweep that hung: two trials of one 1-CPU worker each on a 2-CPU machine, data streamed.
+    with pytest.raises(ClusterError, match=r"^search.max_concurrent_trials 2 x 1 workers x 1 CPU leave less than one .* "
+                                           r"lower search.max_concurrent_trials, scaling.resources_per_worker.CPU"):
+        cluster_fit(config(num_workers=1), {"CPU": 2.0}, may_autoscale=False, streamed=STREAMED, runs=2,
+                    runs_key="search.max_concurrent_trials")
+    assert cluster_fit(config(num_workers=1, resources_per_worker={"CPU": 0.5}), {"CPU": 2.0}, may_autoscale=False,
+                       streamed=STREAMED, runs=2, runs_key="search.max_concurrent_trials") is None
+
+
+def test_the_data_sets_read_while_training_are_those_not_materialized():
+    from raytune_st.train.plan import streamed_datasets
+
+    once = materializing({"max_steps": 2, "per_device_train_batch_size": 4}, eval_data=True)
+    files = {"train_datasets.pairs": [["f", 1000, "d"]], "eval_datasets.dev": [["f", 1000, "d"]]}
+    # Two steps of one epoch: the training set streams; the eval set is never read (no evaluation).
+    assert streamed_datasets(once, {"pairs": 2000}, files) == ["train_datasets.pairs"]
+    epochs = materializing({"num_train_epochs": 2, "per_device_train_batch_size": 4})
+    assert streamed_datasets(epochs, {"pairs": 2000}, {"train_datasets.pairs": [["f", 1000, "d"]]}) == []
 
 
 def test_gpu_workers_need_a_gpu_each():

@@ -265,3 +265,23 @@ def test_the_example_sweep_runs_at_small_size(tmp_path, tiny_bert_dir, pairs):
         assert row["stop_reason"] in ("completed", "stopped early by asha"), row
         assert 0 <= row["eval_debian-dev_cosine_ndcg@10"] <= 1
     assert (tmp_path / "sweep" / "best" / "modules.json").exists()
+
+
+def test_a_sweep_whose_trials_take_every_cpu_is_refused_in_one_line_before_any_trial(tmp_path, tiny_bert_dir, pairs):
+    """Two concurrent trials of one 1-CPU worker each on this 2-CPU machine, their data streamed:
+    the sweep once waited for data forever; now it says why it cannot run, and what to change."""
+    out = tmp_path / "sweep"
+    config = sweep_config(out, tiny_bert_dir, pairs)
+    config["scaling"] = {"num_workers": 1}  # one CPU each (the default), where the other tests take half
+    config_path = tmp_path / "starved.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    started = time.monotonic()
+    done = run_cli("tune", "--config", str(config_path), timeout=120)
+
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "search.max_concurrent_trials 2 x 1 workers x 1 CPU leave less than one" in errors[0]
+    assert "lower search.max_concurrent_trials" in errors[0]
+    assert time.monotonic() - started < 60
+    assert not (out / "trials").exists()
