@@ -433,7 +433,7 @@ def check_loss_step(report: Report, ctx: Context) -> None:
     from raytune_st.config import build
     from raytune_st.losses.build import build_loss
     from raytune_st.train.config import TrainConfig
-    from raytune_st.train.loop import WorkerContext, _collator, shard_name
+    from raytune_st.train.loop import WorkerContext, make_collator, shard_name
     from raytune_st.train.world import LocalWorld
 
     rows = ctx.pairs(ctx.sizes.batch * 3).to_dict("records")
@@ -443,7 +443,7 @@ def check_loss_step(report: Report, ctx: Context) -> None:
         amp_dtype = torch.float16 if amp == "fp16" else torch.bfloat16
         world = LocalWorld({}, storage="", device=torch.device(ctx.device))
         worker = WorkerContext(config, {shard_name("train", "pairs"): ["query", "passage"]}, world, amp_dtype)
-        worker.collator = _collator(model, None, False)  # as the loop's setup() builds it
+        worker.collator = make_collator(model, None, False)  # as the loop's setup() builds it
         loss_fn = build_loss("MultipleNegativesRankingLoss", {}, model, "bi_encoder")
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
         scaler = torch.amp.GradScaler(ctx.device, enabled=amp == "fp16")

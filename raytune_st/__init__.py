@@ -62,7 +62,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'raytune_st' has no attribute {name!r}")
 
 
-class _JobPackage(types.ModuleType):
+class JobPackage(types.ModuleType):
     """A subpackage that is also its job's function: ``raytune_st.train`` is both the package
     raytune_st/train/ and ``raytune_st.train(config)`` (likewise ``tune``).
 

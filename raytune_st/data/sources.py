@@ -148,7 +148,7 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
-def _data_files(source: Source) -> tuple["pyarrow.fs.FileSystem", list[str]]:
+def source_files(source: Source) -> tuple["pyarrow.fs.FileSystem", list[str]]:
     """The files a file-based source reads, checking that they exist."""
     import pyarrow.fs
 
@@ -176,7 +176,8 @@ def _data_files(source: Source) -> tuple["pyarrow.fs.FileSystem", list[str]]:
     return fs, files
 
 
-def _hf_disk_dir(source: Source) -> str:
+def hf_disk_dir(source: Source) -> str:
+    """The directory of a `datasets` save_to_disk source (one split), checked when it is local."""
     path = os.path.expanduser(source.path)
     if is_uri(path):
         return path
@@ -229,7 +230,7 @@ def _raw_schema(source: Source) -> tuple[dict[str, str], Optional[int]]:
         schema, num_rows = table_info(source.path)
         return {name: _arrow_type_name(schema.field(name).type) for name in schema.names}, num_rows
     if source.format == "hf_disk":
-        path = _hf_disk_dir(source)
+        path = hf_disk_dir(source)
         import datasets
 
         try:
@@ -239,7 +240,7 @@ def _raw_schema(source: Source) -> tuple[dict[str, str], Optional[int]]:
         schema = ds.data.schema
         return {name: _arrow_type_name(schema.field(name).type) for name in schema.names}, ds.num_rows
 
-    fs, files = _data_files(source)
+    fs, files = source_files(source)
     reader = {"parquet": _parquet_schema, "jsonl": _jsonl_schema, "csv": _csv_schema}[source.format]
     names = [_shown(source, files, path) for path in files]
     if len(files) == 1:
@@ -409,7 +410,7 @@ def _csv_schema(fs, path: str, name: str, source: Source, first: bool) -> tuple[
         head += b"\n"
     _decoded(head.split(b"\n", 1)[0], name, "header")
     try:
-        table = pyarrow.csv.read_csv(pa.BufferReader(head), parse_options=_csv_parse_options(path))
+        table = pyarrow.csv.read_csv(pa.BufferReader(head), parse_options=csv_parse_options(path))
     except pa.ArrowInvalid as exc:
         raise DataError(f"cannot read {name!r} as CSV ({exc}); check the file or set the source's format") from None
     if not first:
@@ -419,7 +420,8 @@ def _csv_schema(fs, path: str, name: str, source: Source, first: bool) -> tuple[
     return {f.name: _arrow_type_name(f.type) for f in table.schema}, None
 
 
-def _csv_parse_options(path: str):
+def csv_parse_options(path: str):
+    """pyarrow's CSV parse options for a file: tab-separated for .tsv (compressed or not), else comma-separated."""
     import pyarrow.csv
 
     name = path.lower()
@@ -496,10 +498,10 @@ def _file_batches(source: Source, raw: list[str], batch_rows: int) -> Iterator[t
     if source.format == "hf_disk":
         import datasets
 
-        ds = datasets.load_from_disk(_hf_disk_dir(source)).select_columns(raw)
+        ds = datasets.load_from_disk(hf_disk_dir(source)).select_columns(raw)
         yield source.path, iter(ds.with_format("arrow").iter(batch_size=batch_rows))
         return
-    fs, files = _data_files(source)
+    fs, files = source_files(source)
     for path in files:
         name = _shown(source, files, path)
         yield name, _checked_reads(name, source.format, _open_batches(fs, path, source, raw, batch_rows))
@@ -526,7 +528,7 @@ def _open_batches(fs, path: str, source: Source, raw: list[str], batch_rows: int
         else:
             reader = pyarrow.csv.open_csv(
                 handle,
-                parse_options=_csv_parse_options(path),
+                parse_options=csv_parse_options(path),
                 convert_options=pyarrow.csv.ConvertOptions(include_columns=raw, column_types=text_schema),
             )
         for batch in reader:
@@ -596,9 +598,9 @@ def read_source(source: Source, **read_args: Any) -> "ray.data.Dataset":
         import datasets
 
         # load_from_disk memory-maps the Arrow files; from_huggingface wraps them without copying.
-        ds = ray.data.from_huggingface(datasets.load_from_disk(_hf_disk_dir(source)))
+        ds = ray.data.from_huggingface(datasets.load_from_disk(hf_disk_dir(source)))
     else:
-        fs, files = _data_files(source)
+        fs, files = source_files(source)
         if source.format == "parquet":
             ds = ray.data.read_parquet(files, filesystem=fs, **read_args)
         elif source.format == "jsonl":
@@ -607,7 +609,7 @@ def read_source(source: Source, **read_args: Any) -> "ray.data.Dataset":
             ds = ray.data.read_json(files, filesystem=fs, file_extensions=None, **read_args)
         else:
             ds = ray.data.read_csv(
-                files, filesystem=fs, file_extensions=None, parse_options=_csv_parse_options(files[0]), **read_args
+                files, filesystem=fs, file_extensions=None, parse_options=csv_parse_options(files[0]), **read_args
             )
     if source.columns is not None:
         # Ray pushes select_columns down into the file reader, which keeps the file's column

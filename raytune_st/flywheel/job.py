@@ -118,7 +118,7 @@ def input_files(config: Any) -> dict[str, Any]:
     content now: (file, bytes, digest) per data file, (file, bytes, mtime) per model file."""
     import os
 
-    from raytune_st.data.sources import Source, _data_files
+    from raytune_st.data.sources import Source, source_files
     from raytune_st.models.config import ModelConfig
     from raytune_st.train.rerun import content_digest
 
@@ -127,7 +127,7 @@ def input_files(config: Any) -> dict[str, Any]:
     def visit(value: Any, where: str) -> None:
         if isinstance(value, Source) and value.format not in ("hf_disk", "ray_object"):
             try:
-                fs, files = _data_files(value)
+                fs, files = source_files(value)
             except Exception:  # not there yet: the job names the problem
                 return
             found[where] = [[f, i.size, content_digest(fs, f, i.size)] for f, i in zip(files, fs.get_file_info(files))]

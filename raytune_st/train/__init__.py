@@ -34,7 +34,7 @@ def __getattr__(name):
 
 import sys as _sys
 
-from raytune_st import _JobPackage
+from raytune_st import JobPackage
 
-# `raytune_st.train(config)` runs the train job (see raytune_st._JobPackage).
-_sys.modules[__name__].__class__ = _JobPackage
+# `raytune_st.train(config)` runs the train job (see raytune_st.JobPackage).
+_sys.modules[__name__].__class__ = JobPackage

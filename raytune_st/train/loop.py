@@ -333,7 +333,7 @@ def setup(
         losses[name].load_state_dict(loss_state, strict=False)
 
     # Batches are tokenised on the worker with sentence-transformers' collator; evaluators run on rank 0.
-    worker.collator = _collator(model, args.prompts, config.model.type == "cross_encoder")
+    worker.collator = make_collator(model, args.prompts, config.model.type == "cross_encoder")
     worker.with_name = wants_dataset_name(args.prompts, list(config.train_datasets) + list(config.eval_datasets))
 
     ddp_model = model
@@ -541,7 +541,8 @@ def _load_model(config: TrainConfig, path: str):
     return config.model.load(path=path)
 
 
-def _collator(model: Any, prompts: Any, is_cross: bool):
+def make_collator(model: Any, prompts: Any, is_cross: bool):
+    """sentence-transformers' data collator of `model` (the cross-encoder's keeps texts, the loss tokenises them)."""
     if is_cross:
         from sentence_transformers.cross_encoder.data_collator import CrossEncoderDataCollator
 

@@ -44,7 +44,7 @@ class Plan:
         return {name: plan.num_rows for name, plan in self.train.items()}
 
 
-def _loss_num_labels(config: TrainConfig, spec: LossSpec) -> Optional[int]:
+def loss_num_labels(config: TrainConfig, spec: LossSpec) -> Optional[int]:
     """The num_labels the loss checker must see: SoftmaxLoss's own, else the cross-encoder's."""
     if "num_labels" in spec.kwargs:
         return spec.kwargs["num_labels"]
@@ -90,7 +90,7 @@ def check_dataset(config: TrainConfig, section: str, name: str, count_rows: Any 
         spec.name,
         spec.model_type,
         inner_loss=spec.inner_name,
-        num_labels=_loss_num_labels(config, spec),
+        num_labels=loss_num_labels(config, spec),
         column_types=info.types,
         dataset=f"{section.split('_')[0]} {name!r} ({entry.data.describe()})",
     )

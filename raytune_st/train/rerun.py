@@ -116,7 +116,7 @@ def data_files(config: Any) -> dict[str, list[list[Any]]]:
     """
     import pyarrow.fs
 
-    from raytune_st.data.sources import _data_files
+    from raytune_st.data.sources import source_files
     from raytune_st.outputs import filesystem
 
     found: dict[str, list[list[Any]]] = {}
@@ -133,7 +133,7 @@ def data_files(config: Any) -> dict[str, list[list[Any]]]:
                 fs, root = filesystem(source.path)
                 infos = [i for i in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)) if i.type == pyarrow.fs.FileType.File]
             else:
-                fs, files = _data_files(source)
+                fs, files = source_files(source)
                 root = posixpath.dirname(files[0]) if len(files) == 1 else filesystem(source.path)[1]
                 infos = fs.get_file_info(files)
             found[f"{section}.{name}"] = sorted(

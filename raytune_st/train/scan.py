@@ -29,7 +29,7 @@ def check_values(config: Any, section: str, name: str) -> None:
     from raytune_st.data.sources import inspect_source
     from raytune_st.losses.formats import resolve_format, split_columns
     from raytune_st.losses.values import first_bad_label, first_null, label_rule
-    from raytune_st.train.plan import _loss_num_labels
+    from raytune_st.train.plan import loss_num_labels
 
     entry = (config.train_datasets if section == "train_datasets" else config.eval_datasets)[name]
     spec = config.loss_for(section, name)
@@ -38,7 +38,7 @@ def check_values(config: Any, section: str, name: str) -> None:
         return  # a custom loss that declares no format: nothing to check its values against
     inner = spec.kwargs.get("loss")
     kwargs = inner if isinstance(inner, dict) else spec.kwargs
-    rule = label_rule(fmt, kwargs, _loss_num_labels(config, spec))
+    rule = label_rule(fmt, kwargs, loss_num_labels(config, spec))
     source = entry.data
     info = inspect_source(source)
     inputs, label = split_columns(info.columns, spec.model_type)
@@ -99,7 +99,7 @@ def _file_batches(source: Any, types: dict[str, str]) -> Iterator[tuple[str, Ite
     import pyarrow.csv
     import pyarrow.json
 
-    from raytune_st.data.sources import _csv_parse_options, _data_files, _hf_disk_dir
+    from raytune_st.data.sources import csv_parse_options, hf_disk_dir, source_files
 
     raw = list(types)
     if source.format == "ray_object":
@@ -110,7 +110,7 @@ def _file_batches(source: Any, types: dict[str, str]) -> Iterator[tuple[str, Ite
     if source.format == "hf_disk":
         import datasets
 
-        table = datasets.load_from_disk(_hf_disk_dir(source)).data.table.select(raw)
+        table = datasets.load_from_disk(hf_disk_dir(source)).data.table.select(raw)
         yield source.path, iter(table.to_batches(max_chunksize=BATCH_ROWS))
         return
     # Streaming text readers infer a column's type from their first block; a label column of
@@ -118,7 +118,7 @@ def _file_batches(source: Any, types: dict[str, str]) -> Iterator[tuple[str, Ite
     # the types are fixed here to what the column holds.
     arrow_types = _arrow_types()
     schema = pa.schema([(c, arrow_types[t]) for c, t in types.items() if t in arrow_types])
-    fs, files = _data_files(source)
+    fs, files = source_files(source)
     for path in files:
         shown = path if len(files) > 1 else source.path
         if source.format == "parquet":
@@ -133,7 +133,7 @@ def _file_batches(source: Any, types: dict[str, str]) -> Iterator[tuple[str, Ite
                 yield shown, (batch.select(raw) for batch in reader)
             else:
                 reader = pyarrow.csv.open_csv(
-                    stream, parse_options=_csv_parse_options(path),
+                    stream, parse_options=csv_parse_options(path),
                     convert_options=pyarrow.csv.ConvertOptions(include_columns=raw, column_types=schema),
                 )
                 yield shown, iter(reader)

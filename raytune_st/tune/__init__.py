@@ -2,7 +2,7 @@
 
 import sys as _sys
 
-from raytune_st import _JobPackage
+from raytune_st import JobPackage
 
-# `raytune_st.tune(config)` runs the tune job (see raytune_st._JobPackage).
-_sys.modules[__name__].__class__ = _JobPackage
+# `raytune_st.tune(config)` runs the tune job (see raytune_st.JobPackage).
+_sys.modules[__name__].__class__ = JobPackage

@@ -202,7 +202,7 @@ def test_the_parameters_a_loss_leaves_unused_are_found_on_a_first_batch(tiny_mod
     from raytune_st.config.core import build
     from raytune_st.losses.build import build_loss
     from raytune_st.train.config import TrainConfig
-    from raytune_st.train.loop import WorkerContext, _collator, unused_parameters
+    from raytune_st.train.loop import WorkerContext, make_collator, unused_parameters
     from raytune_st.train.world import LocalWorld
     from train_fixtures import DEBIAN_TRAIN
 
@@ -214,7 +214,7 @@ def test_the_parameters_a_loss_leaves_unused_are_found_on_a_first_batch(tiny_mod
     )
     model = config.model.load(device="cpu")
     worker = WorkerContext.of(config, {"train_rows": ["query", "passage"]}, LocalWorld({}, storage=""))
-    worker.collator = _collator(model, None, model_type == "cross_encoder")
+    worker.collator = make_collator(model, None, model_type == "cross_encoder")
     rows = pd.read_parquet(DEBIAN_TRAIN).head(4)[["query", "passage"]].to_dict("records")
     if loss == "BinaryCrossEntropyLoss":
         rows = [dict(row, label=float(i % 2)) for i, row in enumerate(rows)]
