@@ -25,12 +25,12 @@ runs on the driver, before any worker starts:
 
 A custom loss's columns cannot be known; a class (or function) that sets ``loss_format`` to
 the name of a built-in loss with the same inputs, e.g. ``loss_format = "TripletLoss"``, has its
-data checked as that loss's would be (:func:`declared_format`).
+data checked as that loss's would be (:func:`raytune_st.losses.formats.declared_format`).
 
 Example::
 
     1. is_import_path("my_project.losses:MarginLoss") -> True; is_import_path("CoSENTLoss") -> False
-    2. check_loss("my_project.losses:MarginLoss", {"margin": 0.2}, "bi_encoder", where="loss")
+    2. check_loss("my_project.losses:MarginLoss", {"margin": 0.2}, where="loss")
     3. loss = build_custom_loss("my_project.losses:MarginLoss", {"margin": 0.2}, model)
 
 Pure Python, no Ray; importing a user's module imports whatever it imports.
@@ -113,7 +113,7 @@ def _positional_count(function: Callable[..., Any]) -> tuple[int, bool]:
 # --- losses ----------------------------------------------------------------------------------------
 
 
-def check_loss(path: str, kwargs: dict[str, Any], model_type: str, *, where: str) -> Any:
+def check_loss(path: str, kwargs: dict[str, Any], *, where: str) -> Any:
     """The loss class or factory at `path`, after checking its shape and `kwargs` against it."""
     import torch
 
@@ -142,23 +142,7 @@ def check_loss(path: str, kwargs: dict[str, Any], model_type: str, *, where: str
         _fit(obj, set(kwargs), skip=1, where=where, owner=obj.__name__)
     else:
         raise ConfigError(f"{where} names a {type(obj).__name__}, not a loss class or a function model -> loss")
-    declared_format(obj, model_type, where=where)
     return obj
-
-
-def declared_format(obj: Any, model_type: str, *, where: str) -> Optional[str]:
-    """The built-in loss whose inputs a custom loss declares it takes (its ``loss_format``), or None."""
-    from raytune_st.losses.formats import get_format
-
-    name = getattr(obj, "loss_format", None)
-    if name is None:
-        return None
-    if not isinstance(name, str):
-        raise ConfigError(f"{where}: loss_format must name a built-in loss, e.g. 'TripletLoss', got {name!r}")
-    fmt = get_format(name, model_type)
-    if fmt.wrapper:
-        raise ConfigError(f"{where}: loss_format {name!r} is a wrapper; name the loss whose inputs it takes")
-    return name
 
 
 def build_custom_loss(path: str, kwargs: dict[str, Any], model: Any) -> Any:

@@ -65,12 +65,12 @@ def test_a_module_in_the_working_directory_imports(tmp_path, monkeypatch):
 
 
 def test_a_loss_class_or_factory_is_checked_against_its_signature():
-    assert check_loss("my_project.losses:MarginLoss", {"margin": 0.5}, "bi_encoder", where="loss").__name__ == "MarginLoss"
-    assert callable(check_loss("my_project.losses:margin_loss", {}, "bi_encoder", where="loss"))
+    assert check_loss("my_project.losses:MarginLoss", {"margin": 0.5}, where="loss").__name__ == "MarginLoss"
+    assert callable(check_loss("my_project.losses:margin_loss", {}, where="loss"))
     with pytest.raises(ConfigError, match=r"loss: loss 'my_project.losses:MarginLoss': 'margn' is not an argument of MarginLoss \(did you mean 'margin'\?\); it takes margin"):
-        check_loss("my_project.losses:MarginLoss", {"margn": 0.5}, "bi_encoder", where="loss")
+        check_loss("my_project.losses:MarginLoss", {"margn": 0.5}, where="loss")
     with pytest.raises(ConfigError, match="'scale' is not an argument of margin_loss; it takes margin"):
-        check_loss("my_project.losses:margin_loss", {"scale": 2}, "bi_encoder", where="loss")
+        check_loss("my_project.losses:margin_loss", {"scale": 2}, where="loss")
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_a_loss_class_or_factory_is_checked_against_its_signature():
 )
 def test_what_is_not_a_loss_is_refused_by_its_shape(path, message):
     with pytest.raises(ConfigError, match=message):
-        check_loss(path, {}, "bi_encoder", where="loss")
+        check_loss(path, {}, where="loss")
 
 
 def test_a_factory_that_returns_no_loss_is_refused_when_built(tiny_bert_dir):

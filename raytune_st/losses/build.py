@@ -84,10 +84,10 @@ def check_loss_kwargs(name: str, kwargs: dict[str, Any], model_type: str, *, whe
     A ``module:Name`` loss is checked by :func:`raytune_st.components.check_loss`.
     """
     from raytune_st.components import check_loss, is_import_path
-    from raytune_st.losses.formats import resolve_format, resolve_loss_class
+    from raytune_st.losses.formats import declared_format, resolve_format, resolve_loss_class
 
     if is_import_path(name):
-        check_loss(name, kwargs, model_type, where=where)
+        declared_format(check_loss(name, kwargs, where=where), model_type, where=f"{where}: loss {name!r}")
         return
 
     cls = resolve_loss_class(name, model_type)

@@ -401,6 +401,19 @@ def get_format(name: str, model_type: str) -> LossFormat:
     raise ConfigError(message)
 
 
+def declared_format(obj: Any, model_type: str, *, where: str) -> Optional[str]:
+    """The built-in loss whose inputs a custom loss declares it takes (its ``loss_format``), or None."""
+    name = getattr(obj, "loss_format", None)
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: loss_format must name a built-in loss, e.g. 'TripletLoss', got {name!r}")
+    fmt = get_format(name, model_type)
+    if fmt.wrapper:
+        raise ConfigError(f"{where}: loss_format {name!r} is a wrapper; name the loss whose inputs it takes")
+    return name
+
+
 def resolve_format(loss: str, model_type: str, inner_loss: str | None = None) -> LossFormat | None:
     """The format that decides a data set's columns: the loss's own, or for a wrapper its inner loss's.
 
@@ -411,7 +424,7 @@ def resolve_format(loss: str, model_type: str, inner_loss: str | None = None) ->
     given to a loss that wraps nothing, a wrapper as the inner loss, or an inner loss the
     wrapper's docstring rules out.
     """
-    from raytune_st.components import declared_format, import_object, is_import_path
+    from raytune_st.components import import_object, is_import_path
 
     if is_import_path(loss):
         declared = declared_format(import_object(loss, what="loss"), model_type, where=f"loss {loss!r}")

@@ -38,8 +38,8 @@ from typing import Any, Optional
 import torch
 
 from raytune_st.errors import ModelError
-from raytune_st.models.config import RUNTIMES
 from raytune_st.models.remote import model_cache_root
+from raytune_st.models.runtimes import RUNTIMES
 
 _FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
 

@@ -9,9 +9,7 @@ from typing import Any, Literal, Optional
 
 from raytune_st.config.core import option
 from raytune_st.errors import ConfigError
-
-# What each inference runtime needs installed (raytune_st.models.backends runs them).
-RUNTIMES = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino",)}
+from raytune_st.models.runtimes import RUNTIMES
 
 
 @dataclass
