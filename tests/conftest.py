@@ -99,7 +99,7 @@ def s3_server():
     this process and in every Ray worker started after it (they inherit the environment of
     the Ray that this process starts) talks to it.
     """
-    from raytune_st.testing import S3TestServer
+    from harness import S3TestServer
 
     server = S3TestServer().start()
     saved = {k: os.environ.get(k) for k in server.env()}

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from raytune_st.console import Progress, format_seconds, ray_console_options, time_left, verbose
-from raytune_st.testing import console_noise, read_wandb_offline_run
+from harness import console_noise, read_wandb_offline_run
 
 
 def test_progress_prints_at_most_every_interval_with_rate_and_time_left(capsys):

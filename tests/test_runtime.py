@@ -49,7 +49,7 @@ def test_unreachable_address_fails_fast_naming_it(monkeypatch, via_env):
 def test_a_local_run_beside_a_users_own_ray_start_cluster(tmp_path, tiny_bert_dir):
     """A user's `ray start --head` on the same machine: raytune_st starts its own Ray, trains,
     and leaves the user's cluster as it was; Ray's own processes find the right cluster."""
-    from raytune_st.testing import RayNode
+    from harness import RayNode
 
     # RAY_TMPDIR stands in for /tmp: `ray start --head` without --temp-dir records its
     # address in <RAY_TMPDIR>/ray/ray_current_cluster, where ray.init() looks for one.
@@ -192,7 +192,7 @@ def test_a_killed_train_runs_cpus_come_back_in_a_local_ray_with_the_state_api(mo
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raytune_st.testing import wait_for
+    from harness import wait_for
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 

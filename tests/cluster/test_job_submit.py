@@ -1,6 +1,6 @@
 """`ray job submit --working-dir .` against a real local Ray cluster started with `ray start --head`.
 
-One cluster for the module: a head (raytune_st.testing.RayNode) with the dashboard (the job
+One cluster for the module: a head (tests/harness.py: RayNode) with the dashboard (the job
 server) on free ports and its own --temp-dir, stopped in the fixture's teardown even when a
 test fails, by signalling the processes it started: `ray stop` would stop every Ray on the
 machine.
@@ -26,7 +26,7 @@ import pytest
 
 from cluster_fixtures import Cluster, submission_runtime_env
 from raytune_st.runtime import free_port
-from raytune_st.testing import RayNode, console_noise
+from harness import RayNode, console_noise
 
 pytestmark = pytest.mark.ray
 

@@ -25,7 +25,7 @@ import pytest
 
 from cluster_fixtures import Cluster, submission_runtime_env
 from raytune_st.outputs import filesystem
-from raytune_st.testing import RayNode, wait_for
+from harness import RayNode, wait_for
 
 pytestmark = pytest.mark.ray
 

@@ -180,7 +180,7 @@ def test_a_driver_killed_after_its_second_checkpoint_resumes_to_the_planned_step
 
     import ray
 
-    from raytune_st.testing import wait_for
+    from harness import wait_for
     from raytune_st.train.job import train
 
     out = tmp_path / "out"

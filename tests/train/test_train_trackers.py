@@ -10,7 +10,7 @@ import pytest
 
 from raytune_st.config.core import build
 from raytune_st.errors import ConfigError
-from raytune_st.testing import read_wandb_offline_run
+from harness import read_wandb_offline_run
 from raytune_st.train import trackers
 from raytune_st.train.config import TrainConfig
 from raytune_st.train.progress import TrainConsole, tracking_start
@@ -103,7 +103,7 @@ def test_an_offline_wandb_run_gets_every_report_at_its_step_the_params_and_the_m
 def test_a_run_logged_to_a_real_mlflow_server_reads_back_with_its_metrics_params_and_model(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    from raytune_st.testing import MlflowTestServer
+    from harness import MlflowTestServer
 
     model = tmp_path / "final"
     model.mkdir()

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from raytune_st.testing import read_wandb_offline_run
+from harness import read_wandb_offline_run
 
 pytestmark = pytest.mark.ray
 
