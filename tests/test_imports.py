@@ -87,3 +87,22 @@ def test_no_import_circles_between_modules():
 
 def test_a_circle_through_a_lazy_import_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def ray_importers(directory: Path) -> list[str]:
+    """The modules of `directory` that import ray (at module level or inside functions)."""
+    found = []
+    for path in sorted(directory.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                found.append(path.name)
+                break
+    return found
+
+
+def test_only_one_module_of_train_imports_ray():
+    # The loop, the plan and the console take plain values; train/ray_world.py is where they meet Ray.
+    assert ray_importers(REPO / "raytune_st" / "train") == ["ray_world.py"]

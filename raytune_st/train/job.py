@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from raytune_st.data.sources import Source, read_source
 from raytune_st.errors import ClusterWarning
@@ -34,41 +34,28 @@ from raytune_st.train.plan import (
     Plan,
     check_dataset,
     cluster_fit,
+    default_storage_path,
     materialized_datasets,
     planned_steps,
     preflight,
     streamed_datasets,
 )
 from raytune_st.train.progress import TrainConsole, tracking_start
-from raytune_st.train.ray_world import PLAN_KEY, train_loop_per_worker
+from raytune_st.train.ray_world import cluster_resources, make_run_config, torch_trainer
 from raytune_st.train.rerun import check_rerun, data_files, latest_checkpoint_config
 from raytune_st.train.scan import check_values
-from raytune_st.train.steps import ranks_checkpoints
 from raytune_st.train.trackers import check_trackers, params_of, resolve_report_to
 from raytune_st.train.world import LoopPlan
 
-if TYPE_CHECKING:
-    import ray.data
-    from ray.train.torch import TorchTrainer
 
-
-def default_storage_path(config: TrainConfig) -> str:
-    """Where Ray Train keeps checkpoints: run.storage_path, else <output_dir>/ray."""
-    if config.run.storage_path:
-        return config.run.storage_path
-    if "://" in config.args.output_dir:
-        return join(config.args.output_dir, "ray")
-    return os.path.abspath(os.path.join(os.path.expanduser(config.args.output_dir), "ray"))
-
-
-def build_datasets(config: TrainConfig, materialized: frozenset[str] = frozenset()) -> dict[str, "ray.data.Dataset"]:
+def build_datasets(config: TrainConfig, materialized: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The Ray datasets, named by :func:`~raytune_st.train.loop.shard_name` as the loop reads them.
 
     Lazy, except those named in `materialized` (see :func:`~raytune_st.train.plan.materialized_datasets`),
     which are read into the object store here, in file order, so that every pass and a resumed
     run see the same rows in the same order.
     """
-    def read(section: str, name: str, source: Source) -> "ray.data.Dataset":
+    def read(section: str, name: str, source: Source) -> Any:
         dataset = read_source(source)
         if f"{section}.{name}" in materialized:
             dataset.context.execution_options.preserve_order = True
@@ -87,41 +74,6 @@ def build_datasets(config: TrainConfig, materialized: frozenset[str] = frozenset
     return datasets
 
 
-def loop_plan(config: TrainConfig, plan: Plan, files: dict[str, Any], initial_checkpoint: Any = None) -> LoopPlan:
-    """What every worker's loop is handed; `files`: :func:`~raytune_st.train.rerun.data_files` of the config."""
-    columns = {shard_name("train", name): p.columns for name, p in plan.train.items()}
-    columns.update({shard_name("eval", name): p.columns for name, p in plan.eval.items()})
-    return LoopPlan(config, plan.train_rows(), columns, files, initial_checkpoint)
-
-
-def make_run_config(
-    config: TrainConfig,
-    *,
-    name: Optional[str] = None,
-    storage_path: Optional[str] = None,
-    callbacks: Optional[list[Any]] = None,
-) -> Any:
-    """Ray Train's RunConfig: run name, checkpoint storage, failures to survive, checkpoints to keep.
-
-    `name` and `storage_path` default to the config's run section; a Tune trial passes its own.
-    """
-    import ray.train
-
-    args = config.args
-    scored = ranks_checkpoints(args, config.has_eval)
-    return ray.train.RunConfig(
-        name=name or config.run.name,
-        storage_path=storage_path or default_storage_path(config),
-        failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=args.save_total_limit,
-            checkpoint_score_attribute=args.best_metric if scored else None,
-            checkpoint_score_order="max" if args.higher_is_better else "min",
-        ),
-        callbacks=callbacks,
-    )
-
-
 def build_trainer(
     config: TrainConfig,
     plan: Plan,
@@ -129,39 +81,22 @@ def build_trainer(
     dataset_config: Any = None,
     run_config: Any = None,
     initial_checkpoint: Any = None,
-) -> "TorchTrainer":
+) -> Any:
     """The TorchTrainer for a checked config (`plan` from :func:`plan_run`).
 
-    `dataset_config` (a ray.train.DataConfig) and `run_config` (see :func:`make_run_config`)
-    replace the defaults. `initial_checkpoint` (a ray.train.Checkpoint of this loop, e.g. the
-    one PBT clones into a trial) is where a run without checkpoints of its own starts from.
-    Fit it inside :func:`working_dir_kept` so that relative paths in the config still resolve.
+    `dataset_config` (a ray.train.DataConfig) and `run_config` (see
+    :func:`~raytune_st.train.ray_world.make_run_config`) replace the defaults. `initial_checkpoint`
+    (a ray.train.Checkpoint of this loop, e.g. the one PBT clones into a trial) is where a run
+    without checkpoints of its own starts from. Fit it inside :func:`working_dir_kept` so that
+    relative paths in the config still resolve.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    scaling = ray.train.ScalingConfig(
-        num_workers=config.scaling.num_workers,
-        use_gpu=config.scaling.use_gpu,
-        resources_per_worker=config.scaling.resources_per_worker or None,
-    )
-    if dataset_config is None:
-        options = ray.train.DataConfig.default_ingest_options()
-        # A resumed run skips the rows it had read, so they must arrive in the same order again
-        # (exactly so with one worker; with several, Ray hands blocks to whichever asks first).
-        options.preserve_order = True
-        # One worker reads whole data sets: a streaming split would add a coordinator actor
-        # (another process to start, seconds before the first batch) and split nothing.
-        split = "all" if config.scaling.num_workers > 1 else []
-        dataset_config = ray.train.DataConfig(datasets_to_split=split, execution_options=options)
     files = data_files(config)
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={PLAN_KEY: loop_plan(config, plan, files, initial_checkpoint)},
-        scaling_config=scaling,
-        run_config=run_config or make_run_config(config),
-        datasets=build_datasets(config, frozenset(materialized_datasets(config, plan.train_rows(), files))),
+    return torch_trainer(
+        config,
+        LoopPlan.from_plan(config, plan, files, initial_checkpoint),
+        build_datasets(config, frozenset(materialized_datasets(config, plan.train_rows(), files))),
         dataset_config=dataset_config,
+        run_config=run_config or make_run_config(config),
     )
 
 
@@ -238,12 +173,10 @@ def check_loss_factories(config: TrainConfig) -> None:
 def plan_run(config: TrainConfig, *, runs: int = 1, runs_key: str = "") -> Plan:
     """Pre-flight inside a Ray session: every data set checked and counted, the cluster big enough
     for `runs` runs of `config` at once (`runs_key`: the setting that says so)."""
-    import ray
-
     plan = preflight(config, count_rows=count_rows)
     warning = cluster_fit(
         config,
-        ray.cluster_resources(),
+        cluster_resources(),
         may_autoscale=ray_address(config.ray_address) is not None,
         streamed=tuple(streamed_datasets(config, plan.train_rows(), data_files(config))),
         runs=runs,

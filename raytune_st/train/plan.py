@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -19,6 +20,7 @@ from typing import Any, Optional
 from raytune_st.config.resources import check_custom_resources_exist
 from raytune_st.data.sources import inspect_source
 from raytune_st.errors import ClusterError, DataError, RaytuneWarning
+from raytune_st.outputs import join
 from raytune_st.train.batching import Schedule, batches_per_epoch
 from raytune_st.train.config import LossSpec, TrainConfig, TrainingArgs
 from raytune_st.train.steps import completes_epoch, step_actions
@@ -238,3 +240,12 @@ def cluster_fit(
     if may_autoscale:
         return f"{problem}; unless the cluster adds a node, the workers wait for data forever: {fix}"
     raise ClusterError(f"{problem}: the workers would wait for data forever; {fix}")
+
+
+def default_storage_path(config: TrainConfig) -> str:
+    """Where Ray Train keeps checkpoints: run.storage_path, else <output_dir>/ray."""
+    if config.run.storage_path:
+        return config.run.storage_path
+    if "://" in config.args.output_dir:
+        return join(config.args.output_dir, "ray")
+    return os.path.abspath(os.path.join(os.path.expanduser(config.args.output_dir), "ray"))

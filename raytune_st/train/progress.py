@@ -1,8 +1,9 @@
 """Training progress on the driver: rank 0's reports as a live bar, or as one line per logging step.
 
 Ray Train hands every report of a run to the run's callbacks (in its controller process).
-:class:`ConsoleCallback` forwards rank 0's metrics, and whether a checkpoint came with them, to
-a queue; :class:`TrainConsole`, on the driver, drains it while the run fits and prints:
+:func:`~raytune_st.train.ray_world.console_callback` forwards rank 0's metrics, and whether a
+checkpoint came with them, to a queue; :class:`TrainConsole`, on the driver, drains it while the
+run fits and prints:
 
 * on a terminal, a tqdm bar (step of total, epoch, loss, learning rate, samples/s, time left)
   with a line above it for each evaluation and checkpoint;
@@ -83,28 +84,13 @@ def _figure(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def console_callback(queue: Any, total_steps: int, tag: Optional[str] = None) -> Any:
-    """A Ray Train UserCallback that puts each report of rank 0 on `queue` (see :meth:`TrainConsole.handle`)."""
-    from ray.train.v2.api.callback import UserCallback
-
-    class ConsoleCallback(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            # Ray Train lets a callback's error fail the run: progress is never worth that.
-            try:
-                queue.put({"tag": tag, "total_steps": total_steps, "record": dict(metrics[0]), "saved": checkpoint is not None})
-            except Exception:  # the driver's queue is gone (the driver was interrupted, its node lost)
-                pass
-
-    return ConsoleCallback()
-
-
 def tracking_start(tag: Optional[str], run_name: str, params: dict[str, str], group: Optional[str] = None) -> dict[str, Any]:
     """The queue item that opens a run's trackers (a sweep's trial sends it before it fits)."""
     return {"tag": tag, "run_name": run_name, "params": params, "group": group}
 
 
 class TrainConsole:
-    """On the driver: a queue for :func:`console_callback`, drained while a run (or a sweep) fits;
+    """On the driver: a queue for the runs' console callbacks, drained while a run (or a sweep) fits;
     each report of rank 0 is printed and logged to the run's trackers (train/trackers.py).
 
     Use as a context manager around ``trainer.fit()`` (or a sweep); `bar` defaults to whether
@@ -119,9 +105,9 @@ class TrainConsole:
         self, *, bar: Optional[bool] = None, prefix: str = "[train]", queue: Any = None, trackers: Sequence[str] = ()
     ):
         if queue is None:
-            from ray.util.queue import Queue
+            from raytune_st.train.ray_world import progress_queue
 
-            queue = Queue(actor_options={"num_cpus": 0})
+            queue = progress_queue()
         self.queue = queue
         self.bar_wanted = sys.stdout.isatty() if bar is None else bar
         self.prefix = prefix
@@ -134,6 +120,8 @@ class TrainConsole:
         self._thread = threading.Thread(target=self._drain, name="train-console", daemon=True)
 
     def callback(self, total_steps: int, tag: Optional[str] = None) -> Any:
+        from raytune_st.train.ray_world import console_callback
+
         return console_callback(self.queue, total_steps, tag)
 
     def finish(self, tag: Optional[str], metrics: dict[str, Any], model_dir: Optional[str]) -> None:
@@ -160,7 +148,7 @@ class TrainConsole:
                 )
 
     def _drain(self) -> None:
-        from ray.exceptions import RayActorError
+        from raytune_st.train.ray_world import queue_gone
 
         while True:
             try:
@@ -169,8 +157,10 @@ class TrainConsole:
                 if self._stop.is_set():
                     return
                 continue
-            except RayActorError:  # the queue's actor is gone (the Ray session ended): nothing more will come
-                return
+            except Exception as error:
+                if queue_gone(error):  # the Ray session ended: nothing more will come
+                    return
+                raise
             # One report that cannot be shown or tracked must not silence the rest of the run.
             _warn_on_error("showing a training report", self.handle, item)
 

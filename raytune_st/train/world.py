@@ -91,6 +91,13 @@ class LoopPlan:
     initial_checkpoint: Optional[Checkpoint] = None  # where a run without checkpoints starts (PBT)
 
     @classmethod
+    def from_plan(cls, config: TrainConfig, plan: Any, data_files: Optional[dict[str, Any]] = None, initial_checkpoint: Any = None) -> "LoopPlan":
+        """What the train job hands its workers: pre-flight's `plan` (train/plan.py) of `config`."""
+        columns = {f"train_{name}": p.columns for name, p in plan.train.items()}
+        columns.update({f"eval_{name}": p.columns for name, p in plan.eval.items()})
+        return cls(config, plan.train_rows(), columns, data_files, initial_checkpoint)
+
+    @classmethod
     def of(cls, config: TrainConfig, tables: dict[str, Any], **kwargs: Any) -> "LoopPlan":
         """The plan of an in-process run over Arrow tables keyed by shard name."""
         train_rows = {name: tables[f"train_{name}"].num_rows for name in config.train_datasets}

@@ -26,7 +26,8 @@ from raytune_st.errors import ConfigError, RaytuneError
 from raytune_st.outputs import OutputDir, is_inside, join, removed_on_failure
 from raytune_st.runtime import ray_session
 from raytune_st.train.config import TrainConfig
-from raytune_st.train.job import checked_output as checked_train_output, default_storage_path, local_final_model, plan_run
+from raytune_st.train.job import checked_output as checked_train_output, local_final_model, plan_run
+from raytune_st.train.plan import default_storage_path
 from raytune_st.train.plan import check_dataset, planned_steps
 from raytune_st.train.progress import TrainConsole
 from raytune_st.train.scan import check_values

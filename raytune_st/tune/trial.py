@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Optional
 from raytune_st.errors import RaytuneError
 from raytune_st.outputs import join
 from raytune_st.train.config import TrainConfig
-from raytune_st.train.job import fit_and_write, make_run_config, plan_run
+from raytune_st.train.job import fit_and_write, plan_run
 from raytune_st.train.plan import planned_steps
-from raytune_st.train.progress import console_callback, tracking_start
+from raytune_st.train.progress import tracking_start
+from raytune_st.train.ray_world import console_callback, make_run_config
 from raytune_st.train.steps import check_metric_reported
 from raytune_st.train.rerun import check_rerun, latest_checkpoint_history
 from raytune_st.train.trackers import params_of

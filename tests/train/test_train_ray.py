@@ -220,7 +220,8 @@ def test_a_rerun_of_a_finished_run_reports_its_final_metrics(ray_local, tmp_path
     from ray.util.queue import Queue
 
     from raytune_st.train.artifacts import final_metrics
-    from raytune_st.train.job import fit_and_write, make_run_config, plan_run, train
+    from raytune_st.train.job import fit_and_write, plan_run, train
+    from raytune_st.train.ray_world import make_run_config
 
     config = training_without_evaluation(
         tiny_bi_encoder, debian_sets, tmp_path / "out", ["args.max_steps=2", "args.logging_steps=1", "scaling.num_workers=1"]
