@@ -433,8 +433,8 @@ def check_loss_step(report: Report, ctx: Context) -> None:
     from raytune_st.config import build
     from raytune_st.losses.build import build_loss
     from raytune_st.train.config import TrainConfig
-    from raytune_st.train.loop import WorkerContext, make_collator, shard_name
-    from raytune_st.train.world import LocalWorld
+    from raytune_st.train.loop import WorkerContext, make_collator
+    from raytune_st.train.world import LocalWorld, shard_name
 
     rows = ctx.pairs(ctx.sizes.batch * 3).to_dict("records")
     for amp in ("fp16", "bf16"):

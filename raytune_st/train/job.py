@@ -29,7 +29,6 @@ from raytune_st.runtime import logger_level, ray_address, ray_session
 from raytune_st.train.artifacts import final_metrics, write_run_outputs
 from raytune_st.train.checkpointing import MODEL_DIR, read_checkpoint
 from raytune_st.train.config import TrainConfig
-from raytune_st.train.loop import shard_name
 from raytune_st.train.plan import (
     Plan,
     check_dataset,
@@ -45,11 +44,11 @@ from raytune_st.train.ray_world import cluster_resources, make_run_config, torch
 from raytune_st.train.rerun import check_rerun, data_files, latest_checkpoint_config
 from raytune_st.train.scan import check_values
 from raytune_st.train.trackers import check_trackers, params_of, resolve_report_to
-from raytune_st.train.world import LoopPlan
+from raytune_st.train.world import LoopPlan, shard_name
 
 
 def build_datasets(config: TrainConfig, materialized: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The Ray datasets, named by :func:`~raytune_st.train.loop.shard_name` as the loop reads them.
+    """The Ray datasets, named by :func:`~raytune_st.train.world.shard_name` as the loop reads them.
 
     Lazy, except those named in `materialized` (see :func:`~raytune_st.train.plan.materialized_datasets`),
     which are read into the object store here, in file order, so that every pass and a resumed

@@ -47,14 +47,9 @@ from raytune_st.train.energy import EnergyTracker
 from raytune_st.train.plan import total_optimizer_steps
 from raytune_st.train.steps import check_metric_reported, completes_epoch, improves, step_actions
 from raytune_st.train.trackers import resolve_report_to
-from raytune_st.train.world import LoopPlan, World
+from raytune_st.train.world import LoopPlan, World, shard_name
 
 ROWS_PER_READ = 256  # rows fetched from a shard at a time; batching happens afterwards
-
-
-def shard_name(section: str, name: str) -> str:
-    """The Ray Train dataset name of a train or eval set (no '/': Ray Data uses it in log file names)."""
-    return f"{section}_{name}"
 
 
 def run_worker(plan: LoopPlan, world: World) -> Any:

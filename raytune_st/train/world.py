@@ -9,8 +9,9 @@ tables and keeps its reports and checkpoints in a directory; :func:`run_group` s
 
 Example::
 
-    1. plan = LoopPlan.of(config, {"train_pairs": table})      # shard name -> pyarrow.Table
-    2. world = LocalWorld(plan_tables, storage=str(tmp_path))     # rank 0 of 1
+    1. tables = {"train_pairs": table}                           # shard name -> pyarrow.Table
+       plan = LoopPlan.of(config, tables)
+    2. world = LocalWorld(tables, storage=str(tmp_path))          # rank 0 of 1
     3. model = run_worker(plan, world)                            # train/loop.py
     4. world.reports -> [{"loss": ..., "step": 1}, ...]
        world.checkpoints -> [".../checkpoint-000002"]
@@ -37,6 +38,11 @@ from raytune_st.train.config import TrainConfig
 
 T = TypeVar("T")
 CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def shard_name(section: str, name: str) -> str:
+    """The shard name of a train or eval set (no '/': Ray Data uses it in log file names)."""
+    return f"{section}_{name}"
 
 
 class Shard(Protocol):
@@ -67,7 +73,7 @@ class World(Protocol):
     device: Any  # torch.device
 
     def shard(self, name: str) -> Shard:
-        """This worker's shard of the data set named `name` (see loop.shard_name)."""
+        """This worker's shard of the data set named `name` (see :func:`shard_name`)."""
         ...
 
     def restored_checkpoint(self) -> Optional[Checkpoint]:
@@ -93,14 +99,14 @@ class LoopPlan:
     @classmethod
     def from_plan(cls, config: TrainConfig, plan: Any, data_files: Optional[dict[str, Any]] = None, initial_checkpoint: Any = None) -> "LoopPlan":
         """What the train job hands its workers: pre-flight's `plan` (train/plan.py) of `config`."""
-        columns = {f"train_{name}": p.columns for name, p in plan.train.items()}
-        columns.update({f"eval_{name}": p.columns for name, p in plan.eval.items()})
+        columns = {shard_name("train", name): p.columns for name, p in plan.train.items()}
+        columns.update({shard_name("eval", name): p.columns for name, p in plan.eval.items()})
         return cls(config, plan.train_rows(), columns, data_files, initial_checkpoint)
 
     @classmethod
     def of(cls, config: TrainConfig, tables: dict[str, Any], **kwargs: Any) -> "LoopPlan":
         """The plan of an in-process run over Arrow tables keyed by shard name."""
-        train_rows = {name: tables[f"train_{name}"].num_rows for name in config.train_datasets}
+        train_rows = {name: tables[shard_name("train", name)].num_rows for name in config.train_datasets}
         columns = {name: list(table.column_names) for name, table in tables.items()}
         return cls(config, train_rows, columns, **kwargs)
 

@@ -211,36 +211,6 @@ def test_a_driver_killed_after_its_second_checkpoint_resumes_to_the_planned_step
     assert len(resumed) == 1 and resumed[0] % 5 == 0 and resumed[0] >= 10, resumed
 
 
-def test_a_rerun_of_a_finished_run_reports_its_final_metrics(ray_local, tmp_path, tiny_bi_encoder, debian_sets):
-    """The rerun trains nothing and reports the finished run's final metrics once, without a
-    checkpoint: a Tune trial resumed after its Train run had finished (the sweep was killed
-    before Tune recorded the trial's end) ends with that report, where Tune refuses a trial
-    that ends without its metric."""
-    from ray.train.v2.api.callback import UserCallback
-    from ray.util.queue import Queue
-
-    from raytune_st.train.artifacts import final_metrics
-    from raytune_st.train.job import fit_and_write, plan_run, train
-    from raytune_st.train.ray_world import make_run_config
-
-    config = training_without_evaluation(
-        tiny_bi_encoder, debian_sets, tmp_path / "out", ["args.max_steps=2", "args.logging_steps=1", "scaling.num_workers=1"]
-    )
-    train(config)
-    history = read_jsonl(tmp_path / "out" / "metrics.jsonl")
-    reports = Queue(actor_options={"num_cpus": 0})
-
-    class Reports(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            reports.put((dict(metrics[0]), checkpoint is not None))
-
-    fit_and_write(config, plan_run(config), run_config=make_run_config(config, callbacks=[Reports()]))
-
-    assert [reports.get(timeout=5) for _ in range(reports.qsize())] == [(final_metrics(history), False)]
-    assert read_jsonl(tmp_path / "out" / "metrics.jsonl") == history  # no step trained again
-    assert sorted(p.name for p in (tmp_path / "out" / "ray" / "train-mnrl-debian").glob("checkpoint-*")) == ["checkpoint-000002"]
-
-
 def kill_a_worker_after_checkpoints(run_dir, count: int, killed: list[int], timeout: float = 240) -> threading.Thread:
     """A watcher thread that kills one Ray Train worker of this test's Ray once `run_dir` holds `count` checkpoints."""
     import psutil
