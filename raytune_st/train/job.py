@@ -89,7 +89,7 @@ def build_trainer(
     without checkpoints of its own starts from. Fit it inside :func:`working_dir_kept` so that
     relative paths in the config still resolve.
     """
-    files = data_files(config)
+    files = plan.files if plan.files is not None else data_files(config)
     return torch_trainer(
         config,
         LoopPlan.from_plan(config, plan, files, initial_checkpoint),
@@ -173,11 +173,12 @@ def plan_run(config: TrainConfig, *, runs: int = 1, runs_key: str = "") -> Plan:
     """Pre-flight inside a Ray session: every data set checked and counted, the cluster big enough
     for `runs` runs of `config` at once (`runs_key`: the setting that says so)."""
     plan = preflight(config, count_rows=count_rows)
+    plan.files = data_files(config)
     warning = cluster_fit(
         config,
         cluster_resources(),
         may_autoscale=ray_address(config.ray_address) is not None,
-        streamed=tuple(streamed_datasets(config, plan.train_rows(), data_files(config))),
+        streamed=tuple(streamed_datasets(config, plan.train_rows(), plan.files)),
         runs=runs,
         runs_key=runs_key,
     )

@@ -41,6 +41,9 @@ class Plan:
 
     train: dict[str, DatasetPlan] = dataclasses.field(default_factory=dict)
     eval: dict[str, DatasetPlan] = dataclasses.field(default_factory=dict)
+    # Each data set's files with sizes and digests (train/rerun.py's data_files), once the train
+    # job's pre-flight has read them: the starvation check and the workers' plan share one read.
+    files: Optional[dict[str, Any]] = None
 
     def train_rows(self) -> dict[str, int]:
         return {name: plan.num_rows for name, plan in self.train.items()}
